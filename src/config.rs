@@ -1,0 +1,134 @@
+//! The command line and the environment, parsed into `Config` once at start-up.
+//!
+//! Every flag can also be set as `DYNAPI_<FLAG>`. Secrets (`DYNAPI_TOKEN`) are read
+//! from the environment only, never from a flag, so they do not show in `ps`.
+//! Repository settings (`dynapi.yaml`) are not here: they belong to a commit and are
+//! loaded with its registry (`registry.rs`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::exec::Limits;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dynapi",
+    version,
+    about = "Serve a git repository's manifests as an HTTP API for AI assistants; every write becomes a commit."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the workspace's endpoints (creates the workspace from the template if missing).
+    Serve(ServeArgs),
+    /// Validate the manifests of a checkout; prints file:line:column errors and exits 1 on any.
+    Check {
+        /// The checkout to check.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Write a new repository from the template, with a GitHub workflow that runs `dynapi check`.
+    Init {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Manage tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a new token and the line that grants it in dynapi.yaml.
+    New {
+        /// Comma-separated scopes (read, write, run, sql-write, admin) or `all`.
+        #[arg(long, default_value = "read")]
+        scopes: String,
+        /// The name the token shows under in logs and commits.
+        #[arg(long, default_value = "assistant")]
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The daemon's checkout; created from the template if it does not exist.
+    #[arg(long, env = "DYNAPI_WORKSPACE", default_value = "workspace")]
+    pub workspace: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "DYNAPI_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+    /// The URL clients reach the daemon at (for documents and links).
+    #[arg(long, env = "DYNAPI_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// The branch served and committed to.
+    #[arg(long, env = "DYNAPI_BRANCH", default_value = "main")]
+    pub branch: String,
+    /// Log format.
+    #[arg(long, env = "DYNAPI_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Scripts running at once; more callers wait briefly, then get 429.
+    #[arg(long, env = "DYNAPI_MAX_SCRIPTS", default_value_t = 16)]
+    pub max_scripts: usize,
+    /// On SIGTERM or Ctrl-C, how long running requests may finish before scripts are killed.
+    #[arg(long, env = "DYNAPI_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// Durations are written `500ms`, `30s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 500ms, 30s, 5m, 1h: {e}"))
+}
+
+/// Everything `serve` needs, resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub workspace: PathBuf,
+    pub public_url: Option<String>,
+    pub branch: String,
+    pub limits: Limits,
+    pub shutdown_grace: Duration,
+    /// The all-scopes token from `DYNAPI_TOKEN`, if set.
+    pub token: Option<String>,
+    /// Largest request body accepted, in bytes.
+    pub max_body: u64,
+}
+
+impl Config {
+    /// A configuration with the defaults, for `workspace`.
+    pub fn new(workspace: PathBuf) -> Config {
+        Config {
+            workspace,
+            public_url: None,
+            branch: "main".into(),
+            limits: Limits::default(),
+            shutdown_grace: Duration::from_secs(10),
+            token: None,
+            max_body: 4 << 20,
+        }
+    }
+
+    pub fn from_args(args: &ServeArgs) -> Config {
+        let mut config = Config::new(args.workspace.clone());
+        config.public_url = args.public_url.clone();
+        config.branch = args.branch.clone();
+        config.limits.max_running = args.max_scripts.max(1);
+        config.shutdown_grace = args.shutdown_grace;
+        config.token = std::env::var("DYNAPI_TOKEN").ok().filter(|t| !t.is_empty());
+        config
+    }
+}

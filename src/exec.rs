@@ -1,0 +1,346 @@
+//! Running scripts: the only module that starts processes.
+//!
+//! A script is started with duct, never through a shell: the program and its argv
+//! come from a checked `Invocation`. Each run gets a scrubbed environment, the
+//! workspace as its working directory, its own process group (so a timeout kills
+//! the script and every child it started), stdout and stderr each capped, and a
+//! slot from a global limit; callers that find no free slot within a short wait are
+//! told to come back later instead of queueing without bound.
+//!
+//! The waiting is blocking (duct is built on std), so it runs on tokio's blocking
+//! pool, never on the async runtime's threads.
+
+use std::collections::HashSet;
+use std::io::{self, Read};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+/// PATH given to scripts: the system's, never the daemon's own.
+const SCRIPT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// After a script's main process ends, how long its output pipes may stay open
+/// (held by something that escaped its process group) before we stop reading.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Scripts running at once, over all endpoints.
+    pub max_running: usize,
+    /// How long a caller waits for a free slot before being told to retry.
+    pub queue_wait: Duration,
+    /// Bytes kept of stdout, and of stderr, per run.
+    pub output_cap: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_running: 16,
+            queue_wait: Duration::from_secs(2),
+            output_cap: 1 << 20,
+        }
+    }
+}
+
+/// One script to run.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub stdin: Vec<u8>,
+    pub cwd: PathBuf,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+    TimedOut,
+}
+
+#[derive(Debug)]
+pub struct Finished {
+    pub exit: Exit,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub duration: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("all {0} script slots are busy")]
+    Busy(usize),
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+    #[error("could not start `{program}`: {source}")]
+    Spawn { program: String, source: io::Error },
+}
+
+/// Starts scripts within the limits and remembers their process groups, so that
+/// shutdown can kill what is still running.
+#[derive(Clone)]
+pub struct Exec {
+    limits: Limits,
+    slots: Arc<Semaphore>,
+    running: Arc<Mutex<HashSet<i32>>>,
+}
+
+impl Exec {
+    pub fn new(limits: Limits) -> Exec {
+        Exec {
+            slots: Arc::new(Semaphore::new(limits.max_running)),
+            limits,
+            running: Arc::default(),
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Scripts running right now.
+    pub fn running(&self) -> usize {
+        self.running.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
+    /// Runs `job` to completion (or its timeout). Waits at most `queue_wait` for a
+    /// slot; `ExecError::Busy` means the caller should answer 429.
+    pub async fn run(&self, job: Job) -> Result<Finished, ExecError> {
+        let permit =
+            tokio::time::timeout(self.limits.queue_wait, self.slots.clone().acquire_owned())
+                .await
+                .map_err(|_| ExecError::Busy(self.limits.max_running))?
+                .map_err(|_| ExecError::ShuttingDown)?;
+        let running = self.running.clone();
+        let cap = self.limits.output_cap;
+        let result = tokio::task::spawn_blocking(move || run_blocking(job, cap, &running))
+            .await
+            .map_err(|e| ExecError::Spawn {
+                program: String::new(),
+                source: io::Error::other(e.to_string()),
+            })?;
+        drop(permit);
+        result
+    }
+
+    /// Refuses new runs; those waiting for a slot get `ShuttingDown`.
+    pub fn close(&self) {
+        self.slots.close();
+    }
+
+    /// Kills the process group of every script still running.
+    pub fn kill_all(&self) {
+        let groups: Vec<i32> = self
+            .running
+            .lock()
+            .map(|r| r.iter().copied().collect())
+            .unwrap_or_default();
+        for pgid in groups {
+            kill_group(pgid);
+        }
+    }
+}
+
+fn kill_group(pgid: i32) {
+    // SAFETY: killpg only sends a signal; a group that is already gone gives ESRCH,
+    // which is what we want to ignore.
+    unsafe {
+        libc::killpg(pgid, libc::SIGKILL);
+    }
+}
+
+fn base_env(job: &Job) -> Vec<(String, String)> {
+    let cwd = job.cwd.to_string_lossy().into_owned();
+    let mut env = vec![
+        ("PATH".to_string(), SCRIPT_PATH.to_string()),
+        ("HOME".to_string(), cwd.clone()),
+        ("LANG".to_string(), "C.UTF-8".to_string()),
+        (
+            "TMPDIR".to_string(),
+            std::env::temp_dir().to_string_lossy().into_owned(),
+        ),
+        ("DYNAPI_WORKSPACE".to_string(), cwd),
+    ];
+    env.extend(job.env.iter().cloned());
+    env
+}
+
+fn run_blocking(
+    job: Job,
+    cap: usize,
+    running: &Mutex<HashSet<i32>>,
+) -> Result<Finished, ExecError> {
+    let started = Instant::now();
+    let spawn_error = |source: io::Error| ExecError::Spawn {
+        program: job.program.to_string_lossy().into_owned(),
+        source,
+    };
+    let (out_read, out_write) = os_pipe::pipe().map_err(spawn_error)?;
+    let (err_read, err_write) = os_pipe::pipe().map_err(spawn_error)?;
+    let handle = {
+        // The expression owns the write ends of the pipes; it is dropped at the end
+        // of this block so that only the child holds them and readers see EOF.
+        let expression = duct::cmd(&job.program, &job.args)
+            .dir(&job.cwd)
+            .full_env(base_env(&job))
+            .stdin_bytes(job.stdin.clone())
+            .stdout_file(out_write)
+            .stderr_file(err_write)
+            .unchecked()
+            .before_spawn(|cmd| {
+                cmd.process_group(0);
+                Ok(())
+            });
+        expression.start().map_err(spawn_error)?
+    };
+    let pgid = handle.pids().first().copied().unwrap_or(0) as i32;
+    if let Ok(mut r) = running.lock() {
+        r.insert(pgid);
+    }
+    let stdout = CappedReader::spawn(out_read, cap);
+    let stderr = CappedReader::spawn(err_read, cap);
+
+    let waited = handle.wait_timeout(job.timeout);
+    let exit = match waited {
+        Ok(Some(output)) => match output.status.code() {
+            Some(code) => Exit::Code(code),
+            None => Exit::Signal(output.status.signal().unwrap_or(0)),
+        },
+        Ok(None) | Err(_) => {
+            kill_group(pgid);
+            let _ = handle.wait();
+            Exit::TimedOut
+        }
+    };
+    // Children the script left behind in its group go with it.
+    kill_group(pgid);
+    if let Ok(mut r) = running.lock() {
+        r.remove(&pgid);
+    }
+    let (stdout, stdout_truncated) = stdout.finish();
+    let (stderr, stderr_truncated) = stderr.finish();
+    Ok(Finished {
+        exit,
+        stdout,
+        stderr,
+        stdout_truncated,
+        stderr_truncated,
+        duration: started.elapsed(),
+    })
+}
+
+/// Reads a pipe on its own thread, keeping the first `cap` bytes and discarding
+/// the rest (so the writer never blocks on a full pipe).
+struct CappedReader {
+    buffer: Arc<Mutex<(Vec<u8>, bool)>>,
+    done: mpsc::Receiver<()>,
+}
+
+impl CappedReader {
+    fn spawn(mut pipe: os_pipe::PipeReader, cap: usize) -> CappedReader {
+        let buffer: Arc<Mutex<(Vec<u8>, bool)>> = Arc::default();
+        let (tx, done) = mpsc::channel();
+        let shared = buffer.clone();
+        thread::spawn(move || {
+            let mut chunk = [0u8; 16 * 1024];
+            loop {
+                match pipe.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let Ok(mut b) = shared.lock() else { break };
+                        let room = cap.saturating_sub(b.0.len());
+                        b.0.extend_from_slice(&chunk[..n.min(room)]);
+                        if n > room {
+                            b.1 = true;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+            }
+            let _ = tx.send(());
+        });
+        CappedReader { buffer, done }
+    }
+
+    /// What was read, and whether anything was cut. Gives up waiting for EOF after
+    /// a grace period: a process that escaped the group may hold the pipe open.
+    fn finish(self) -> (Vec<u8>, bool) {
+        let _ = self.done.recv_timeout(DRAIN_GRACE);
+        let mut b = self
+            .buffer
+            .lock()
+            .map(|mut b| std::mem::take(&mut *b))
+            .unwrap_or_default();
+        b.0.shrink_to_fit();
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(script: &str, timeout: Duration) -> Job {
+        Job {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: vec![("GREETING".into(), "hi".into())],
+            stdin: b"{\"a\":1}".to_vec(),
+            cwd: std::env::temp_dir(),
+            timeout,
+        }
+    }
+
+    #[tokio::test]
+    async fn captures_output_env_and_stdin_with_a_scrubbed_environment() {
+        std::env::set_var("DYNAPI_TEST_SECRET", "leak");
+        let exec = Exec::new(Limits::default());
+        let f = exec
+            .run(job(
+                "echo $GREETING; cat; echo; echo \"[$DYNAPI_TEST_SECRET]\" >&2; exit 3",
+                Duration::from_secs(5),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(f.exit, Exit::Code(3));
+        assert_eq!(String::from_utf8_lossy(&f.stdout), "hi\n{\"a\":1}\n");
+        assert_eq!(String::from_utf8_lossy(&f.stderr), "[]\n");
+    }
+
+    #[tokio::test]
+    async fn caps_output_and_kills_the_whole_group_on_timeout() {
+        let exec = Exec::new(Limits {
+            output_cap: 1000,
+            ..Limits::default()
+        });
+        let f = exec
+            .run(job("head -c 100000 /dev/zero", Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert_eq!((f.stdout.len(), f.stdout_truncated), (1000, true));
+
+        let marker = std::env::temp_dir().join(format!("dynapi-exec-{}", std::process::id()));
+        let script = format!("(sleep 2; touch {}) & sleep 30", marker.display());
+        let started = Instant::now();
+        let f = exec
+            .run(job(&script, Duration::from_millis(300)))
+            .await
+            .unwrap();
+        assert_eq!(f.exit, Exit::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        std::thread::sleep(Duration::from_millis(2500));
+        assert!(
+            !marker.exists(),
+            "the background child survived the timeout"
+        );
+    }
+}

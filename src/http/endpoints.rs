@@ -1,0 +1,498 @@
+//! Endpoints: `GET /endpoints`, `POST /endpoints`, `DELETE /endpoints/{name}`,
+//! `POST /call/{name}`, and every endpoint at its own method and path (the last
+//! route tried, matched against the registry the request started with).
+//!
+//! An endpoint's answer (documented in README.md, "Calling an endpoint"):
+//! - the script exited 0: 200 `{"ok": true, "exit_code": 0, "output", "stderr",
+//!   "truncated", "duration_ms"}`; `output` is stdout as text, or parsed when the
+//!   manifest says `output: json` (502 `bad_output` if it is not JSON);
+//! - it exited non-zero or was killed by a signal: 200 with `"ok": false`, the
+//!   exit code (or `signal`), and `output` as text: the run happened, and its
+//!   failure is part of the result;
+//! - it ran past its timeout: 504 `timeout`, its process group killed, with the
+//!   output so far in the error.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use warp::http::StatusCode;
+use warp::path::FullPath;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use super::seed::author_for;
+use super::{auth, body, parse_json, respond, with_app, ApiError, Auth};
+use crate::auth::Scope;
+use crate::exec::{Exit, Job};
+use crate::manifest::{self, RawManifest};
+use crate::registry::{
+    self, Endpoint, FileKind, Method, Output, Registry, Snapshot, MANIFEST_DIR, RESERVED_SEGMENTS,
+};
+use crate::source::change::{Change, Op, Validation};
+use crate::source::sync::Trigger;
+use crate::App;
+
+pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    list(app.clone())
+        .or(add(app.clone()))
+        .unify()
+        .or(delete(app.clone()))
+        .unify()
+        .or(call(app.clone()))
+        .unify()
+        .or(dynamic(app))
+        .unify()
+}
+
+/// What `GET /endpoints` says of one endpoint.
+fn describe(e: &Endpoint) -> Value {
+    json!({
+        "name": e.name,
+        "description": e.description,
+        "method": e.method,
+        "path": e.path,
+        "scope": e.scope.as_str(),
+        "consequential": e.consequential,
+        "async": e.is_async,
+        "output": e.output,
+        "timeout_ms": e.timeout.as_millis() as u64,
+        "file": e.file,
+        "script": e.script,
+        "params": e.params_schema(),
+    })
+}
+
+/// GET /endpoints — every endpoint of the served commit, with its parameter schema.
+fn list(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("endpoints")
+        .and(warp::get())
+        .and(auth(app.clone()))
+        .and(with_app(app))
+        .map(|auth: Auth, app: Arc<App>| {
+            respond(auth.require(Scope::Read).map(|_| {
+                let registry = app.syncer.registry();
+                let endpoints: Vec<Value> =
+                    registry.endpoints().iter().map(|e| describe(e)).collect();
+                warp::reply::json(&json!({"commit": registry.commit, "endpoints": endpoints}))
+            }))
+        })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddEndpoint {
+    manifest: Option<Value>,
+    script: Option<ScriptFile>,
+    message: Option<String>,
+    mode: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScriptFile {
+    path: String,
+    content: String,
+}
+
+/// POST /endpoints — validate, commit manifest (and script, mode 100755) as ONE
+/// commit, and answer once the route is live. 422 with every problem, nothing
+/// committed, when the result would not be servable.
+fn add(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let limit = app.config.max_body;
+    warp::path!("endpoints")
+        .and(warp::post())
+        .and(auth(app.clone()))
+        .and(with_app(app))
+        .and(body(limit))
+        .then(|auth: Auth, app: Arc<App>, body| async move {
+            respond(add_endpoint(auth, app, body).await)
+        })
+}
+
+async fn add_endpoint(
+    auth: Auth,
+    app: Arc<App>,
+    body: Result<Bytes, ApiError>,
+) -> Result<Response, ApiError> {
+    let caller = auth.require(Scope::Write)?;
+    let req: AddEndpoint = parse_json(body)?;
+    match req.mode.as_deref() {
+        None | Some("commit") => {}
+        Some("pull_request") => {
+            return Err(ApiError::bad_request(
+                "`mode: pull_request` needs a GitHub repository (`dynapi serve --remote`); the local workspace takes commits only",
+            ))
+        }
+        Some(other) => return Err(ApiError::bad_request(format!("`mode` is `commit` or `pull_request`, not `{other}`"))),
+    }
+    let text = match req.manifest {
+        Some(Value::String(s)) => s,
+        Some(v @ Value::Object(_)) => serde_yaml::to_string(&v).map_err(|e| {
+            ApiError::bad_request(format!("the manifest cannot be written as YAML: {e}"))
+        })?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "`manifest` is required: the manifest as a YAML string or a JSON object",
+            ))
+        }
+    };
+    // Check the manifest on its own first: it names the file it will be written to.
+    let raw = manifest::parse::<RawManifest>(&format!("{MANIFEST_DIR}/new-endpoint.yaml"), &text)
+        .map_err(|p| ApiError::invalid_manifests(&[p]))?;
+    let draft_file = match raw.value.name.as_deref() {
+        Some(n) if registry::is_name(n) => format!("{MANIFEST_DIR}/{n}.yaml"),
+        _ => format!("{MANIFEST_DIR}/new-endpoint.yaml"),
+    };
+    let draft = Snapshot {
+        settings: None,
+        manifests: vec![(draft_file.clone(), text.clone())],
+    };
+    if let Err(problems) = Registry::build("", &draft, &|_| FileKind::Executable) {
+        return Err(ApiError::invalid_manifests(&problems));
+    }
+    let name = raw.value.name.unwrap_or_default();
+    let served = app.syncer.registry();
+    let existing = served.get(&name).map(|e| e.file.clone());
+    let file = existing
+        .clone()
+        .unwrap_or_else(|| format!("{MANIFEST_DIR}/{name}.yaml"));
+
+    let mut ops = vec![Op::Write {
+        path: file.clone(),
+        contents: text.into_bytes(),
+        executable: Some(false),
+        if_match: None,
+    }];
+    if let Some(script) = req.script {
+        let declared = raw.value.script.unwrap_or_default();
+        if script.path != declared {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_manifest",
+                format!("the manifest runs `{declared}` but the script sent is `{}`; make them the same path", script.path),
+            ));
+        }
+        if !registry::is_plain_relative_path(&script.path) {
+            return Err(ApiError::bad_request(format!(
+                "`{}` is not a path inside the repository",
+                script.path
+            )));
+        }
+        ops.push(Op::Write {
+            path: script.path,
+            contents: script.content.into_bytes(),
+            executable: Some(true),
+            if_match: None,
+        });
+    }
+    let verb = if existing.is_some() { "Update" } else { "Add" };
+    let message = req
+        .message
+        .filter(|m| !m.trim().is_empty())
+        .unwrap_or_else(|| format!("{verb} endpoint {name}"));
+    let committed = app
+        .writer
+        .apply(Change {
+            message,
+            author: author_for(&caller),
+            ops,
+            validation: Validation::Strict,
+        })
+        .await?;
+    let report = app.syncer.sync(Trigger::Write).await;
+    let registry = app.syncer.registry();
+    let endpoint = registry.get(&name).filter(|e| e.file == file);
+    let status = if existing.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(warp::reply::with_status(
+        warp::reply::json(&json!({
+            "endpoint": endpoint.map(|e| describe(e)),
+            "commit": committed.commit,
+            "served": report.served,
+            "live": endpoint.is_some(),
+        })),
+        status,
+    )
+    .into_response())
+}
+
+/// DELETE /endpoints/{name} — one commit removing the manifest, and its script when
+/// no other endpoint uses it.
+fn delete(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("endpoints" / String)
+        .and(warp::delete())
+        .and(auth(app.clone()))
+        .and(with_app(app))
+        .then(|name: String, auth: Auth, app: Arc<App>| async move {
+            respond(
+                async {
+                    let caller = auth.require(Scope::Write)?;
+                    let registry = app.syncer.registry();
+                    let endpoint = registry.get(&name).ok_or_else(|| {
+                        ApiError::not_found(format!(
+                            "no endpoint named `{name}`; GET /endpoints lists them"
+                        ))
+                    })?;
+                    let mut ops = vec![Op::Delete {
+                        path: endpoint.file.clone(),
+                        if_match: None,
+                    }];
+                    let shared = registry
+                        .endpoints()
+                        .iter()
+                        .any(|e| e.name != name && e.script == endpoint.script);
+                    if !shared {
+                        ops.push(Op::Delete {
+                            path: endpoint.script.clone(),
+                            if_match: None,
+                        });
+                    }
+                    let committed = app
+                        .writer
+                        .apply(Change {
+                            message: format!("Remove endpoint {name}"),
+                            author: author_for(&caller),
+                            ops,
+                            validation: Validation::NoNewProblems,
+                        })
+                        .await?;
+                    let report = app.syncer.sync(Trigger::Write).await;
+                    Ok(warp::reply::json(&json!({
+                        "deleted": name,
+                        "script_deleted": !shared,
+                        "commit": committed.commit,
+                        "served": report.served,
+                    })))
+                }
+                .await,
+            )
+        })
+}
+
+/// POST /call/{name} — call any endpoint by name with a JSON object of parameters,
+/// so an assistant reaches endpoints added after it imported its schema.
+fn call(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let limit = app.config.max_body;
+    warp::path!("call" / String)
+        .and(warp::post())
+        .and(auth(app.clone()))
+        .and(with_app(app))
+        .and(body(limit))
+        .then(|name: String, auth: Auth, app: Arc<App>, body| async move {
+            respond(
+                async {
+                    let registry = app.syncer.registry();
+                    let endpoint = registry.get(&name).cloned().ok_or_else(|| {
+                        ApiError::not_found(format!(
+                            "no endpoint named `{name}`; GET /endpoints lists them"
+                        ))
+                    })?;
+                    auth.require(endpoint.scope)?;
+                    let params: Map<String, Value> = match parse_json::<Option<Value>>(body)? {
+                        None => Map::new(),
+                        Some(Value::Object(m)) => m,
+                        Some(_) => {
+                            return Err(ApiError::bad_request(
+                                "the body must be a JSON object of parameters",
+                            ))
+                        }
+                    };
+                    invoke(&app, &endpoint, params).await
+                }
+                .await,
+            )
+        })
+}
+
+/// Every endpoint at its own method and path: the last route, tried after all
+/// built-in routes.
+fn dynamic(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let limit = app.config.max_body;
+    warp::method()
+        .and(warp::path::full())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(auth(app.clone()))
+        .and(with_app(app))
+        .and(body(limit))
+        .then(
+            |method: warp::http::Method,
+             path: FullPath,
+             query: String,
+             auth: Auth,
+             app: Arc<App>,
+             body| async move {
+                respond(dispatch(method, path, query, auth, app, body).await)
+            },
+        )
+}
+
+async fn dispatch(
+    method: warp::http::Method,
+    path: FullPath,
+    query: String,
+    auth: Auth,
+    app: Arc<App>,
+    body: Result<Bytes, ApiError>,
+) -> Result<Response, ApiError> {
+    let registry = app.syncer.registry();
+    let matched = Method::parse(method.as_str()).and_then(|m| registry.route(m, path.as_str()));
+    let Some(matched) = matched else {
+        let first = path
+            .as_str()
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or("");
+        if RESERVED_SEGMENTS.contains(&first) {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not a method of {}", path.as_str()),
+            ));
+        }
+        return Err(ApiError::not_found(format!(
+            "no endpoint at {method} {}; GET /endpoints lists them",
+            path.as_str()
+        )));
+    };
+    let endpoint = matched.endpoint;
+    auth.require(endpoint.scope)?;
+
+    let mut params = Map::new();
+    let mut put = |key: String, value: Value| -> Result<(), ApiError> {
+        if params.contains_key(&key) {
+            return Err(ApiError::bad_request(format!(
+                "parameter `{key}` is given twice (path, query or body)"
+            ))
+            .with("param", json!(key)));
+        }
+        params.insert(key, value);
+        Ok(())
+    };
+    for (key, raw) in matched.path_params {
+        let value = percent_encoding::percent_decode_str(&raw)
+            .decode_utf8()
+            .map_err(|_| {
+                ApiError::bad_request(format!("the path value of `{key}` is not UTF-8"))
+            })?;
+        put(key, Value::String(value.into_owned()))?;
+    }
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&query)
+        .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?;
+    let mut from_query: Map<String, Value> = Map::new();
+    for (key, value) in pairs {
+        match from_query.get_mut(&key) {
+            Some(Value::Array(items)) => items.push(Value::String(value)),
+            Some(single) => *single = Value::Array(vec![single.take(), Value::String(value)]),
+            None => {
+                from_query.insert(key, Value::String(value));
+            }
+        }
+    }
+    for (key, value) in from_query {
+        put(key, value)?;
+    }
+    match parse_json::<Option<Value>>(body)? {
+        None => {}
+        Some(Value::Object(m)) => {
+            for (key, value) in m {
+                put(key, value)?;
+            }
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "the body must be a JSON object of parameters",
+            ))
+        }
+    }
+    invoke(&app, &endpoint, params).await
+}
+
+/// Binds parameters, runs the script, and shapes the answer (see the module doc).
+async fn invoke(
+    app: &App,
+    endpoint: &Endpoint,
+    params: Map<String, Value>,
+) -> Result<Response, ApiError> {
+    let invocation = endpoint.bind(params).map_err(|e| {
+        let mut err = ApiError::new(StatusCode::BAD_REQUEST, "invalid_param", e.message);
+        if let Some(p) = e.param {
+            err = err.with("param", json!(p));
+        }
+        err
+    })?;
+    let program = app.workspace.resolve(&endpoint.script)?;
+    let mut env = invocation.env;
+    env.extend(endpoint.env.iter().cloned());
+    let finished = app
+        .exec
+        .run(Job {
+            program,
+            args: invocation.args,
+            env,
+            stdin: invocation.stdin,
+            cwd: app.workspace.root().to_path_buf(),
+            timeout: endpoint.timeout,
+        })
+        .await?;
+    let stdout = String::from_utf8_lossy(&finished.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&finished.stderr).into_owned();
+    let truncated = finished.stdout_truncated || finished.stderr_truncated;
+    let duration_ms = finished.duration.as_millis() as u64;
+    let (exit_code, signal) = match finished.exit {
+        Exit::TimedOut => {
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!(
+                    "`{}` ran longer than its timeout of {:?} and was stopped",
+                    endpoint.name, endpoint.timeout
+                ),
+            )
+            .with("stdout", json!(stdout))
+            .with("stderr", json!(stderr))
+            .with("truncated", json!(truncated)))
+        }
+        Exit::Code(c) => (Some(c), None),
+        Exit::Signal(s) => (None, Some(s)),
+    };
+    let ok = exit_code == Some(0);
+    let output = if ok && endpoint.output == Output::Json {
+        if finished.stdout_truncated {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "bad_output",
+                "the script's JSON output was larger than the output limit",
+            )
+            .with("stderr", json!(stderr)));
+        }
+        serde_json::from_str::<Value>(&stdout).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "bad_output",
+                format!("the script said `output: json` but printed something else: {e}"),
+            )
+            .with("stdout", json!(stdout))
+            .with("stderr", json!(stderr))
+        })?
+    } else {
+        Value::String(stdout)
+    };
+    let mut answer = json!({
+        "ok": ok,
+        "exit_code": exit_code,
+        "output": output,
+        "stderr": stderr,
+        "truncated": truncated,
+        "duration_ms": duration_ms,
+    });
+    if let Some(s) = signal {
+        answer["signal"] = json!(s);
+    }
+    Ok(warp::reply::json(&answer).into_response())
+}

@@ -1,0 +1,181 @@
+//! `ApiError`, the one error shape every answer uses:
+//! `{"error": {"code": "...", "message": "...", ...details}}` with the right status.
+//! Application errors are replies built here; `handle_rejection` maps warp's own
+//! rejections (no route, body too large) to the same shape.
+
+use std::convert::Infallible;
+
+use serde_json::{json, Map, Value};
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::{Reply, Response};
+
+use crate::exec::ExecError;
+use crate::manifest::Problem;
+use crate::source::change::ChangeError;
+use crate::workspace::PathError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Map<String, Value>,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: Map::new(),
+            retry_after: None,
+        }
+    }
+
+    pub fn with(mut self, key: &str, value: Value) -> ApiError {
+        self.details.insert(key.to_string(), value);
+        self
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn internal(message: impl std::fmt::Display) -> ApiError {
+        tracing::error!("internal error: {message}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            message.to_string(),
+        )
+    }
+
+    /// 422 with every manifest problem, each with file, line and column.
+    pub fn invalid_manifests(problems: &[Problem]) -> ApiError {
+        let summary: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_manifest",
+            format!(
+                "the manifests are invalid; nothing was committed: {}",
+                summary.join("; ")
+            ),
+        )
+        .with("problems", json!(problems))
+    }
+
+    pub fn busy(retry_after: u64, message: impl Into<String>) -> ApiError {
+        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", message);
+        e.retry_after = Some(retry_after);
+        e
+    }
+}
+
+impl Reply for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = Map::new();
+        error.insert("code".into(), Value::from(self.code));
+        error.insert("message".into(), Value::from(self.message));
+        error.extend(self.details);
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&json!({ "error": error })), self.status)
+                .into_response();
+        let headers = response.headers_mut();
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"dynapi\""),
+            );
+        }
+        response
+    }
+}
+
+impl From<ChangeError> for ApiError {
+    fn from(e: ChangeError) -> Self {
+        match e {
+            ChangeError::NotFound(_) => ApiError::not_found(e.to_string()),
+            ChangeError::Precondition { ref current, .. } => {
+                let current = current.clone();
+                ApiError::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    "precondition_failed",
+                    e.to_string(),
+                )
+                .with("current_etag", json!(current))
+            }
+            ChangeError::Invalid(problems) => ApiError::invalid_manifests(&problems),
+            ChangeError::Empty => ApiError::new(
+                StatusCode::CONFLICT,
+                "no_change",
+                "the change leaves every file as it was; nothing to commit",
+            ),
+            ChangeError::Path(p) => p.into(),
+            ChangeError::Repo(r) => ApiError::internal(format!("the commit failed: {r}")),
+        }
+    }
+}
+
+impl From<PathError> for ApiError {
+    fn from(e: PathError) -> Self {
+        match e {
+            PathError::Io(..) => ApiError::internal(e),
+            _ => ApiError::new(StatusCode::BAD_REQUEST, "bad_path", e.to_string()),
+        }
+    }
+}
+
+impl From<ExecError> for ApiError {
+    fn from(e: ExecError) -> Self {
+        match e {
+            ExecError::Busy(_) => ApiError::busy(1, format!("{e}; retry in a second")),
+            ExecError::ShuttingDown => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                e.to_string(),
+            ),
+            ExecError::Spawn { .. } => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "script_failed_to_start",
+                format!("{e} (does the script start with a `#!` line?)"),
+            ),
+        }
+    }
+}
+
+/// Maps warp's rejections to the error shape. Anything unexpected is a 404 or 405,
+/// never a 500: rejections only ever mean "this route did not match".
+pub async fn handle_rejection(rejection: warp::Rejection) -> Result<Response, Infallible> {
+    let error = if rejection.is_not_found() {
+        ApiError::not_found("no route here; GET /endpoints lists the endpoints")
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this path does not take that method",
+        )
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "the request body is too large",
+        )
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
+        ApiError::bad_request(format!("invalid query string: {e}"))
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
+        ApiError::bad_request(e.to_string())
+    } else {
+        tracing::debug!(?rejection, "unmatched rejection");
+        ApiError::not_found("no route here")
+    };
+    Ok(error.into_response())
+}

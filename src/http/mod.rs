@@ -1,0 +1,202 @@
+//! The HTTP API (DESIGN.md section 4): the only module that knows warp and status
+//! codes. One file per group of routes; this file joins them and holds the shared
+//! filters: state, the caller's token, bounded bodies, and request ids.
+//!
+//! Auth is checked after the path matched, and never by rejecting: a bad token is
+//! an answer (401/403), so it can never fall through to another route.
+
+mod endpoints;
+mod error;
+mod seed;
+mod status;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::{Reply, Response};
+use warp::Filter;
+
+pub use error::ApiError;
+
+use crate::auth::{self, Caller, Scope};
+use crate::App;
+
+/// Every route, with errors in the JSON shape and an `X-Request-Id` on every answer.
+pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
+    let api = status::routes(app.clone())
+        .or(seed::routes(app.clone()))
+        .unify()
+        .or(endpoints::routes(app))
+        .unify()
+        .recover(error::handle_rejection)
+        .unify();
+    request_id()
+        .and(api)
+        .map(|id: String, mut response: Response| {
+            if let Ok(v) = warp::http::HeaderValue::from_str(&id) {
+                response.headers_mut().insert("x-request-id", v);
+            }
+            response
+        })
+        .with(warp::log::custom(|info| {
+            tracing::info!(
+                target: "dynapi::request",
+                method = %info.method(),
+                path = info.path(),
+                status = info.status().as_u16(),
+                ms = info.elapsed().as_millis() as u64,
+            );
+        }))
+        .map(Reply::into_response)
+        .boxed()
+}
+
+/// The caller's id for this request: theirs if it is sane, else a new one.
+fn request_id() -> impl Filter<Extract = (String,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("x-request-id").map(|given: Option<String>| {
+        given
+            .filter(|id| {
+                !id.is_empty()
+                    && id.len() <= 64
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            })
+            .unwrap_or_else(|| {
+                let mut bytes = [0u8; 8];
+                let _ = getrandom::fill(&mut bytes);
+                hex::encode(bytes)
+            })
+    })
+}
+
+pub(crate) fn with_app(
+    app: Arc<App>,
+) -> impl Filter<Extract = (Arc<App>,), Error = Infallible> + Clone {
+    warp::any().map(move || app.clone())
+}
+
+/// The outcome of checking the `Authorization` header; handlers ask it for a scope.
+pub(crate) struct Auth(Result<Caller, ApiError>);
+
+impl Auth {
+    /// The caller, if their token has `scope`; else the 401/403 answer.
+    pub fn require(self, scope: Scope) -> Result<Caller, ApiError> {
+        let caller = self.0?;
+        if caller.scopes.contains(scope) {
+            Ok(caller)
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "this needs the `{scope}` scope; the token `{}` has: {}",
+                    caller.token_name,
+                    caller.scopes.names().join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+/// Checks `Authorization: Bearer <token>` against the daemon's tokens and those the
+/// served commit's `dynapi.yaml` grants.
+pub(crate) fn auth(
+    app: Arc<App>,
+) -> impl Filter<Extract = (Auth,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("authorization").map(move |header: Option<String>| {
+        let Some(header) = header else {
+            return Auth(Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send `Authorization: Bearer <token>`",
+            )));
+        };
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .unwrap_or("")
+            .trim();
+        let registry = app.syncer.registry();
+        match auth::verify(
+            token,
+            app.tokens.iter().chain(registry.settings.tokens.iter()),
+        ) {
+            Some(caller) if !token.is_empty() => Auth(Ok(caller)),
+            _ => Auth(Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the bearer token is not valid",
+            ))),
+        }
+    })
+}
+
+/// The request body, read up to `limit` bytes whether or not a length was sent
+/// (a chunked body is counted as it arrives).
+pub(crate) fn body(
+    limit: u64,
+) -> impl Filter<Extract = (Result<Bytes, ApiError>,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .then(move |length: Option<u64>, stream| collect_body(length, stream, limit))
+}
+
+async fn collect_body<S, B>(length: Option<u64>, stream: S, limit: u64) -> Result<Bytes, ApiError>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )
+    };
+    if length.is_some_and(|l| l > limit) {
+        return Err(too_large());
+    }
+    let mut stream = std::pin::pin!(stream);
+    let mut collected = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let mut chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
+        if (collected.len() + chunk.remaining()) as u64 > limit {
+            return Err(too_large());
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let n = part.len();
+            collected.extend_from_slice(part);
+            chunk.advance(n);
+        }
+    }
+    Ok(Bytes::from(collected))
+}
+
+/// Parses a JSON body into `T`; an empty body is `T::default()`.
+pub(crate) fn parse_json<T: DeserializeOwned + Default>(
+    body: Result<Bytes, ApiError>,
+) -> Result<T, ApiError> {
+    let body = body?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("the body is not the JSON this route takes: {e}"))
+    })
+}
+
+/// Turns a handler's result into a response.
+pub(crate) fn respond<T: Reply>(result: Result<T, ApiError>) -> Response {
+    match result {
+        Ok(reply) => reply.into_response(),
+        Err(error) => error.into_response(),
+    }
+}

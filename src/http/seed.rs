@@ -1,0 +1,179 @@
+//! The seed-compatible routes, kept exactly as the original design had them:
+//! `GET /list-scripts`, `POST /run-script`, `POST /git-sync`.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::json;
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use super::{auth, body, parse_json, respond, with_app, ApiError, Auth};
+use crate::auth::{Caller, Scope};
+use crate::exec::{Exit, Job};
+use crate::source::change::ChangeError;
+use crate::source::repo::Author;
+use crate::source::sync::Trigger;
+use crate::App;
+
+pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    list_scripts(app.clone())
+        .or(run_script(app.clone()))
+        .unify()
+        .or(git_sync(app))
+        .unify()
+}
+
+/// The author of a commit made for `caller`: it says it came through the API, and
+/// with which token (never the token itself).
+pub(crate) fn author_for(caller: &Caller) -> Author {
+    Author {
+        name: format!("{} via dynapi", caller.token_name),
+        email: "dynapi@localhost".into(),
+    }
+}
+
+/// GET /list-scripts — `{"scripts": [...]}`: the files in the workspace's `scripts/`.
+fn list_scripts(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("list-scripts")
+        .and(warp::get())
+        .and(auth(app.clone()))
+        .and(with_app(app))
+        .map(|auth: Auth, app: Arc<App>| {
+            respond(auth.require(Scope::Read).and_then(|_| {
+                let dir = app.workspace.resolve("scripts")?;
+                let mut scripts: Vec<String> = match std::fs::read_dir(&dir) {
+                    Ok(entries) => entries
+                        .filter_map(|e| e.ok())
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| !n.starts_with(".dynapi-tmp-"))
+                        .collect(),
+                    Err(_) => Vec::new(),
+                };
+                scripts.sort();
+                Ok(warp::reply::json(&json!({ "scripts": scripts })))
+            }))
+        })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunScript {
+    script_name: String,
+    #[serde(default)]
+    args: Vec<String>,
+}
+
+/// POST /run-script — `{"script_name", "args"}` to
+/// `{"success", "stdout", "stderr", "return_code"}` (plus `truncated`, `timed_out`).
+/// A non-zero exit is a 200 with `success: false`, as in the seed.
+fn run_script(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let limit = app.config.max_body;
+    warp::path!("run-script")
+        .and(warp::post())
+        .and(auth(app.clone()))
+        .and(with_app(app))
+        .and(body(limit))
+        .then(|auth: Auth, app: Arc<App>, body| async move {
+            respond(
+                async {
+                    auth.require(Scope::Run)?;
+                    let req: RunScript = parse_json(body)?;
+                    if req.script_name.is_empty() {
+                        return Err(ApiError::bad_request(
+                            "`script_name` is required; GET /list-scripts lists them",
+                        ));
+                    }
+                    if req.args.iter().any(|a| a.contains('\0')) {
+                        return Err(ApiError::bad_request(
+                            "arguments cannot contain NUL characters",
+                        ));
+                    }
+                    let program = app
+                        .workspace
+                        .resolve(&format!("scripts/{}", req.script_name))?;
+                    if !program.is_file() {
+                        return Err(ApiError::not_found(format!(
+                            "no script `{}` in scripts/; GET /list-scripts lists them",
+                            req.script_name
+                        )));
+                    }
+                    let timeout = app.syncer.registry().settings.default_timeout;
+                    let finished = app
+                        .exec
+                        .run(Job {
+                            program,
+                            args: req.args,
+                            env: Vec::new(),
+                            stdin: Vec::new(),
+                            cwd: app.workspace.root().to_path_buf(),
+                            timeout,
+                        })
+                        .await?;
+                    let return_code = match finished.exit {
+                        Exit::Code(c) => c,
+                        Exit::Signal(s) => 128 + s,
+                        Exit::TimedOut => 124,
+                    };
+                    Ok(warp::reply::json(&json!({
+                        "success": finished.exit == Exit::Code(0),
+                        "stdout": String::from_utf8_lossy(&finished.stdout),
+                        "stderr": String::from_utf8_lossy(&finished.stderr),
+                        "return_code": return_code,
+                        "truncated": finished.stdout_truncated || finished.stderr_truncated,
+                        "timed_out": finished.exit == Exit::TimedOut,
+                    })))
+                }
+                .await,
+            )
+        })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GitSync {
+    message: Option<String>,
+}
+
+/// POST /git-sync — commits what changed in the working tree (files scripts wrote,
+/// `.gitignore` honoured) as one commit, reloads, and answers
+/// `{"message": "Git synchronization complete.", "commit": "<sha>"}`.
+fn git_sync(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let limit = app.config.max_body;
+    warp::path!("git-sync")
+        .and(warp::post())
+        .and(auth(app.clone()))
+        .and(with_app(app))
+        .and(body(limit))
+        .then(|auth: Auth, app: Arc<App>, body| async move {
+            respond(
+                async {
+                    let caller = auth.require(Scope::Write)?;
+                    let req: GitSync = parse_json(body)?;
+                    let message = req
+                        .message
+                        .filter(|m| !m.trim().is_empty())
+                        .unwrap_or_else(|| "Sync the workspace".into());
+                    let committed = match app
+                        .writer
+                        .commit_worktree(message, author_for(&caller))
+                        .await
+                    {
+                        Ok(_) => true,
+                        Err(ChangeError::Empty) => false,
+                        Err(e) => return Err(ApiError::from(e)),
+                    };
+                    let report = app.syncer.sync(Trigger::Write).await;
+                    Ok(warp::reply::json(&json!({
+                        "message": "Git synchronization complete.",
+                        "commit": report.commit,
+                        "served": report.served,
+                        "committed": committed,
+                        "problems": report.problems,
+                    })))
+                }
+                .await,
+            )
+        })
+}

@@ -1,0 +1,112 @@
+//! Routes about the daemon itself: `GET /` (the seed's root), `GET /healthz`,
+//! `GET /readyz`, `GET /status` and `POST /sync`.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use super::{auth, respond, with_app, ApiError, Auth};
+use crate::auth::Scope;
+use crate::source::sync::Trigger;
+use crate::App;
+
+pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    root(app.clone())
+        .or(healthz())
+        .unify()
+        .or(readyz(app.clone()))
+        .unify()
+        .or(status(app.clone()))
+        .unify()
+        .or(sync(app))
+        .unify()
+}
+
+/// GET / — public: what is running, and which commit it serves.
+fn root(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path::end().and(warp::get()).and(with_app(app)).map(|app: Arc<App>| {
+        respond(Ok::<_, ApiError>(warp::reply::json(&json!({
+            "message": "dynapi is running. GET /endpoints lists what it serves; send Authorization: Bearer <token>.",
+            "version": env!("CARGO_PKG_VERSION"),
+            "commit": app.syncer.registry().commit,
+        }))))
+    })
+}
+
+/// GET /healthz — public: the process answers.
+fn healthz() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("healthz").and(warp::get()).map(|| {
+        respond(Ok::<_, ApiError>(warp::reply::json(
+            &json!({"status": "ok"}),
+        )))
+    })
+}
+
+/// GET /readyz — public: a registry is loaded and requests can be served.
+fn readyz(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("readyz")
+        .and(warp::get())
+        .and(with_app(app))
+        .map(|app: Arc<App>| {
+            let commit = app.syncer.registry().commit.clone();
+            if commit.is_empty() {
+                respond(Err::<warp::reply::Json, _>(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_ready",
+                    "no commit has been loaded yet",
+                )))
+            } else {
+                respond(Ok::<_, ApiError>(warp::reply::json(
+                    &json!({"ready": true, "commit": commit}),
+                )))
+            }
+        })
+}
+
+/// GET /status — commit served, last sync, last error with file/line problems,
+/// last-known-good, counts.
+fn status(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("status")
+        .and(warp::get())
+        .and(auth(app.clone()))
+        .and(with_app(app))
+        .map(|auth: Auth, app: Arc<App>| {
+            respond(auth.require(Scope::Read).map(|_| {
+                let registry = app.syncer.registry();
+                let status = app.syncer.status();
+                warp::reply::json(&json!({
+                    "commit": registry.commit,
+                    "branch": app.config.branch,
+                    "source": "local",
+                    "last_known_good": {"commit": registry.commit, "since": status.served_since},
+                    "last_sync": status.last_sync,
+                    "last_error": status.last_error,
+                    "counts": {
+                        "endpoints": registry.endpoints().len(),
+                        "syncs": status.syncs,
+                        "sync_failures": status.failures,
+                        "scripts_running": app.exec.running(),
+                    },
+                    "uptime_seconds": app.started.elapsed().as_secs(),
+                }))
+            }))
+        })
+}
+
+/// POST /sync — fetch and reload now; answers the commit served and any problems.
+fn sync(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("sync")
+        .and(warp::post())
+        .and(auth(app.clone()))
+        .and(with_app(app))
+        .then(|auth: Auth, app: Arc<App>| async move {
+            if let Err(e) = auth.require(Scope::Admin) {
+                return respond(Err::<warp::reply::Json, _>(e));
+            }
+            let report = app.syncer.sync(Trigger::Api).await;
+            respond(Ok::<_, ApiError>(warp::reply::json(&report)))
+        })
+}

@@ -1,0 +1,202 @@
+//! dynapi: a git repository's manifests served as an HTTP API for AI assistants,
+//! with every write sent back to the repository as a commit.
+//!
+//! The major components, in reading order:
+//!
+//! - `config`: flags and environment into `Config`.
+//! - `manifest`: the YAML as written (raw types) and located `Problem`s.
+//! - `registry`: the checked endpoints of one commit; routing and parameter binding.
+//! - `auth`: tokens, scopes, constant-time checks.
+//! - `workspace`: path confinement, atomic writes, the bundled template.
+//! - `exec`: running scripts (the only module that starts processes).
+//! - `source`: the git repository (`repo`), the single writer (`change`) and the
+//!   sync loop that swaps registries (`sync`).
+//! - `http`: the warp routes, the only module that knows HTTP.
+//! - `commands`: the one-shot commands `check`, `init` and `token new`.
+//!
+//! `serve` takes a bound listener and a shutdown token, so tests run the real
+//! daemon on `127.0.0.1:0`.
+
+pub mod auth;
+pub mod commands;
+pub mod config;
+pub mod exec;
+pub mod http;
+pub mod manifest;
+pub mod registry;
+pub mod source;
+pub mod workspace;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Scopes, TokenEntry};
+use crate::config::Config;
+use crate::exec::Exec;
+use crate::source::change::Writer;
+use crate::source::repo::{Author, Repo};
+use crate::source::sync::{Syncer, Trigger};
+use crate::workspace::Workspace;
+
+/// Everything a request handler may use. Shared behind an `Arc`; no globals.
+pub struct App {
+    pub config: Config,
+    pub workspace: Workspace,
+    pub syncer: Arc<Syncer>,
+    pub writer: Writer,
+    pub exec: Exec,
+    /// Tokens that do not come from the repository: `DYNAPI_TOKEN` or the generated one.
+    pub tokens: Vec<TokenEntry>,
+    pub started: Instant,
+}
+
+/// What `App::start` did that the operator should be told.
+pub struct Started {
+    pub app: Arc<App>,
+    /// Set when the daemon generated its token just now: print it, once.
+    pub new_token: Option<String>,
+    /// Where the generated token is kept.
+    pub token_file: Option<std::path::PathBuf>,
+    pub created_workspace: bool,
+}
+
+/// The author of commits the daemon makes on its own (not for a caller).
+pub fn daemon_author() -> Author {
+    Author {
+        name: "dynapi".into(),
+        email: "dynapi@localhost".into(),
+    }
+}
+
+impl App {
+    /// Opens the workspace (creating it from the template when missing), sets up
+    /// tokens, and loads the branch head. Serving starts with `serve`.
+    pub async fn start(config: Config) -> anyhow::Result<Started> {
+        let created = !config.workspace.join(".git").exists();
+        let repo = if created {
+            if config.workspace.exists() && std::fs::read_dir(&config.workspace)?.next().is_some() {
+                anyhow::bail!(
+                    "{} exists, is not empty and is not a git repository; point --workspace at a git repository or a new folder",
+                    config.workspace.display()
+                );
+            }
+            let files = workspace::template_files(false);
+            Repo::init(&config.workspace, &config.branch, &files, &daemon_author()).with_context(
+                || format!("creating the workspace at {}", config.workspace.display()),
+            )?
+        } else {
+            Repo::open(&config.workspace, &config.branch).with_context(|| {
+                format!("opening the workspace at {}", config.workspace.display())
+            })?
+        };
+        let workspace = Workspace::open(&config.workspace)?;
+        let (tokens, new_token, token_file) = setup_tokens(&config, &workspace)?;
+        let syncer = Arc::new(Syncer::new(repo.clone()));
+        let report = syncer.sync(Trigger::Startup).await;
+        if let Some(e) = report.error {
+            anyhow::bail!(
+                "could not read branch `{}` of the workspace: {e}",
+                config.branch
+            );
+        }
+        let app = Arc::new(App {
+            exec: Exec::new(config.limits.clone()),
+            writer: Writer::new(repo, workspace.clone()),
+            syncer,
+            tokens,
+            workspace,
+            config,
+            started: Instant::now(),
+        });
+        Ok(Started {
+            app,
+            new_token,
+            token_file,
+            created_workspace: created,
+        })
+    }
+}
+
+/// `DYNAPI_TOKEN` if set; otherwise the token kept in the state dir, generated
+/// (and returned, to be printed once) the first time.
+fn setup_tokens(
+    config: &Config,
+    workspace: &Workspace,
+) -> anyhow::Result<(Vec<TokenEntry>, Option<String>, Option<std::path::PathBuf>)> {
+    if let Some(token) = &config.token {
+        return Ok((
+            vec![TokenEntry::from_secret("env", token, Scopes::all())],
+            None,
+            None,
+        ));
+    }
+    let dir = workspace.state_dir();
+    let file = dir.join("token");
+    let (secret, new) = match std::fs::read_to_string(&file) {
+        Ok(s) if !s.trim().is_empty() => (s.trim().to_string(), false),
+        _ => {
+            std::fs::create_dir_all(&dir)?;
+            let secret = auth::new_token();
+            write_private(&file, &secret)?;
+            (secret, true)
+        }
+    };
+    let entry = TokenEntry::from_secret("local", &secret, Scopes::all());
+    Ok((vec![entry], new.then_some(secret), Some(file)))
+}
+
+/// Writes a secret readable by its owner only.
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.write_all(b"\n")
+}
+
+/// Serves `app` on `listener` until `shutdown` is cancelled. Then: stop accepting,
+/// let running requests finish for `shutdown_grace`, kill the scripts still
+/// running, and return.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Arc<App>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let tasks = tokio_util::task::TaskTracker::new();
+    tasks.spawn(app.syncer.clone().run(shutdown.clone()));
+    tasks.spawn(app.syncer.clone().watch_local(shutdown.clone()));
+    tasks.close();
+
+    let routes = http::routes(app.clone());
+    let stop = shutdown.clone();
+    let server = warp::serve(routes)
+        .incoming(listener)
+        .graceful(async move { stop.cancelled().await })
+        .run();
+    tokio::pin!(server);
+    tokio::select! {
+        _ = &mut server => {}
+        _ = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(app.config.shutdown_grace).await;
+        } => {
+            tracing::warn!(running = app.exec.running(), "shutdown grace is over; killing running scripts");
+            app.exec.close();
+            app.exec.kill_all();
+            // Requests whose scripts were killed answer now; give them a moment.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut server).await;
+        }
+    }
+    app.exec.close();
+    tasks.wait().await;
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! Where commits come from and go to. `repo` wraps the git repository (gix),
+//! `change` is the single writer, `sync` loads commits into registries.
+//! The local source is the embedded default; the workspace is the repository.
+
+pub mod change;
+pub mod repo;
+pub mod sync;

@@ -1,0 +1,375 @@
+//! The git repository behind the workspace, through gix: creating one from the
+//! template, reading a commit's manifests, and writing a commit whose ref update is
+//! a compare-and-swap on the branch.
+//!
+//! Everything here is blocking; callers run it on tokio's blocking pool. Only
+//! `change.rs` may call `commit_tree`: it is the single writer.
+
+use std::path::{Path, PathBuf};
+
+use gix::bstr::{BStr, ByteSlice};
+use gix::object::tree::EntryKind;
+use gix::ObjectId;
+
+use crate::manifest::Problem;
+use crate::registry::{FileKind, Registry, Snapshot, MANIFEST_DIR, SETTINGS_FILE};
+use crate::workspace::TemplateFile;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("git: {0}")]
+    Git(String),
+    #[error("the branch moved while committing")]
+    Moved,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<gix::Error> for RepoError {
+    fn from(e: gix::Error) -> Self {
+        RepoError::Git(e.to_string())
+    }
+}
+
+/// Who a commit is by.
+#[derive(Debug, Clone)]
+pub struct Author {
+    pub name: String,
+    pub email: String,
+}
+
+impl Author {
+    fn signature(&self) -> gix::actor::Signature {
+        gix::actor::Signature {
+            name: self.name.as_str().into(),
+            email: self.email.as_str().into(),
+            time: gix::date::Time::now_utc(),
+        }
+    }
+}
+
+/// The daemon's handle on the repository of the workspace and the branch it serves.
+#[derive(Clone)]
+pub struct Repo {
+    repo: gix::ThreadSafeRepository,
+    branch: String,
+}
+
+/// One file of a tree: its blob id and whether it is executable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TreeFile {
+    pub id: ObjectId,
+    pub executable: bool,
+}
+
+impl Repo {
+    /// Creates a repository at `dir` whose first commit on `branch` holds `files`.
+    pub fn init(
+        dir: &Path,
+        branch: &str,
+        files: &[TemplateFile],
+        author: &Author,
+    ) -> Result<Repo, RepoError> {
+        std::fs::create_dir_all(dir)?;
+        let repo = gix::init(dir)?;
+        let head = gix::refs::transaction::RefEdit {
+            change: gix::refs::transaction::Change::Update {
+                log: Default::default(),
+                expected: gix::refs::transaction::PreviousValue::Any,
+                new: gix::refs::Target::Symbolic(
+                    format!("refs/heads/{branch}").try_into().map_err(git)?,
+                ),
+            },
+            name: "HEAD".try_into().map_err(git)?,
+            deref: false,
+        };
+        repo.edit_reference(head)?;
+        let this = Repo {
+            repo: repo.into_sync(),
+            branch: branch.to_string(),
+        };
+        let edits: Vec<Edit> = files
+            .iter()
+            .map(|f| Edit::Write {
+                path: f.path.clone(),
+                contents: f.contents.clone(),
+                executable: f.executable,
+            })
+            .collect();
+        for f in files {
+            crate::workspace::write_atomic(&dir.join(&f.path), &f.contents, f.executable)?;
+        }
+        let tree = this.tree_with(None, &edits)?;
+        this.commit_tree(None, tree, "Start from the dynapi template", author)?;
+        this.update_index(dir, &edits)?;
+        Ok(this)
+    }
+
+    pub fn open(dir: &Path, branch: &str) -> Result<Repo, RepoError> {
+        Ok(Repo {
+            repo: gix::ThreadSafeRepository::open(dir).map_err(git)?,
+            branch: branch.to_string(),
+        })
+    }
+
+    pub fn branch(&self) -> &str {
+        &self.branch
+    }
+
+    fn refname(&self) -> String {
+        format!("refs/heads/{}", self.branch)
+    }
+
+    /// The commit the branch points at now, if it exists yet.
+    pub fn head(&self) -> Result<Option<ObjectId>, RepoError> {
+        let repo = self.repo.to_thread_local();
+        let found = repo.try_find_reference(self.refname().as_str())?;
+        Ok(match found {
+            Some(mut r) => Some(r.peel_to_id()?.detach()),
+            None => None,
+        })
+    }
+
+    /// The tree of `commit`.
+    pub fn tree_of(&self, commit: ObjectId) -> Result<ObjectId, RepoError> {
+        let repo = self.repo.to_thread_local();
+        let tree = repo.find_commit(commit)?.tree_id()?.detach();
+        Ok(tree)
+    }
+
+    /// A file of `tree`, or None when the path is missing or not a file.
+    pub fn file(&self, tree: ObjectId, path: &str) -> Result<Option<TreeFile>, RepoError> {
+        let repo = self.repo.to_thread_local();
+        let entry = repo.find_tree(tree)?.lookup_entry_by_path(path)?;
+        Ok(entry.and_then(|e| match EntryKind::from(e.mode()) {
+            EntryKind::Blob => Some(TreeFile {
+                id: e.object_id(),
+                executable: false,
+            }),
+            EntryKind::BlobExecutable => Some(TreeFile {
+                id: e.object_id(),
+                executable: true,
+            }),
+            _ => None,
+        }))
+    }
+
+    pub fn blob(&self, id: ObjectId) -> Result<Vec<u8>, RepoError> {
+        let repo = self.repo.to_thread_local();
+        let data = repo.find_blob(id)?.take_data();
+        Ok(data)
+    }
+
+    /// Every file of `tree`, by path (symlinks and submodules left out).
+    pub fn files_of(
+        &self,
+        tree: ObjectId,
+    ) -> Result<std::collections::BTreeMap<String, TreeFile>, RepoError> {
+        let repo = self.repo.to_thread_local();
+        let mut recorder = gix::traverse::tree::Recorder::default();
+        repo.find_tree(tree)?
+            .traverse()
+            .breadthfirst(&mut recorder)
+            .map_err(git)?;
+        let mut files = std::collections::BTreeMap::new();
+        for entry in recorder.records {
+            let executable = match EntryKind::from(entry.mode) {
+                EntryKind::Blob => false,
+                EntryKind::BlobExecutable => true,
+                _ => continue,
+            };
+            files.insert(
+                entry.filepath.to_str_lossy().into_owned(),
+                TreeFile {
+                    id: entry.oid,
+                    executable,
+                },
+            );
+        }
+        Ok(files)
+    }
+
+    /// Builds the registry of `tree` (at `commit`): reads `dynapi.yaml` and every
+    /// `manifests/*.yaml` from the tree, never from the working directory.
+    pub fn registry_of(
+        &self,
+        commit: &str,
+        tree: ObjectId,
+    ) -> Result<Result<Registry, Vec<Problem>>, RepoError> {
+        let repo = self.repo.to_thread_local();
+        let root = repo.find_tree(tree)?;
+        let text = |id: ObjectId, path: &str| -> Result<String, RepoError> {
+            let data = repo.find_blob(id)?.take_data();
+            String::from_utf8(data).map_err(|_| RepoError::Git(format!("{path} is not UTF-8 text")))
+        };
+        let mut snapshot = Snapshot::default();
+        if let Some(e) = root.lookup_entry_by_path(SETTINGS_FILE)? {
+            snapshot.settings = Some(text(e.object_id(), SETTINGS_FILE)?);
+        }
+        if let Some(dir) = root.lookup_entry_by_path(MANIFEST_DIR)? {
+            if EntryKind::from(dir.mode()) == EntryKind::Tree {
+                for entry in repo.find_tree(dir.object_id())?.iter() {
+                    let entry = entry.map_err(git)?;
+                    let name = entry.filename().to_str_lossy().into_owned();
+                    let is_file = matches!(
+                        EntryKind::from(entry.mode()),
+                        EntryKind::Blob | EntryKind::BlobExecutable
+                    );
+                    if is_file && (name.ends_with(".yaml") || name.ends_with(".yml")) {
+                        let path = format!("{MANIFEST_DIR}/{name}");
+                        let body = text(entry.object_id(), &path)?;
+                        snapshot.manifests.push((path, body));
+                    }
+                }
+            }
+        }
+        let kind_of = |path: &str| match root.lookup_entry_by_path(path) {
+            Ok(Some(e)) => match EntryKind::from(e.mode()) {
+                EntryKind::BlobExecutable => FileKind::Executable,
+                EntryKind::Blob => FileKind::NotExecutable,
+                _ => FileKind::NotAFile,
+            },
+            _ => FileKind::Missing,
+        };
+        Ok(Registry::build(commit, &snapshot, &kind_of))
+    }
+
+    /// Writes the blobs of `edits` and a tree that is `base` (or empty) with them applied.
+    pub fn tree_with(&self, base: Option<ObjectId>, edits: &[Edit]) -> Result<ObjectId, RepoError> {
+        let repo = self.repo.to_thread_local();
+        let base = base.unwrap_or_else(|| ObjectId::empty_tree(repo.object_hash()));
+        let mut editor = repo.edit_tree(base)?;
+        for edit in edits {
+            match edit {
+                Edit::Write {
+                    path,
+                    contents,
+                    executable,
+                } => {
+                    let id = repo.write_blob(contents)?.detach();
+                    let kind = if *executable {
+                        EntryKind::BlobExecutable
+                    } else {
+                        EntryKind::Blob
+                    };
+                    editor.upsert(path.as_str(), kind, id)?;
+                }
+                Edit::Delete { path } => {
+                    editor.remove(path.as_str())?;
+                }
+            }
+        }
+        Ok(editor.write()?.detach())
+    }
+
+    /// Commits `tree` on the branch with `parent` as its parent. The ref moves only
+    /// if it still points at `parent` (a compare-and-swap): `RepoError::Moved` says
+    /// someone else committed first, and the caller re-applies on the new head.
+    pub fn commit_tree(
+        &self,
+        parent: Option<ObjectId>,
+        tree: ObjectId,
+        message: &str,
+        author: &Author,
+    ) -> Result<ObjectId, RepoError> {
+        let repo = self.repo.to_thread_local();
+        let committer = Author {
+            name: "dynapi".into(),
+            email: author.email.clone(),
+        };
+        let (mut b1, mut b2) = (
+            gix::date::parse::TimeBuf::default(),
+            gix::date::parse::TimeBuf::default(),
+        );
+        let (c, a) = (committer.signature(), author.signature());
+        let result = repo.commit_as(
+            c.to_ref(&mut b1),
+            a.to_ref(&mut b2),
+            self.refname().as_str(),
+            message,
+            tree,
+            parent,
+        );
+        match result {
+            Ok(id) => Ok(id.detach()),
+            // The ref changed under us, or its lock is held by a concurrent `git commit`.
+            Err(_) if self.head()? != parent => Err(RepoError::Moved),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Brings the index in step with files the daemon just committed and wrote, so
+    /// `git status` in the workspace stays clean. Entries for other paths (a human's
+    /// staged work) are left alone.
+    pub fn update_index(&self, workdir: &Path, edits: &[Edit]) -> Result<(), RepoError> {
+        let repo = self.repo.to_thread_local();
+        let mut index = match repo.open_index() {
+            Ok(i) => i,
+            Err(_) => repo.index_from_tree(&ObjectId::empty_tree(repo.object_hash()))?,
+        };
+        let touched: Vec<&str> = edits.iter().map(Edit::path).collect();
+        index.remove_entries(|_, path, _| touched.iter().any(|t| path == t.as_bytes().as_bstr()));
+        for edit in edits {
+            if let Edit::Write {
+                path,
+                contents,
+                executable,
+            } = edit
+            {
+                let file = workdir.join(path);
+                let stat = gix::index::fs::Metadata::from_path_no_follow(&file)
+                    .ok()
+                    .and_then(|m| gix::index::entry::Stat::from_fs(&m).ok())
+                    .unwrap_or_default();
+                let id =
+                    gix::objs::compute_hash(repo.object_hash(), gix::objs::Kind::Blob, contents)
+                        .map_err(git)?;
+                let mode = if *executable {
+                    gix::index::entry::Mode::FILE_EXECUTABLE
+                } else {
+                    gix::index::entry::Mode::FILE
+                };
+                index.dangerously_push_entry(
+                    stat,
+                    id,
+                    gix::index::entry::Flags::empty(),
+                    mode,
+                    BStr::new(path.as_bytes()),
+                );
+            }
+        }
+        index.sort_entries();
+        index.remove_tree();
+        index.write(Default::default()).map_err(git)?;
+        Ok(())
+    }
+
+    pub fn workdir(&self) -> Option<PathBuf> {
+        self.repo.work_dir().map(Path::to_path_buf)
+    }
+}
+
+/// One change to one path of a tree.
+#[derive(Debug, Clone)]
+pub enum Edit {
+    Write {
+        path: String,
+        contents: Vec<u8>,
+        executable: bool,
+    },
+    Delete {
+        path: String,
+    },
+}
+
+impl Edit {
+    pub fn path(&self) -> &str {
+        match self {
+            Edit::Write { path, .. } | Edit::Delete { path } => path,
+        }
+    }
+}
+
+fn git(e: impl std::fmt::Display) -> RepoError {
+    RepoError::Git(e.to_string())
+}

@@ -1,0 +1,230 @@
+//! Sync: read the branch head, build a candidate registry from that one commit,
+//! and swap it in whole if it is valid. An invalid commit is never served: the
+//! last-known-good registry stays, and the problems are kept for `/status`.
+//!
+//! Triggers (the local watcher, `POST /sync`, writes) coalesce: a trigger that
+//! arrives while a sync runs causes exactly one more sync, never a queue. Requests
+//! take an `Arc<Registry>` when they start and keep it to the end (invariant 1).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::repo::{Repo, RepoError};
+use crate::manifest::Problem;
+use crate::registry::Registry;
+
+/// How often the local source looks at the branch ref for commits made outside the
+/// daemon. Reading one small file; cheap enough to make "within a second" true.
+const WATCH_INTERVAL: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Startup,
+    Watch,
+    Api,
+    Write,
+    Poll,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncRecord {
+    pub time: String,
+    pub trigger: Trigger,
+    pub commit: Option<String>,
+    /// `served`, `unchanged`, `invalid` or `failed`.
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncError {
+    pub time: String,
+    pub commit: Option<String>,
+    pub message: String,
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncStatus {
+    pub last_sync: Option<SyncRecord>,
+    pub last_error: Option<SyncError>,
+    /// When the served registry was loaded.
+    pub served_since: Option<String>,
+    pub syncs: u64,
+    pub failures: u64,
+}
+
+/// What one sync did, for callers that wait on it (`POST /sync`, writes).
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncReport {
+    pub commit: Option<String>,
+    pub served: String,
+    pub outcome: &'static str,
+    pub problems: Vec<Problem>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub struct Syncer {
+    repo: Repo,
+    registry: ArcSwap<Registry>,
+    status: Mutex<SyncStatus>,
+    running: tokio::sync::Mutex<()>,
+    wake: Notify,
+    /// Bumped on every swap; whoever cares about registry changes (MCP
+    /// `list_changed`) subscribes.
+    generation: watch::Sender<u64>,
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+impl Syncer {
+    pub fn new(repo: Repo) -> Syncer {
+        Syncer {
+            repo,
+            registry: ArcSwap::from_pointee(Registry::empty()),
+            status: Mutex::default(),
+            running: tokio::sync::Mutex::new(()),
+            wake: Notify::new(),
+            generation: watch::channel(0).0,
+        }
+    }
+
+    /// The registry serving now. Keep the `Arc` for the whole request.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.load_full()
+    }
+
+    pub fn status(&self) -> SyncStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Asks the background loop for a sync; coalesces with any already pending.
+    pub fn trigger(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Syncs now and reports what happened. Concurrent calls run one after another;
+    /// each reads the head when it starts, so a caller never sees a stale answer.
+    pub async fn sync(&self, trigger: Trigger) -> SyncReport {
+        let _one_at_a_time = self.running.lock().await;
+        let repo = self.repo.clone();
+        let served = self.registry().commit.clone();
+        let built = tokio::task::spawn_blocking(move || -> Result<_, RepoError> {
+            let Some(head) = repo.head()? else {
+                return Ok(None);
+            };
+            let head_str = head.to_string();
+            if head_str == served {
+                return Ok(Some((head_str, None)));
+            }
+            let tree = repo.tree_of(head)?;
+            Ok(Some((
+                head_str.clone(),
+                Some(repo.registry_of(&head_str, tree)?),
+            )))
+        })
+        .await
+        .unwrap_or_else(|e| Err(RepoError::Git(e.to_string())));
+
+        let now = now_rfc3339();
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.syncs += 1;
+        let (commit, outcome, problems, error) = match built {
+            Ok(None) => (None, "unchanged", Vec::new(), None),
+            Ok(Some((head, None))) => (Some(head), "unchanged", Vec::new(), None),
+            Ok(Some((head, Some(Ok(registry))))) => {
+                let count = registry.endpoints().len();
+                self.registry.store(Arc::new(registry));
+                self.generation.send_modify(|g| *g += 1);
+                status.served_since = Some(now.clone());
+                tracing::info!(commit = %head, endpoints = count, ?trigger, "serving new commit");
+                (Some(head), "served", Vec::new(), None)
+            }
+            Ok(Some((head, Some(Err(problems))))) => {
+                for p in &problems {
+                    tracing::warn!(commit = %head, "invalid manifest: {p}");
+                }
+                status.failures += 1;
+                status.last_error = Some(SyncError {
+                    time: now.clone(),
+                    commit: Some(head.clone()),
+                    message: format!(
+                        "commit {head} has invalid manifests; still serving the last good commit"
+                    ),
+                    problems: problems.clone(),
+                });
+                (Some(head), "invalid", problems, None)
+            }
+            Err(e) => {
+                tracing::error!(?trigger, "sync failed: {e}");
+                status.failures += 1;
+                status.last_error = Some(SyncError {
+                    time: now.clone(),
+                    commit: None,
+                    message: e.to_string(),
+                    problems: Vec::new(),
+                });
+                (None, "failed", Vec::new(), Some(e.to_string()))
+            }
+        };
+        status.last_sync = Some(SyncRecord {
+            time: now,
+            trigger,
+            commit: commit.clone(),
+            outcome,
+        });
+        SyncReport {
+            commit,
+            served: self.registry().commit.clone(),
+            outcome,
+            problems,
+            error,
+        }
+    }
+
+    /// The background loop: runs a sync whenever triggered, until cancelled.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+            }
+            self.sync(Trigger::Watch).await;
+        }
+    }
+
+    /// Watches the branch ref of the local repository and triggers a sync when it
+    /// points somewhere new (a commit made outside the daemon).
+    pub async fn watch_local(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut last = self.registry().commit.clone();
+        let mut ticker = tokio::time::interval(WATCH_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let repo = self.repo.clone();
+            let head = tokio::task::spawn_blocking(move || repo.head()).await;
+            if let Ok(Ok(Some(head))) = head {
+                let head = head.to_string();
+                if head != last {
+                    last = head;
+                    self.trigger();
+                }
+            }
+        }
+    }
+}

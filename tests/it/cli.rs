@@ -1,0 +1,231 @@
+//! The binary itself: `check`, `init`, `token new`, and serve with graceful shutdown.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::git;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dynapi");
+
+#[test]
+fn init_writes_a_repository_that_check_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("project");
+    let out = Command::new(BIN).arg("init").arg(&repo).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(repo.join(".github/workflows/dynapi-check.yml").exists());
+    assert_eq!(git(&repo, &["rev-list", "--count", "HEAD"]).trim(), "1");
+    assert_eq!(git(&repo, &["status", "--porcelain"]).trim(), "");
+    let workflow =
+        std::fs::read_to_string(repo.join(".github/workflows/dynapi-check.yml")).unwrap();
+    assert!(workflow.contains("pull_request") && workflow.contains("dynapi check"));
+    let out = Command::new(BIN).arg("check").arg(&repo).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn check_prints_file_line_column_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("manifests")).unwrap();
+    std::fs::write(dir.path().join("manifests/x.yaml"), "name: x\ndescription: d\nscript: scripts/x.sh\nmethod: get\nparams:\n  n: {type: integer, minimum: 5, maximum: 1}\n").unwrap();
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("manifests/x.yaml:3:1: `scripts/x.sh` does not exist")),
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("manifests/x.yaml:6:") && l.contains("minimum")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn token_new_prints_a_token_and_its_hash_line() {
+    let out = Command::new(BIN)
+        .args(["token", "new", "--scopes", "read,run", "--name", "gpt"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let token = stdout
+        .lines()
+        .next()
+        .unwrap()
+        .strip_prefix("token: ")
+        .unwrap();
+    let hash = hex::encode(dynapi::auth::hash_token(token));
+    assert!(stdout.contains(&format!("sha256: {hash}")));
+    assert!(stdout.contains("scopes: [read, run]"));
+    let bad = Command::new(BIN)
+        .args(["token", "new", "--scopes", "root"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+/// Starts `dynapi serve` on a free port in `dir`; returns the child and its URL and token.
+fn spawn_serve(dir: &std::path::Path, extra: &[&str]) -> (std::process::Child, String, String) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .current_dir(dir)
+        .env_remove("DYNAPI_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut url, mut token) = (String::new(), String::new());
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let (Some(i), true) = (line.find("http://"), url.is_empty()) {
+            url = line[i..].to_string();
+        }
+        if line.trim().starts_with("dynapi_") {
+            token = line.trim().to_string();
+        }
+        if line.starts_with("Try:") {
+            break;
+        }
+    }
+    (child, url, token)
+}
+
+#[tokio::test]
+async fn serve_makes_the_workspace_prints_a_token_and_drains_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, url, token) = spawn_serve(dir.path(), &["--shutdown-grace", "5s"]);
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert!(token.starts_with("dynapi_"), "a generated token is printed");
+    let kept = std::fs::read_to_string(dir.path().join("workspace/.git/dynapi/token")).unwrap();
+    assert_eq!(kept.trim(), token, "the token is kept outside git");
+    let ws = dir.path().join("workspace");
+    assert_eq!(
+        git(
+            &ws,
+            &["ls-files", "scripts/sample_script.sh", "scripts/run_sql.sh"]
+        )
+        .lines()
+        .count(),
+        2
+    );
+
+    let client = reqwest::Client::new();
+    let add = client
+        .post(format!("{url}/endpoints"))
+        .bearer_auth(&token)
+        .json(&crate::support::endpoint_body(
+            "drain",
+            "#!/bin/sh\nsleep 1\necho drained\n",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(add.status(), 201);
+    let slow = tokio::spawn({
+        let (client, url, token) = (client.clone(), url.clone(), token.clone());
+        async move {
+            client
+                .post(format!("{url}/drain"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = child.id() as i32;
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let answer = slow.await.unwrap();
+    assert_eq!(
+        answer["output"],
+        serde_json::json!("drained\n"),
+        "the running request finished"
+    );
+    let status = wait_exit(child, Duration::from_secs(10));
+    assert_eq!(status, Some(0));
+
+    // A second start keeps the workspace and the token, and prints no new token.
+    let (mut child, _, again) = spawn_serve(dir.path(), &[]);
+    assert!(again.is_empty(), "the token is printed only once");
+    child.kill().unwrap();
+    let _ = child.wait();
+}
+
+#[tokio::test]
+async fn shutdown_kills_scripts_still_running_after_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, url, token) = spawn_serve(dir.path(), &["--shutdown-grace", "300ms"]);
+    let client = reqwest::Client::new();
+    let add = client
+        .post(format!("{url}/endpoints"))
+        .bearer_auth(&token)
+        .json(&crate::support::endpoint_body(
+            "forever",
+            "#!/bin/sh\nsleep 60\n",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(add.status(), 201);
+    let slow = tokio::spawn({
+        let (client, url, token) = (client.clone(), url.clone(), token.clone());
+        async move {
+            client
+                .post(format!("{url}/forever"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = wait_exit(child, Duration::from_secs(10));
+    assert_eq!(status, Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    // The killed run answered (with the signal) or its connection closed; it did not hang.
+    let _ = tokio::time::timeout(Duration::from_secs(2), slow)
+        .await
+        .expect("the request did not hang");
+}
+
+fn wait_exit(mut child: std::process::Child, limit: Duration) -> Option<i32> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    None
+}

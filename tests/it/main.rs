@@ -1,0 +1,12 @@
+//! The integration tests: one binary, the real daemon on 127.0.0.1:0, real git
+//! repositories in temp folders, real processes.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod cli;
+mod endpoints;
+mod gitops;
+mod security;
+mod seed;
+mod style;

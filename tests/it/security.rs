@@ -1,0 +1,104 @@
+//! Tokens and scopes, the error shape, request ids, body limits.
+
+use serde_json::json;
+
+use crate::support::{Daemon, TOKEN};
+
+#[tokio::test]
+async fn routes_need_a_valid_token_and_answer_the_json_error_shape() {
+    let d = Daemon::start().await;
+    for (method, path) in [
+        ("GET", "/endpoints"),
+        ("GET", "/status"),
+        ("POST", "/run-script"),
+        ("POST", "/endpoints"),
+        ("GET", "/hello"),
+        ("POST", "/sync"),
+    ] {
+        let a = d.request(method, path, Some(json!({})), None).await;
+        assert_eq!(a.status, 401, "{method} {path}");
+        assert_eq!(a.json["error"]["code"], json!("unauthorized"));
+        assert!(a.headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer"));
+        let a = d
+            .request(method, path, Some(json!({})), Some("wrong"))
+            .await;
+        assert_eq!(a.status, 401, "{method} {path}");
+    }
+    for path in ["/healthz", "/readyz", "/"] {
+        assert_eq!(
+            d.request("GET", path, None, None).await.status,
+            200,
+            "{path}"
+        );
+    }
+    let a = d.request("GET", "/nowhere", None, Some(TOKEN)).await;
+    assert_eq!(a.status, 404);
+    assert!(a.json["error"]["message"].is_string());
+    let a = d.request("GET", "/run-script", None, Some(TOKEN)).await;
+    assert_eq!(a.status, 405);
+}
+
+#[tokio::test]
+async fn tokens_granted_in_dynapi_yaml_carry_only_their_scopes() {
+    let d = Daemon::start().await;
+    let hash = hex::encode(dynapi::auth::hash_token("reader-secret"));
+    std::fs::write(
+        d.workspace.join("dynapi.yaml"),
+        format!("tokens:\n  - name: reader\n    sha256: {hash}\n    scopes: [read]\n"),
+    )
+    .unwrap();
+    d.git(&["commit", "-q", "-am", "Grant a reader"]);
+    let head = d.git(&["rev-parse", "HEAD"]).trim().to_string();
+    assert!(d
+        .eventually(std::time::Duration::from_secs(1), |d| d.served() == head)
+        .await
+        .is_some());
+    assert_eq!(
+        d.request("GET", "/endpoints", None, Some("reader-secret"))
+            .await
+            .status,
+        200
+    );
+    let a = d
+        .request("GET", "/hello", None, Some("reader-secret"))
+        .await;
+    assert_eq!(a.status, 403);
+    assert!(a.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("`run` scope"));
+    let a = d
+        .request("POST", "/endpoints", Some(json!({})), Some("reader-secret"))
+        .await;
+    assert_eq!(a.status, 403);
+}
+
+#[tokio::test]
+async fn request_ids_are_kept_or_made_and_bodies_are_bounded() {
+    let d = Daemon::start_with(|c| c.max_body = 1024).await;
+    let res = d
+        .client
+        .get(format!("{}/healthz", d.url))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "abc-123");
+    let big = json!({"script_name": "x".repeat(4096)});
+    let a = d.post("/run-script", big).await;
+    assert_eq!(a.status, 413);
+    assert_eq!(a.json["error"]["code"], json!("too_large"));
+    let a = d
+        .request(
+            "POST",
+            "/run-script",
+            Some(json!(["not", "an", "object"])),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(a.status, 400);
+    assert_eq!(a.json["error"]["code"], json!("bad_request"));
+}

@@ -1,0 +1,169 @@
+//! Test support: a real daemon on 127.0.0.1:0 over a real git workspace in a temp
+//! folder, an HTTP client that speaks to it, and the git command line for playing
+//! the human who commits in the workspace.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use dynapi::config::Config;
+
+pub const TOKEN: &str = "test-token-with-all-scopes";
+
+pub struct Daemon {
+    pub url: String,
+    pub workspace: PathBuf,
+    pub client: reqwest::Client,
+    pub app: Arc<dynapi::App>,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+/// An answer: status, headers and the body parsed as JSON (Null when empty).
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub json: Value,
+}
+
+impl Daemon {
+    pub async fn start() -> Daemon {
+        Daemon::start_with(|_| {}).await
+    }
+
+    /// Starts a daemon on a fresh workspace made from the template; `adjust` may
+    /// change the configuration first.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let workspace = dir.path().join("workspace");
+        let mut config = Config::new(workspace.clone());
+        config.token = Some(TOKEN.into());
+        config.shutdown_grace = Duration::from_millis(500);
+        adjust(&mut config);
+        let started = dynapi::App::start(config).await.expect("the daemon starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(dynapi::serve(
+            listener,
+            started.app.clone(),
+            shutdown.clone(),
+        ));
+        Daemon {
+            url,
+            workspace,
+            client: reqwest::Client::new(),
+            app: started.app,
+            shutdown,
+            _dir: dir,
+        }
+    }
+
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> Answer {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.client.request(method, format!("{}{}", self.url, path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("the daemon answers");
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let bytes = res.bytes().await.unwrap();
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        Answer {
+            status,
+            headers,
+            json,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.request("GET", path, None, Some(TOKEN)).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Answer {
+        self.request("POST", path, Some(body), Some(TOKEN)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Answer {
+        self.request("DELETE", path, None, Some(TOKEN)).await
+    }
+
+    /// Runs git in the workspace as a human would, and returns its stdout.
+    pub fn git(&self, args: &[&str]) -> String {
+        git(&self.workspace, args)
+    }
+
+    /// The commit the daemon serves.
+    pub fn served(&self) -> String {
+        self.app.syncer.registry().commit.clone()
+    }
+
+    /// Waits until `check` holds, up to `limit`; returns how long it took.
+    pub async fn eventually(
+        &self,
+        limit: Duration,
+        mut check: impl FnMut(&Daemon) -> bool,
+    ) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if check(self) {
+                return Some(start.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=Human",
+            "-c",
+            "user.email=human@example.com",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A manifest for an endpoint `name` at POST /name running scripts/<name>.sh.
+pub fn endpoint_body(name: &str, script: &str) -> Value {
+    serde_json::json!({
+        "manifest": format!("name: {name}\ndescription: Test endpoint {name}.\npath: /{name}\nscript: scripts/{name}.sh\nargs: [\"{{word}}\"]\nparams:\n  word: {{type: string, default: none}}\n"),
+        "script": {"path": format!("scripts/{name}.sh"), "content": script},
+    })
+}
