@@ -11,11 +11,11 @@
 //! pool, never on the async runtime's threads.
 
 use std::collections::HashSet;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
@@ -179,6 +179,7 @@ fn run_blocking(
     running: &Mutex<HashSet<i32>>,
 ) -> Result<Finished, ExecError> {
     let started = Instant::now();
+    let deadline = started + job.timeout;
     let spawn_error = |source: io::Error| ExecError::Spawn {
         program: job.program.to_string_lossy().into_owned(),
         source,
@@ -187,11 +188,20 @@ fn run_blocking(
     let (err_read, err_write) = os_pipe::pipe().map_err(spawn_error)?;
     let handle = {
         // The expression owns the write ends of the pipes; it is dropped at the end
-        // of this block so that only the child holds them and readers see EOF.
-        let expression = duct::cmd(&job.program, &job.args)
+        // of this block so that only the child holds them and we see EOF.
+        let expression = duct::cmd(&job.program, &job.args);
+        let expression = if job.stdin.len() <= PREFILL_STDIN {
+            // Small input goes into the pipe before the child starts: no writer thread.
+            let (stdin_read, mut stdin_write) = os_pipe::pipe().map_err(spawn_error)?;
+            stdin_write.write_all(&job.stdin).map_err(spawn_error)?;
+            drop(stdin_write);
+            expression.stdin_file(stdin_read)
+        } else {
+            expression.stdin_bytes(job.stdin.clone())
+        };
+        let expression = expression
             .dir(&job.cwd)
             .full_env(base_env(&job))
-            .stdin_bytes(job.stdin.clone())
             .stdout_file(out_write)
             .stderr_file(err_write)
             .unchecked()
@@ -205,19 +215,24 @@ fn run_blocking(
     if let Ok(mut r) = running.lock() {
         r.insert(pgid);
     }
-    let stdout = CappedReader::spawn(out_read, cap);
-    let stderr = CappedReader::spawn(err_read, cap);
 
-    let waited = handle.wait_timeout(job.timeout);
-    let exit = match waited {
-        Ok(Some(output)) => match output.status.code() {
-            Some(code) => Exit::Code(code),
-            None => Exit::Signal(output.status.signal().unwrap_or(0)),
-        },
-        Ok(None) | Err(_) => {
-            kill_group(pgid);
-            let _ = handle.wait();
-            Exit::TimedOut
+    let mut outputs = [Capture::new(out_read, cap), Capture::new(err_read, cap)];
+    let timed_out = pump(&mut outputs, &handle, deadline);
+    let exit = if timed_out {
+        kill_group(pgid);
+        let _ = handle.wait();
+        Exit::TimedOut
+    } else {
+        match handle.wait_deadline(deadline) {
+            Ok(Some(output)) => match output.status.code() {
+                Some(code) => Exit::Code(code),
+                None => Exit::Signal(output.status.signal().unwrap_or(0)),
+            },
+            Ok(None) | Err(_) => {
+                kill_group(pgid);
+                let _ = handle.wait();
+                Exit::TimedOut
+            }
         }
     };
     // Children the script left behind in its group go with it.
@@ -225,63 +240,116 @@ fn run_blocking(
     if let Ok(mut r) = running.lock() {
         r.remove(&pgid);
     }
-    let (stdout, stdout_truncated) = stdout.finish();
-    let (stderr, stderr_truncated) = stderr.finish();
+    let [stdout, stderr] = outputs;
     Ok(Finished {
         exit,
-        stdout,
-        stderr,
-        stdout_truncated,
-        stderr_truncated,
+        stdout_truncated: stdout.truncated,
+        stderr_truncated: stderr.truncated,
+        stdout: stdout.buffer,
+        stderr: stderr.buffer,
         duration: started.elapsed(),
     })
 }
 
-/// Reads a pipe on its own thread, keeping the first `cap` bytes and discarding
-/// the rest (so the writer never blocks on a full pipe).
-struct CappedReader {
-    buffer: Arc<Mutex<(Vec<u8>, bool)>>,
-    done: mpsc::Receiver<()>,
+/// Stdin up to this size is written into the pipe before the child starts (it fits
+/// in the kernel's pipe buffer); larger input gets duct's writer thread.
+const PREFILL_STDIN: usize = 32 * 1024;
+/// How often the reading loop looks whether the script's main process has exited.
+const EXIT_CHECK: Duration = Duration::from_millis(50);
+
+/// One output pipe being read without blocking: the first `cap` bytes are kept,
+/// the rest discarded (so the writer never blocks on a full pipe).
+struct Capture {
+    pipe: os_pipe::PipeReader,
+    buffer: Vec<u8>,
+    cap: usize,
+    truncated: bool,
+    eof: bool,
 }
 
-impl CappedReader {
-    fn spawn(mut pipe: os_pipe::PipeReader, cap: usize) -> CappedReader {
-        let buffer: Arc<Mutex<(Vec<u8>, bool)>> = Arc::default();
-        let (tx, done) = mpsc::channel();
-        let shared = buffer.clone();
-        thread::spawn(move || {
-            let mut chunk = [0u8; 16 * 1024];
-            loop {
-                match pipe.read(&mut chunk) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        let Ok(mut b) = shared.lock() else { break };
-                        let room = cap.saturating_sub(b.0.len());
-                        b.0.extend_from_slice(&chunk[..n.min(room)]);
-                        if n > room {
-                            b.1 = true;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => break,
-                }
-            }
-            let _ = tx.send(());
-        });
-        CappedReader { buffer, done }
+impl Capture {
+    fn new(pipe: os_pipe::PipeReader, cap: usize) -> Capture {
+        // SAFETY: fcntl on a descriptor we own; O_NONBLOCK only changes how reads wait.
+        unsafe {
+            let fd = pipe.as_raw_fd();
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+        Capture {
+            pipe,
+            buffer: Vec::new(),
+            cap,
+            truncated: false,
+            eof: false,
+        }
     }
 
-    /// What was read, and whether anything was cut. Gives up waiting for EOF after
-    /// a grace period: a process that escaped the group may hold the pipe open.
-    fn finish(self) -> (Vec<u8>, bool) {
-        let _ = self.done.recv_timeout(DRAIN_GRACE);
-        let mut b = self
-            .buffer
-            .lock()
-            .map(|mut b| std::mem::take(&mut *b))
-            .unwrap_or_default();
-        b.0.shrink_to_fit();
-        b
+    /// Reads what is available now.
+    fn drain(&mut self) {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match self.pipe.read(&mut chunk) {
+                Ok(0) => {
+                    self.eof = true;
+                    return;
+                }
+                Ok(n) => {
+                    let room = self.cap.saturating_sub(self.buffer.len());
+                    self.buffer.extend_from_slice(&chunk[..n.min(room)]);
+                    self.truncated |= n > room;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.eof = true;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Reads stdout and stderr on this thread with poll(2) until both are closed, the
+/// deadline passes (returns true), or the main process has exited and the pipes
+/// stayed open for a grace period (held by something that escaped the group).
+fn pump(outputs: &mut [Capture; 2], handle: &duct::Handle, deadline: Instant) -> bool {
+    let mut exited_at: Option<Instant> = None;
+    loop {
+        let open: Vec<usize> = (0..outputs.len()).filter(|i| !outputs[*i].eof).collect();
+        if open.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return true;
+        }
+        if exited_at.is_some_and(|t| now.duration_since(t) > DRAIN_GRACE) {
+            return false;
+        }
+        let mut fds: Vec<libc::pollfd> = open
+            .iter()
+            .map(|i| libc::pollfd {
+                fd: outputs[*i].pipe.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let wait = deadline
+            .duration_since(now)
+            .min(EXIT_CHECK)
+            .as_millis()
+            .max(1) as libc::c_int;
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs for the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait) };
+        if ready > 0 {
+            for (fd, i) in fds.iter().zip(&open) {
+                if fd.revents != 0 {
+                    outputs[*i].drain();
+                }
+            }
+        } else if exited_at.is_none() && matches!(handle.try_wait(), Ok(Some(_))) {
+            exited_at = Some(Instant::now());
+        }
     }
 }
 

@@ -22,7 +22,7 @@ static TEMPLATE_SCRIPTS: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/scripts");
 const TEMPLATE_GITIGNORE: &str =
     "# Read and written through dynapi, never committed.\ndata/\n*.db\n*.sqlite\n";
 const TEMPLATE_SETTINGS: &str = "# dynapi settings for this repository (all optional).\n# defaults:\n#   timeout: 30s\n# tokens:            # more tokens: `dynapi token new --scopes read` prints a line for here\n#   - name: reader\n#     sha256: <64 hex digits>\n#     scopes: [read]\n";
-const TEMPLATE_WORKFLOW: &str = include_str!("../.github/workflows/dynapi-check.yml");
+const TEMPLATE_WORKFLOW: &str = include_str!("template/dynapi-check.yml");
 
 /// A file of the template: repository-relative path, contents, executable bit.
 pub struct TemplateFile {
