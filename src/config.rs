@@ -106,6 +106,48 @@ pub struct Config {
     pub token: Option<String>,
     /// Largest request body accepted, in bytes.
     pub max_body: u64,
+    pub files: FileLimits,
+}
+
+/// Bounds on what one project request can make big. Answers an assistant reads
+/// stay under 100,000 characters (GPT Actions' limit): they end early with
+/// `truncated` and a `next_offset` instead.
+#[derive(Debug, Clone)]
+pub struct FileLimits {
+    /// Bytes of file content in one read.
+    pub read_bytes: usize,
+    /// Characters of matches, listings, history or combined text in one answer.
+    pub answer_chars: usize,
+    /// Entries in one listing page.
+    pub list_entries: usize,
+    /// Matches in one search answer.
+    pub search_matches: usize,
+    /// How long a search may take before it answers what it found.
+    pub search_time: Duration,
+    /// Bytes of text `combine` may build.
+    pub combine_bytes: usize,
+    /// Files `combine` may take.
+    pub combine_files: usize,
+    /// Bytes of files an archive may hold.
+    pub archive_bytes: u64,
+    /// Commits a history or revert looks through.
+    pub history_walk: usize,
+}
+
+impl Default for FileLimits {
+    fn default() -> FileLimits {
+        FileLimits {
+            read_bytes: 60_000,
+            answer_chars: 80_000,
+            list_entries: 1_000,
+            search_matches: 500,
+            search_time: Duration::from_secs(20),
+            combine_bytes: 16 << 20,
+            combine_files: 5_000,
+            archive_bytes: 256 << 20,
+            history_walk: 100_000,
+        }
+    }
 }
 
 impl Config {
@@ -119,6 +161,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(10),
             token: None,
             max_body: 4 << 20,
+            files: FileLimits::default(),
         }
     }
 

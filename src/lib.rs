@@ -48,6 +48,8 @@ pub struct App {
     pub workspace: Workspace,
     pub syncer: Arc<Syncer>,
     pub writer: Writer,
+    /// Read access to the repository (history); writes go through `writer`.
+    pub repo: Repo,
     pub exec: Exec,
     /// Tokens that do not come from the repository: `DYNAPI_TOKEN` or the generated one.
     pub tokens: Vec<TokenEntry>,
@@ -105,7 +107,8 @@ impl App {
         }
         let app = Arc::new(App {
             exec: Exec::new(config.limits.clone()),
-            writer: Writer::new(repo, workspace.clone()),
+            writer: Writer::new(repo.clone(), workspace.clone()),
+            repo,
             syncer,
             tokens,
             workspace,

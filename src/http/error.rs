@@ -12,7 +12,8 @@ use warp::reply::{Reply, Response};
 use crate::exec::ExecError;
 use crate::manifest::Problem;
 use crate::source::change::ChangeError;
-use crate::workspace::PathError;
+use crate::workspace::files::EditError;
+use crate::workspace::{FsError, PathError};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -113,6 +114,24 @@ impl From<ChangeError> for ApiError {
                 )
                 .with("current_etag", json!(current))
             }
+            ChangeError::Edit { ref error, .. } => {
+                let (index, found) = match error {
+                    EditError::Empty { index } | EditError::NotFound { index } => (*index, 0),
+                    EditError::Ambiguous { index, count } => (*index, *count),
+                };
+                ApiError::new(StatusCode::CONFLICT, "edit_failed", e.to_string())
+                    .with("edit", json!(index))
+                    .with("occurrences", json!(found))
+            }
+            ChangeError::NotText(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_text", e.to_string())
+            }
+            ChangeError::Conflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            ChangeError::TooLarge(_) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+            }
             ChangeError::Invalid(problems) => ApiError::invalid_manifests(&problems),
             ChangeError::Empty => ApiError::new(
                 StatusCode::CONFLICT,
@@ -121,6 +140,26 @@ impl From<ChangeError> for ApiError {
             ),
             ChangeError::Path(p) => p.into(),
             ChangeError::Repo(r) => ApiError::internal(format!("the commit failed: {r}")),
+        }
+    }
+}
+
+impl From<FsError> for ApiError {
+    fn from(e: FsError) -> Self {
+        match e {
+            FsError::Path(p) => p.into(),
+            FsError::NotFound(_) => ApiError::not_found(e.to_string()),
+            FsError::IsFolder(_) => {
+                ApiError::new(StatusCode::CONFLICT, "is_a_folder", e.to_string())
+            }
+            FsError::NotFolder(_) => {
+                ApiError::new(StatusCode::CONFLICT, "not_a_folder", e.to_string())
+            }
+            FsError::TooLarge(_) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+            }
+            FsError::BadRequest(m) => ApiError::bad_request(m),
+            FsError::Io { .. } => ApiError::internal(e),
         }
     }
 }

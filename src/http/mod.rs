@@ -7,6 +7,9 @@
 
 mod endpoints;
 mod error;
+mod files;
+mod history;
+mod project;
 mod seed;
 mod status;
 
@@ -30,6 +33,12 @@ use crate::App;
 pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
     let api = status::routes(app.clone())
         .or(seed::routes(app.clone()))
+        .unify()
+        .or(files::routes(app.clone()))
+        .unify()
+        .or(project::routes(app.clone()))
+        .unify()
+        .or(history::routes(app.clone()))
         .unify()
         .or(endpoints::routes(app))
         .unify()
@@ -191,6 +200,42 @@ pub(crate) fn parse_json<T: DeserializeOwned + Default>(
     serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!("the body is not the JSON this route takes: {e}"))
     })
+}
+
+/// The raw query string, `""` when there is none. Handlers parse it with
+/// `parse_query`, so a bad query is a 400 answer rather than a rejection that
+/// would fall through to other routes.
+pub(crate) fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+    warp::query::raw().or(warp::any().map(String::new)).unify()
+}
+
+pub(crate) fn parse_query<T: DeserializeOwned>(raw: &str) -> Result<T, ApiError> {
+    serde_urlencoded::from_str(raw).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the query string is not what this route takes: {e}"
+        ))
+    })
+}
+
+/// The rest of the URL path after a route's prefix, percent-decoded: a workspace
+/// path, still to be confined by `Workspace::resolve`.
+pub(crate) fn tail_path(
+) -> impl Filter<Extract = (Result<String, ApiError>,), Error = Infallible> + Clone {
+    warp::path::tail().map(|tail: warp::path::Tail| {
+        percent_encoding::percent_decode_str(tail.as_str())
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .map_err(|_| ApiError::bad_request("the path is not UTF-8 once percent-decoded"))
+    })
+}
+
+/// Runs blocking work (files, git) off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(ApiError::internal)?
 }
 
 /// Turns a handler's result into a response.

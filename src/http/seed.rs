@@ -160,7 +160,7 @@ fn git_sync(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejecti
                         .commit_worktree(message, author_for(&caller))
                         .await
                     {
-                        Ok(_) => true,
+                        Ok(applied) => applied.new_commit,
                         Err(ChangeError::Empty) => false,
                         Err(e) => return Err(ApiError::from(e)),
                     };

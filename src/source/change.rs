@@ -1,15 +1,18 @@
 //! The change writer: the only code that creates commits.
 //!
-//! Writes are serialized through one lock. A change is applied to the branch head's
-//! tree, checked (preconditions, and manifests when it touches them), committed with
-//! a compare-and-swap on the branch ref, and only then written to the working tree.
-//! When the branch moved (a human's `git commit` in the workspace), the change is
-//! re-applied on the new head, so nothing acknowledged is lost and nothing
-//! committed by someone else is overwritten silently: `If-Match` turns a stale
-//! write into `ChangeError::Precondition`.
+//! Writes are serialized through one lock. A change is first planned against the
+//! working tree (what the caller sees: `If-Match` is checked against the file on
+//! disk, edits apply to its text), then applied to the branch head's tree, checked
+//! (manifests, when it touches them), committed with a compare-and-swap on the
+//! branch ref, and only then written to the working tree. When the branch moved (a
+//! human's `git commit` in the workspace), the plan is committed again on the new
+//! head, so nothing acknowledged is lost.
+//!
+//! Paths the repository ignores (`.gitignore`) and does not track are written to
+//! the working tree only; the answer lists them as uncommitted.
 
-use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 
 use gix::ObjectId;
 use tokio::sync::Mutex;
@@ -17,10 +20,14 @@ use tokio::sync::Mutex;
 use super::repo::{Author, Edit, Repo, RepoError};
 use crate::manifest::Problem;
 use crate::registry::{MANIFEST_DIR, SETTINGS_FILE};
+use crate::workspace::files::{self, EditError, TextEdit};
 use crate::workspace::{self, PathError, Workspace};
 
 /// How many times a change is re-applied when the branch keeps moving under it.
 const MAX_ATTEMPTS: usize = 8;
+
+/// The largest file an edit or a move reads into memory.
+pub const MAX_EDIT_BYTES: u64 = 64 << 20;
 
 /// One operation of a change.
 #[derive(Debug, Clone)]
@@ -32,6 +39,19 @@ pub enum Op {
         executable: Option<bool>,
         if_match: Option<String>,
     },
+    /// Exact-text edits of a text file, applied in order; all or none.
+    Edit {
+        path: String,
+        edits: Vec<TextEdit>,
+        if_match: Option<String>,
+    },
+    /// Rename a file, keeping its mode. `to` must not exist unless `overwrite`.
+    Move {
+        from: String,
+        to: String,
+        overwrite: bool,
+        if_match: Option<String>,
+    },
     /// Remove a file that must exist.
     Delete {
         path: String,
@@ -40,10 +60,19 @@ pub enum Op {
 }
 
 impl Op {
-    fn path(&self) -> &str {
-        match self {
-            Op::Write { path, .. } | Op::Delete { path, .. } => path,
+    /// The same operation with its paths confined and normalized (`./a//b` is `a/b`).
+    fn normalized(&self, ws: &Workspace) -> Result<Op, PathError> {
+        let mut op = self.clone();
+        match &mut op {
+            Op::Write { path, .. } | Op::Edit { path, .. } | Op::Delete { path, .. } => {
+                *path = ws.normalize(path)?;
+            }
+            Op::Move { from, to, .. } => {
+                *from = ws.normalize(from)?;
+                *to = ws.normalize(to)?;
+            }
         }
+        Ok(op)
     }
 }
 
@@ -75,6 +104,14 @@ pub enum ChangeError {
         expected: String,
         current: String,
     },
+    #[error("`{path}`: {error}")]
+    Edit { path: String, error: EditError },
+    #[error("`{0}` is not UTF-8 text; replace it whole with PUT")]
+    NotText(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    TooLarge(String),
     #[error("the manifests would be invalid")]
     Invalid(Vec<Problem>),
     #[error("nothing to commit")]
@@ -85,9 +122,23 @@ pub enum ChangeError {
     Repo(#[from] RepoError),
 }
 
+/// What a change did.
 #[derive(Debug, Clone)]
-pub struct Committed {
+pub struct Applied {
+    /// The branch head afterwards: the new commit, or the old head when only
+    /// ignored files changed.
     pub commit: String,
+    /// Whether a commit was made.
+    pub new_commit: bool,
+    /// Paths written or removed in the working tree only (ignored by `.gitignore`).
+    pub uncommitted: Vec<String>,
+    /// Every path the change touched, with its blob id afterwards (None: removed).
+    pub files: BTreeMap<String, Option<String>>,
+    /// Paths that did not exist before the change.
+    pub created: Vec<String>,
+    /// False when every file already was as the change would leave it: nothing
+    /// was committed or written.
+    pub changed: bool,
 }
 
 pub struct Writer {
@@ -106,7 +157,7 @@ impl Writer {
     }
 
     /// Applies `change` as one commit on the branch and writes it to the working tree.
-    pub async fn apply(&self, change: Change) -> Result<Committed, ChangeError> {
+    pub async fn apply(&self, change: Change) -> Result<Applied, ChangeError> {
         let _serial = self.lock.lock().await;
         let repo = self.repo.clone();
         let workspace = self.workspace.clone();
@@ -121,12 +172,12 @@ impl Writer {
         &self,
         message: String,
         author: Author,
-    ) -> Result<Committed, ChangeError> {
+    ) -> Result<Applied, ChangeError> {
         let _serial = self.lock.lock().await;
         let repo = self.repo.clone();
         let workspace = self.workspace.clone();
         tokio::task::spawn_blocking(move || {
-            let ops = worktree_changes(&repo, workspace.root())?;
+            let ops = worktree_changes(&repo, &workspace)?;
             if ops.is_empty() {
                 return Err(ChangeError::Empty);
             }
@@ -143,70 +194,128 @@ impl Writer {
     }
 }
 
-fn apply_blocking(
-    repo: &Repo,
-    workspace: &Workspace,
-    change: Change,
-) -> Result<Committed, ChangeError> {
-    // Every path is confined before anything is read or written.
-    let mut targets = Vec::new();
-    for op in &change.ops {
-        targets.push(workspace.resolve(op.path())?);
-    }
-    let touches_manifests = change.ops.iter().any(|op| {
-        let p = op.path();
-        p == SETTINGS_FILE
-            || p.starts_with(&format!("{MANIFEST_DIR}/"))
-            || p.starts_with("scripts/")
-    });
-    for _ in 0..MAX_ATTEMPTS {
-        let parent = repo.head()?;
-        let base_tree = parent.map(|c| repo.tree_of(c)).transpose()?;
-        let edits = resolve_ops(repo, base_tree, &change.ops)?;
-        let tree = repo.tree_with(base_tree, &edits)?;
-        if Some(tree) == base_tree {
-            return Err(ChangeError::Empty);
-        }
-        if touches_manifests || change.validation == Validation::Strict {
-            check_manifests(repo, base_tree, tree, change.validation)?;
-        }
-        match repo.commit_tree(parent, tree, &change.message, &change.author) {
-            Ok(commit) => {
-                write_worktree(&edits, &targets)?;
-                repo.update_index(workspace.root(), &edits)?;
-                return Ok(Committed {
-                    commit: commit.to_string(),
-                });
-            }
-            Err(RepoError::Moved) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ChangeError::Repo(RepoError::Moved))
+/// A file's contents and executable bit.
+type Contents = (Vec<u8>, bool);
+
+/// What a change will leave at each path, planned against the working tree.
+#[derive(Default)]
+struct Plan {
+    /// Paths in the order the change first touched them.
+    order: Vec<String>,
+    targets: HashMap<String, PathBuf>,
+    /// The working tree before the change: blob id and executable bit.
+    before: HashMap<String, Option<(ObjectId, bool)>>,
+    /// The working tree after it (None: removed).
+    after: HashMap<String, Option<Contents>>,
 }
 
-/// Turns operations into tree edits against `base`, checking `If-Match` and existence.
-fn resolve_ops(repo: &Repo, base: Option<ObjectId>, ops: &[Op]) -> Result<Vec<Edit>, ChangeError> {
-    let current = |path: &str| match base {
-        Some(tree) => repo.file(tree, path),
-        None => Ok(None),
-    };
-    let check_match =
-        |path: &str, if_match: &Option<String>, found: Option<ObjectId>| match if_match {
-            Some(expected)
-                if found.map(|id| id.to_string()).as_deref() != Some(expected.as_str()) =>
-            {
-                Err(ChangeError::Precondition {
-                    path: path.to_string(),
-                    expected: expected.clone(),
-                    current: found
-                        .map(|id| id.to_string())
-                        .unwrap_or_else(|| "absent".into()),
-                })
+impl Plan {
+    fn touch(&mut self, ws: &Workspace, path: &str) -> Result<(), ChangeError> {
+        if self.targets.contains_key(path) {
+            return Ok(());
+        }
+        let target = ws.resolve(path)?;
+        if path.trim_matches('/').is_empty() {
+            return Err(ChangeError::Conflict("a path to a file is needed".into()));
+        }
+        let state = match std::fs::symlink_metadata(&target) {
+            Ok(m) if m.is_dir() => {
+                return Err(ChangeError::Conflict(format!("`{path}` is a folder")))
             }
-            _ => Ok(()),
+            _ => files::file_state(&target).map_err(RepoError::from)?,
         };
-    let mut edits = Vec::new();
+        self.order.push(path.to_string());
+        self.before.insert(path.to_string(), state);
+        self.targets.insert(path.to_string(), target);
+        Ok(())
+    }
+
+    /// The blob id and mode at `path` as the change has left it so far.
+    fn state(
+        &mut self,
+        ws: &Workspace,
+        path: &str,
+    ) -> Result<Option<(ObjectId, bool)>, ChangeError> {
+        self.touch(ws, path)?;
+        match self.after.get(path) {
+            Some(Some((bytes, exec))) => Ok(Some((
+                files::blob_id(bytes).map_err(RepoError::from)?,
+                *exec,
+            ))),
+            Some(None) => Ok(None),
+            None => Ok(self.before[path]),
+        }
+    }
+
+    /// The contents at `path` as the change has left it so far.
+    fn contents(&mut self, ws: &Workspace, path: &str) -> Result<Option<Contents>, ChangeError> {
+        self.touch(ws, path)?;
+        if let Some(after) = self.after.get(path) {
+            return Ok(after.clone());
+        }
+        let Some((_, exec)) = self.before[path] else {
+            return Ok(None);
+        };
+        let target = &self.targets[path];
+        let size = std::fs::metadata(target).map_err(RepoError::from)?.len();
+        if size > MAX_EDIT_BYTES {
+            return Err(ChangeError::TooLarge(format!(
+                "`{path}` is larger than {MAX_EDIT_BYTES} bytes, the most an edit or a move reads"
+            )));
+        }
+        let bytes = std::fs::read(target).map_err(RepoError::from)?;
+        Ok(Some((bytes, exec)))
+    }
+
+    /// Refuses a write whose parent folders include a file (`a` when writing `a/b`).
+    fn check_parents(&self, ws: &Workspace, path: &str) -> Result<(), ChangeError> {
+        let mut prefix = String::new();
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            let still_there = !matches!(self.after.get(prefix.as_str()), Some(None));
+            let on_disk = ws.resolve(&prefix)?;
+            let is_file = std::fs::symlink_metadata(&on_disk).is_ok_and(|m| !m.is_dir());
+            if (is_file && still_there) || matches!(self.after.get(prefix.as_str()), Some(Some(_)))
+            {
+                return Err(ChangeError::Conflict(format!(
+                    "`{prefix}` is a file, so `{path}` cannot be written below it"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_match(
+    path: &str,
+    if_match: &Option<String>,
+    found: Option<(ObjectId, bool)>,
+) -> Result<(), ChangeError> {
+    let Some(expected) = if_match else {
+        return Ok(());
+    };
+    let expected = expected.trim().trim_start_matches("W/").trim_matches('"');
+    if expected == "*" && found.is_some() {
+        return Ok(());
+    }
+    let current = found.map(|(id, _)| id.to_string());
+    if current.as_deref() == Some(expected) {
+        return Ok(());
+    }
+    Err(ChangeError::Precondition {
+        path: path.to_string(),
+        expected: expected.to_string(),
+        current: current.unwrap_or_else(|| "absent".into()),
+    })
+}
+
+/// Works out what each operation leaves in the working tree.
+fn plan(ws: &Workspace, ops: &[Op]) -> Result<Plan, ChangeError> {
+    let mut plan = Plan::default();
     for op in ops {
         match op {
             Op::Write {
@@ -215,22 +324,183 @@ fn resolve_ops(repo: &Repo, base: Option<ObjectId>, ops: &[Op]) -> Result<Vec<Ed
                 executable,
                 if_match,
             } => {
-                let existing = current(path)?;
-                check_match(path, if_match, existing.map(|f| f.id))?;
-                edits.push(Edit::Write {
-                    path: path.clone(),
-                    contents: contents.clone(),
-                    executable: executable.unwrap_or(existing.is_some_and(|f| f.executable)),
-                });
+                let current = plan.state(ws, path)?;
+                check_match(path, if_match, current)?;
+                plan.check_parents(ws, path)?;
+                let exec = executable.unwrap_or(current.is_some_and(|(_, x)| x));
+                plan.after
+                    .insert(path.clone(), Some((contents.clone(), exec)));
+            }
+            Op::Edit {
+                path,
+                edits,
+                if_match,
+            } => {
+                let current = plan.state(ws, path)?;
+                check_match(path, if_match, current)?;
+                let (bytes, exec) = plan
+                    .contents(ws, path)?
+                    .ok_or_else(|| ChangeError::NotFound(path.clone()))?;
+                let text =
+                    String::from_utf8(bytes).map_err(|_| ChangeError::NotText(path.clone()))?;
+                let edited =
+                    files::apply_edits(&text, edits).map_err(|error| ChangeError::Edit {
+                        path: path.clone(),
+                        error,
+                    })?;
+                plan.after
+                    .insert(path.clone(), Some((edited.into_bytes(), exec)));
+            }
+            Op::Move {
+                from,
+                to,
+                overwrite,
+                if_match,
+            } => {
+                if from == to {
+                    return Err(ChangeError::Conflict(format!(
+                        "`{from}` would be moved onto itself"
+                    )));
+                }
+                let current = plan.state(ws, from)?;
+                check_match(from, if_match, current)?;
+                let contents = plan
+                    .contents(ws, from)?
+                    .ok_or_else(|| ChangeError::NotFound(from.clone()))?;
+                if plan.state(ws, to)?.is_some() && !overwrite {
+                    return Err(ChangeError::Conflict(format!(
+                        "`{to}` exists; send `\"overwrite\": true` to replace it"
+                    )));
+                }
+                plan.check_parents(ws, to)?;
+                plan.after.insert(from.clone(), None);
+                plan.after.insert(to.clone(), Some(contents));
             }
             Op::Delete { path, if_match } => {
-                let existing = current(path)?.ok_or_else(|| ChangeError::NotFound(path.clone()))?;
-                check_match(path, if_match, Some(existing.id))?;
-                edits.push(Edit::Delete { path: path.clone() });
+                let current = plan.state(ws, path)?;
+                check_match(path, if_match, current)?;
+                plan.after.insert(path.clone(), None);
             }
         }
     }
-    Ok(edits)
+    Ok(plan)
+}
+
+fn apply_blocking(
+    repo: &Repo,
+    workspace: &Workspace,
+    change: Change,
+) -> Result<Applied, ChangeError> {
+    // Every path is confined, and written the one way git spells it, before
+    // anything is read or written.
+    let ops = change
+        .ops
+        .iter()
+        .map(|op| op.normalized(workspace))
+        .collect::<Result<Vec<Op>, PathError>>()?;
+    let plan = plan(workspace, &ops)?;
+    let paths: Vec<&str> = plan.order.iter().map(String::as_str).collect();
+    let ignored = repo.ignored(&paths)?;
+
+    for _ in 0..MAX_ATTEMPTS {
+        let parent = repo.head()?;
+        let base_tree = parent.map(|c| repo.tree_of(c)).transpose()?;
+        let mut edits = Vec::new();
+        let mut uncommitted = Vec::new();
+        for (path, ignored) in paths.iter().zip(&ignored) {
+            let tracked = match base_tree {
+                Some(tree) => repo.file(tree, path)?.is_some(),
+                None => false,
+            };
+            let after = &plan.after[*path];
+            if after.is_none() && !tracked && plan.before[*path].is_none() {
+                return Err(ChangeError::NotFound(path.to_string()));
+            }
+            if *ignored && !tracked {
+                uncommitted.push(path.to_string());
+                continue;
+            }
+            match after {
+                Some((contents, executable)) => edits.push(Edit::Write {
+                    path: path.to_string(),
+                    contents: contents.clone(),
+                    executable: *executable,
+                }),
+                None if tracked => edits.push(Edit::Delete {
+                    path: path.to_string(),
+                }),
+                None => {}
+            }
+        }
+        let tree = repo.tree_with(base_tree, &edits)?;
+        let new_commit = Some(tree) != base_tree;
+        let disk_changes = changed_on_disk(&plan)?;
+        let touches_manifests = edits.iter().any(|e| {
+            let p = e.path();
+            p == SETTINGS_FILE
+                || p.starts_with(&format!("{MANIFEST_DIR}/"))
+                || p.starts_with("scripts/")
+        });
+        if new_commit && (touches_manifests || change.validation == Validation::Strict) {
+            check_manifests(repo, base_tree, tree, change.validation)?;
+        }
+        let commit = if new_commit {
+            match repo.commit_tree(parent, tree, &change.message, &change.author) {
+                Ok(commit) => commit,
+                Err(RepoError::Moved) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            parent.unwrap_or_else(|| ObjectId::null(gix::hash::Kind::Sha1))
+        };
+        let changed = new_commit || !disk_changes.is_empty();
+        write_worktree(&plan, &disk_changes)?;
+        repo.update_index(workspace.root(), &edits)?;
+        let mut files = BTreeMap::new();
+        for path in &plan.order {
+            let etag = match &plan.after.get(path).cloned().flatten() {
+                Some((bytes, _)) => {
+                    Some(files::blob_id(bytes).map_err(RepoError::from)?.to_string())
+                }
+                None if plan.after.contains_key(path) => None,
+                None => plan.before[path].map(|(id, _)| id.to_string()),
+            };
+            files.insert(path.clone(), etag);
+        }
+        let created = plan
+            .order
+            .iter()
+            .filter(|p| plan.before[*p].is_none() && matches!(plan.after.get(*p), Some(Some(_))))
+            .cloned()
+            .collect();
+        return Ok(Applied {
+            commit: commit.to_string(),
+            new_commit,
+            uncommitted,
+            files,
+            created,
+            changed,
+        });
+    }
+    Err(ChangeError::Repo(RepoError::Moved))
+}
+
+/// The paths whose working-tree file the plan changes.
+fn changed_on_disk(plan: &Plan) -> Result<Vec<String>, ChangeError> {
+    let mut changed = Vec::new();
+    for path in &plan.order {
+        let Some(after) = plan.after.get(path) else {
+            continue;
+        };
+        let after = match after {
+            Some((bytes, exec)) => Some((files::blob_id(bytes).map_err(RepoError::from)?, *exec)),
+            None => None,
+        };
+        if after != plan.before[path] {
+            changed.push(path.clone());
+        }
+    }
+    Ok(changed)
 }
 
 fn check_manifests(
@@ -264,42 +534,105 @@ fn check_manifests(
     Err(ChangeError::Invalid(problems))
 }
 
-fn write_worktree(edits: &[Edit], targets: &[std::path::PathBuf]) -> Result<(), ChangeError> {
-    for (edit, target) in edits.iter().zip(targets) {
-        match edit {
-            Edit::Write {
-                contents,
-                executable,
-                ..
-            } => {
-                workspace::write_atomic(target, contents, *executable).map_err(RepoError::from)?;
-            }
-            Edit::Delete { .. } => match std::fs::remove_file(target) {
-                Ok(()) => {}
+/// Writes the planned files (writes first, then removals, so a move never loses
+/// its file), and removes folders a removal left empty.
+fn write_worktree(plan: &Plan, changed: &[String]) -> Result<(), ChangeError> {
+    for path in changed {
+        if let Some(Some((contents, executable))) = plan.after.get(path) {
+            workspace::write_atomic(&plan.targets[path], contents, *executable)
+                .map_err(RepoError::from)?;
+        }
+    }
+    for path in changed {
+        if let Some(None) = plan.after.get(path) {
+            let target = &plan.targets[path];
+            match std::fs::remove_file(target) {
+                Ok(()) => remove_empty_parents(target),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(RepoError::from(e).into()),
-            },
+            }
         }
     }
     Ok(())
 }
 
+/// Removes the folders above `file` that are now empty, as git does; stops at the
+/// first one that is not (the workspace root never is: it holds `.git`).
+fn remove_empty_parents(file: &Path) {
+    let mut dir = file.parent();
+    while let Some(d) = dir {
+        if std::fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
+    }
+}
+
+/// The operations that undo `commit` (against its first parent) on the branch
+/// head: each file it changed goes back to its version before the commit. A file
+/// changed again since is a conflict (nothing is merged); one already back is left
+/// alone. Each operation carries `If-Match` = the version the commit left, so a
+/// file changed in the workspace meanwhile fails the change rather than being lost.
+pub fn revert_ops(repo: &Repo, commit: ObjectId) -> Result<Vec<Op>, ChangeError> {
+    let empty = BTreeMap::new();
+    let after = repo.files_of(repo.tree_of(commit)?)?;
+    let before = match repo.first_parent(commit)? {
+        Some(parent) => repo.files_of(repo.tree_of(parent)?)?,
+        None => empty.clone(),
+    };
+    let now = match repo.head()? {
+        Some(head) => repo.files_of(repo.tree_of(head)?)?,
+        None => empty,
+    };
+    let mut ops = Vec::new();
+    let mut conflicts = Vec::new();
+    let paths: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    for path in paths {
+        let (was, became, is) = (before.get(path), after.get(path), now.get(path));
+        if was == became || is == was {
+            continue;
+        }
+        if is != became {
+            conflicts.push(path.clone());
+            continue;
+        }
+        let if_match = became.map(|f| f.id.to_string());
+        ops.push(match was {
+            Some(file) => Op::Write {
+                path: path.clone(),
+                contents: repo.blob(file.id)?,
+                executable: Some(file.executable),
+                if_match,
+            },
+            None => Op::Delete {
+                path: path.clone(),
+                if_match,
+            },
+        });
+    }
+    if !conflicts.is_empty() {
+        return Err(ChangeError::Conflict(format!(
+            "changed again since that commit, so it cannot be undone alone: {}",
+            conflicts.join(", ")
+        )));
+    }
+    if ops.is_empty() {
+        return Err(ChangeError::Empty);
+    }
+    Ok(ops)
+}
+
 /// The operations that would make the branch head's tree equal the working tree,
 /// for files git would track (`.gitignore` honoured). Symlinks are left out.
-fn worktree_changes(repo: &Repo, root: &Path) -> Result<Vec<Op>, ChangeError> {
+fn worktree_changes(repo: &Repo, workspace: &Workspace) -> Result<Vec<Op>, ChangeError> {
+    let root = workspace.root();
     let head_files: BTreeMap<String, super::repo::TreeFile> = match repo.head()? {
         Some(commit) => repo.files_of(repo.tree_of(commit)?)?,
         None => BTreeMap::new(),
     };
     let mut seen = HashSet::new();
     let mut ops = Vec::new();
-    let walker = ignore::WalkBuilder::new(root)
-        .hidden(false)
-        .parents(false)
-        .git_global(false)
-        .require_git(false)
-        .filter_entry(|e| e.file_name() != ".git")
-        .build();
+    let walker = workspace.walker(root, true).build();
     for entry in walker {
         let entry = entry.map_err(|e| RepoError::Git(e.to_string()))?;
         let Some(kind) = entry.file_type() else {
@@ -312,21 +645,16 @@ fn worktree_changes(repo: &Repo, root: &Path) -> Result<Vec<Op>, ChangeError> {
             continue;
         };
         let rel = rel.to_string_lossy().into_owned();
-        if rel.contains(".dynapi-tmp-") {
+        let Some((id, executable)) = files::file_state(entry.path()).map_err(RepoError::from)?
+        else {
             continue;
-        }
-        let contents = std::fs::read(entry.path()).map_err(RepoError::from)?;
-        let executable = entry
-            .metadata()
-            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
-            .unwrap_or(false);
-        let id = gix::objs::compute_hash(gix::hash::Kind::Sha1, gix::objs::Kind::Blob, &contents)
-            .map_err(|e| RepoError::Git(e.to_string()))?;
+        };
         seen.insert(rel.clone());
         let unchanged = head_files
             .get(&rel)
             .is_some_and(|f| f.id == id && f.executable == executable);
         if !unchanged {
+            let contents = std::fs::read(entry.path()).map_err(RepoError::from)?;
             ops.push(Op::Write {
                 path: rel,
                 contents,

@@ -344,9 +344,170 @@ impl Repo {
         Ok(())
     }
 
+    /// For each of `paths`, whether the repository's ignore rules (`.gitignore`
+    /// files of the working tree and `.git/info/exclude`) exclude it, as git would:
+    /// a path inside an excluded folder is excluded.
+    pub fn ignored(&self, paths: &[&str]) -> Result<Vec<bool>, RepoError> {
+        let repo = self.repo.to_thread_local();
+        let index = repo.index_or_empty()?;
+        let mut stack = repo.excludes(
+            &index,
+            None,
+            gix::worktree::stack::state::ignore::Source::WorktreeThenIdMappingIfNotSkipped,
+        )?;
+        let mut out = Vec::with_capacity(paths.len());
+        for path in paths {
+            let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+            let mut excluded = false;
+            for end in 1..=parts.len() {
+                let prefix = parts[..end].join("/");
+                let mode = if end < parts.len() {
+                    gix::index::entry::Mode::DIR
+                } else {
+                    gix::index::entry::Mode::FILE
+                };
+                if stack
+                    .at_entry(BStr::new(prefix.as_bytes()), Some(mode))?
+                    .is_excluded()
+                {
+                    excluded = true;
+                    break;
+                }
+            }
+            out.push(excluded);
+        }
+        Ok(out)
+    }
+
+    /// What `GET /history` says of one commit.
+    pub fn commit_info(&self, id: ObjectId) -> Result<CommitInfo, RepoError> {
+        let repo = self.repo.to_thread_local();
+        let commit = repo.find_commit(id)?;
+        let message = commit.message_raw()?.to_str_lossy().into_owned();
+        let author = commit.author()?;
+        let seconds = author.time().map(|t| t.seconds).unwrap_or(0);
+        let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds.max(0) as u64);
+        Ok(CommitInfo {
+            commit: id.to_string(),
+            parents: commit.parent_ids().map(|p| p.to_string()).collect(),
+            summary: message.lines().next().unwrap_or("").to_string(),
+            message: message.trim_end().to_string(),
+            author: author.name.to_str_lossy().trim().to_string(),
+            email: author.email.to_str_lossy().trim().to_string(),
+            time: humantime::format_rfc3339_seconds(time).to_string(),
+        })
+    }
+
+    /// The first parent of `commit`, if it has one.
+    pub fn first_parent(&self, commit: ObjectId) -> Result<Option<ObjectId>, RepoError> {
+        let repo = self.repo.to_thread_local();
+        let parent = repo
+            .find_commit(commit)?
+            .parent_ids()
+            .next()
+            .map(|p| p.detach());
+        Ok(parent)
+    }
+
+    /// Commits reachable from the branch head, newest first, looking at no more than
+    /// `max_walk`. With `path`, only commits in which that file or folder differs
+    /// from the first parent. Skips `skip`, answers at most `limit`, and says
+    /// whether more would follow.
+    pub fn log(
+        &self,
+        path: Option<&str>,
+        skip: usize,
+        limit: usize,
+        max_walk: usize,
+    ) -> Result<(Vec<CommitInfo>, bool), RepoError> {
+        let Some(head) = self.head()? else {
+            return Ok((Vec::new(), false));
+        };
+        let repo = self.repo.to_thread_local();
+        let walk = repo
+            .rev_walk([head])
+            .sorting(gix::revision::walk::Sorting::ByCommitTime(
+                Default::default(),
+            ))
+            .all()
+            .map_err(git)?;
+        let entry_at =
+            |commit: ObjectId, path: &str| -> Result<Option<(ObjectId, u16)>, RepoError> {
+                let tree = repo.find_commit(commit)?.tree()?;
+                Ok(tree
+                    .lookup_entry_by_path(path)?
+                    .map(|e| (e.object_id(), e.mode().value())))
+            };
+        let mut out = Vec::new();
+        let mut matched = 0usize;
+        for info in walk.take(max_walk) {
+            let info = info.map_err(git)?;
+            if let Some(path) = path {
+                let here = entry_at(info.id, path)?;
+                let before = match info.parent_ids.first() {
+                    Some(parent) => entry_at(*parent, path)?,
+                    None => None,
+                };
+                if here == before {
+                    continue;
+                }
+            }
+            matched += 1;
+            if matched <= skip {
+                continue;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push(self.commit_info(info.id)?);
+        }
+        Ok((out, false))
+    }
+
+    /// The commit reachable from the branch head whose id starts with `prefix`
+    /// (at least 4 hex digits), looking at no more than `max_walk` commits.
+    pub fn find_in_history(&self, prefix: &str, max_walk: usize) -> Result<Lookup, RepoError> {
+        let Some(head) = self.head()? else {
+            return Ok(Lookup::NotFound);
+        };
+        let repo = self.repo.to_thread_local();
+        let prefix = prefix.to_ascii_lowercase();
+        let mut found = None;
+        for info in repo.rev_walk([head]).all().map_err(git)?.take(max_walk) {
+            let id = info.map_err(git)?.id;
+            if id.to_string().starts_with(&prefix) {
+                if found.is_some_and(|f| f != id) {
+                    return Ok(Lookup::Ambiguous);
+                }
+                found = Some(id);
+            }
+        }
+        Ok(found.map_or(Lookup::NotFound, Lookup::Found))
+    }
+
     pub fn workdir(&self) -> Option<PathBuf> {
         self.repo.work_dir().map(Path::to_path_buf)
     }
+}
+
+/// A commit as `GET /history` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CommitInfo {
+    pub commit: String,
+    pub parents: Vec<String>,
+    pub summary: String,
+    pub message: String,
+    pub author: String,
+    pub email: String,
+    pub time: String,
+}
+
+/// The outcome of looking a commit up by a prefix of its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    Found(ObjectId),
+    NotFound,
+    Ambiguous,
 }
 
 /// One change to one path of a tree.

@@ -6,7 +6,9 @@ mod support;
 
 mod cli;
 mod endpoints;
+mod files;
 mod gitops;
+mod project;
 mod security;
 mod seed;
 mod style;

@@ -44,18 +44,7 @@ async fn routes_need_a_valid_token_and_answer_the_json_error_shape() {
 #[tokio::test]
 async fn tokens_granted_in_dynapi_yaml_carry_only_their_scopes() {
     let d = Daemon::start().await;
-    let hash = hex::encode(dynapi::auth::hash_token("reader-secret"));
-    std::fs::write(
-        d.workspace.join("dynapi.yaml"),
-        format!("tokens:\n  - name: reader\n    sha256: {hash}\n    scopes: [read]\n"),
-    )
-    .unwrap();
-    d.git(&["commit", "-q", "-am", "Grant a reader"]);
-    let head = d.git(&["rev-parse", "HEAD"]).trim().to_string();
-    assert!(d
-        .eventually(std::time::Duration::from_secs(1), |d| d.served() == head)
-        .await
-        .is_some());
+    d.grant_reader("reader-secret", "read").await;
     assert_eq!(
         d.request("GET", "/endpoints", None, Some("reader-secret"))
             .await

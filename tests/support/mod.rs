@@ -107,6 +107,66 @@ impl Daemon {
         self.request("DELETE", path, None, Some(TOKEN)).await
     }
 
+    pub async fn put(&self, path: &str, body: Value) -> Answer {
+        self.request("PUT", path, Some(body), Some(TOKEN)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> Answer {
+        self.request("PATCH", path, Some(body), Some(TOKEN)).await
+    }
+
+    /// Sends `method target` byte for byte (no URL normalization, unlike a client
+    /// library: `..` segments stay) and answers the status and the body.
+    pub async fn raw(&self, method: &str, target: &str, body: Option<&Value>) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.url.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let request = format!(
+            "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let status = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// Grants the token `secret` (named `reader`) only `scopes` in `dynapi.yaml`, as
+    /// a human would: edit, commit; then waits until that commit is served.
+    pub async fn grant_reader(&self, secret: &str, scopes: &str) {
+        let hash = hex::encode(dynapi::auth::hash_token(secret));
+        std::fs::write(
+            self.workspace.join("dynapi.yaml"),
+            format!("tokens:\n  - name: reader\n    sha256: {hash}\n    scopes: [{scopes}]\n"),
+        )
+        .unwrap();
+        self.git(&["commit", "-q", "-am", "Grant a reader"]);
+        let head = self.git(&["rev-parse", "HEAD"]).trim().to_string();
+        assert!(self
+            .eventually(Duration::from_secs(2), |d| d.served() == head)
+            .await
+            .is_some());
+    }
+
+    /// How many commits the branch has.
+    pub fn commits(&self) -> usize {
+        self.git(&["rev-list", "--count", "HEAD"])
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
     /// Runs git in the workspace as a human would, and returns its stdout.
     pub fn git(&self, args: &[&str]) -> String {
         git(&self.workspace, args)

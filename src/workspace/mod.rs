@@ -1,71 +1,29 @@
 //! The workspace on disk: the only code that turns a path from a request into a
-//! file path (`Workspace::resolve`), atomic writes, and the bundled template a new
-//! workspace starts from.
+//! file path (`Workspace::resolve`), and everything the project routes do with
+//! files: listing and reading (`files`), search (`search`), combining (`combine`),
+//! archives (`archive`), plus atomic writes and the bundled `template`.
 //!
 //! Confinement compares resolved path components, never string prefixes (`/ws_evil`
 //! is not inside `/ws`), and resolves symlinks on the whole path, including the last
 //! component, so a link inside the workspace cannot lead outside it. It must never
 //! hand out a path under `.git/`: that is where the repository and the daemon's own
-//! state (tokens) live.
+//! state (tokens) live. Walks never follow symlinks and never enter `.git`.
+//!
+//! Nothing here commits: writes that must become commits go through the change
+//! writer (`source::change`), which uses `resolve` and `write_atomic` from here.
+
+pub mod archive;
+pub mod combine;
+pub mod files;
+pub mod search;
+mod template;
+
+pub use template::{template_files, TemplateFile};
 
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
-
-use include_dir::{include_dir, Dir};
-
-/// The bundled template: the project's own `manifests/` and `scripts/`.
-static TEMPLATE_MANIFESTS: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/manifests");
-static TEMPLATE_SCRIPTS: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/scripts");
-
-const TEMPLATE_GITIGNORE: &str =
-    "# Read and written through dynapi, never committed.\ndata/\n*.db\n*.sqlite\n";
-const TEMPLATE_SETTINGS: &str = "# dynapi settings for this repository (all optional).\n# defaults:\n#   timeout: 30s\n# tokens:            # more tokens: `dynapi token new --scopes read` prints a line for here\n#   - name: reader\n#     sha256: <64 hex digits>\n#     scopes: [read]\n";
-const TEMPLATE_WORKFLOW: &str = include_str!("template/dynapi-check.yml");
-
-/// A file of the template: repository-relative path, contents, executable bit.
-pub struct TemplateFile {
-    pub path: String,
-    pub contents: Vec<u8>,
-    pub executable: bool,
-}
-
-/// Every file a new repository starts with. Scripts are executable; `with_workflow`
-/// adds the GitHub workflow that runs `dynapi check` on pull requests.
-pub fn template_files(with_workflow: bool) -> Vec<TemplateFile> {
-    let mut files = Vec::new();
-    collect(&TEMPLATE_MANIFESTS, "manifests", false, &mut files);
-    collect(&TEMPLATE_SCRIPTS, "scripts", true, &mut files);
-    let mut add = |path: &str, contents: &str| {
-        files.push(TemplateFile {
-            path: path.to_string(),
-            contents: contents.as_bytes().to_vec(),
-            executable: false,
-        })
-    };
-    add(".gitignore", TEMPLATE_GITIGNORE);
-    add("dynapi.yaml", TEMPLATE_SETTINGS);
-    if with_workflow {
-        add(".github/workflows/dynapi-check.yml", TEMPLATE_WORKFLOW);
-    }
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    files
-}
-
-/// Adds every file below `dir` (include_dir paths are relative to the embedded root).
-fn collect(dir: &Dir<'_>, top: &str, executable: bool, out: &mut Vec<TemplateFile>) {
-    for file in dir.files() {
-        out.push(TemplateFile {
-            path: format!("{top}/{}", file.path().to_string_lossy()),
-            contents: file.contents().to_vec(),
-            executable,
-        });
-    }
-    for sub in dir.dirs() {
-        collect(sub, top, executable, out);
-    }
-}
 
 /// Why a request path was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -77,6 +35,41 @@ pub enum PathError {
     #[error("could not resolve `{0}`: {1}")]
     Io(String, String),
 }
+
+/// What went wrong with a file operation; `http` maps each to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error("`{0}` does not exist")]
+    NotFound(String),
+    #[error("`{0}` is a folder, not a file")]
+    IsFolder(String),
+    #[error("`{0}` is not a folder")]
+    NotFolder(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("could not read or write `{path}`: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+impl FsError {
+    /// Wraps an I/O error on `path`; a missing file is `NotFound`.
+    pub fn io(path: &str) -> impl FnOnce(io::Error) -> FsError + '_ {
+        move |source| match source.kind() {
+            io::ErrorKind::NotFound => FsError::NotFound(path.to_string()),
+            _ => FsError::Io {
+                path: path.to_string(),
+                source,
+            },
+        }
+    }
+}
+
+/// The name of the writer's temporary files; walks and listings never show them.
+pub const TEMP_PREFIX: &str = ".dynapi-tmp-";
 
 /// The daemon's checkout.
 #[derive(Debug, Clone)]
@@ -100,6 +93,50 @@ impl Workspace {
     /// so it is never committed and never reachable through `resolve`.
     pub fn state_dir(&self) -> PathBuf {
         self.root.join(".git").join("dynapi")
+    }
+
+    /// The repository-relative path (with `/`) of `path`, a path inside the root.
+    pub fn relative(&self, path: &Path) -> String {
+        path.strip_prefix(&self.root)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// `request` confined and written the one way git spells a path: `./a//b/` is
+    /// `a/b`; the root is `""`.
+    pub fn normalize(&self, request: &str) -> Result<String, PathError> {
+        let resolved = self.resolve(request)?;
+        Ok(self.relative(&resolved))
+    }
+
+    /// A walk of the files below `subtree` (a path from `resolve`). It starts at the
+    /// root so that every `.gitignore` from the root down applies (when
+    /// `honour_ignore`) and none from above the workspace does. Hidden files are
+    /// included; `.git` and the writer's temporary files never are; symlinks are
+    /// not followed.
+    pub fn walker(&self, subtree: &Path, honour_ignore: bool) -> ignore::WalkBuilder {
+        let subtree = subtree.to_path_buf();
+        let mut builder = ignore::WalkBuilder::new(&self.root);
+        builder
+            .hidden(false)
+            .parents(false)
+            .ignore(false)
+            .git_global(false)
+            .git_ignore(honour_ignore)
+            .git_exclude(honour_ignore)
+            .require_git(false)
+            .follow_links(false)
+            .sort_by_file_name(|a, b| a.cmp(b))
+            .filter_entry(move |entry| {
+                let name = entry.file_name().to_string_lossy();
+                if name == ".git" || name.starts_with(TEMP_PREFIX) {
+                    return false;
+                }
+                let path = entry.path();
+                path.starts_with(&subtree) || subtree.starts_with(path)
+            });
+        builder
     }
 
     /// THE confinement function: turns a repository-relative path from a request
@@ -167,7 +204,14 @@ impl Workspace {
                     }
                     return Ok(());
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // A missing entry, or a file where a folder would be (`a.txt/b`): look
+                // at the part of the path that exists.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                    ) =>
+                {
                     // An entry that exists but cannot be resolved is a dangling
                     // symlink: refuse rather than guess where it would lead.
                     if fs::symlink_metadata(&existing).is_ok() {
@@ -210,7 +254,7 @@ fn tempfile_in(dir: &Path) -> io::Result<(PathBuf, fs::File)> {
     for _ in 0..16 {
         let mut bytes = [0u8; 8];
         getrandom::fill(&mut bytes).map_err(|e| io::Error::other(e.to_string()))?;
-        let path = dir.join(format!(".dynapi-tmp-{}", hex::encode(bytes)));
+        let path = dir.join(format!("{TEMP_PREFIX}{}", hex::encode(bytes)));
         match fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -267,15 +311,5 @@ mod tests {
         assert_eq!(ws.resolve("in/x").unwrap(), ws_root.join("in/x"));
         assert_eq!(ws.resolve("").unwrap(), ws_root);
         assert_eq!(ws.resolve("./a//b").unwrap(), ws_root.join("a/b"));
-    }
-
-    #[test]
-    fn the_template_has_the_seed_scripts_executable() {
-        let files = template_files(true);
-        let find = |p: &str| files.iter().find(|f| f.path == p);
-        assert!(find("scripts/sample_script.sh").unwrap().executable);
-        assert!(find("scripts/run_sql.sh").unwrap().executable);
-        assert!(!find("manifests/hello.yaml").unwrap().executable);
-        assert!(find(".github/workflows/dynapi-check.yml").is_some());
     }
 }

@@ -1,0 +1,597 @@
+//! The file routes: `GET /files` and `GET /files/{path}` (list a folder, or read a
+//! page of a file), `PUT`, `PATCH` and `DELETE /files/{path}`, `POST /files/move`,
+//! and `GET /download/{path}` (raw bytes).
+//!
+//! Reads answer from the working tree with `ETag` = the git blob id of the file;
+//! writes take `If-Match` (the header, or `if_match` in the body) and become one
+//! commit each through the change writer. A path `.gitignore` ignores is written
+//! but not committed, and the answer says `"committed": false`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::{Reply, Response};
+use warp::{Filter, Rejection};
+
+use super::seed::author_for;
+use super::{
+    auth, blocking, body, parse_json, parse_query, raw_query, respond, tail_path, with_app,
+    ApiError, Auth,
+};
+use crate::auth::{Caller, Scope};
+use crate::registry::{MANIFEST_DIR, SETTINGS_FILE};
+use crate::source::change::{Applied, Change, Op, Validation};
+use crate::source::sync::Trigger;
+use crate::workspace::files::{self, PageRequest, TextEdit};
+use crate::workspace::FsError;
+use crate::App;
+
+/// The most edits one PATCH may carry.
+const MAX_EDITS: usize = 100;
+/// The most files one folder move may carry.
+const MAX_MOVE_FILES: usize = 10_000;
+
+pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    read(app.clone())
+        .or(put(app.clone()))
+        .unify()
+        .or(patch(app.clone()))
+        .unify()
+        .or(delete(app.clone()))
+        .unify()
+        .or(move_files(app.clone()))
+        .unify()
+        .or(download(app))
+        .unify()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadQuery {
+    /// The folder to list (for `GET /files`).
+    path: Option<String>,
+    depth: Option<usize>,
+    /// Lines (files) or entries (folders) to skip.
+    offset: Option<u64>,
+    /// Lines (files) or entries (folders) to return.
+    limit: Option<u64>,
+}
+
+/// GET /files?path=&depth= and GET /files/{path}?offset=&limit= — a folder's
+/// entries, or a page of a file's lines with its `ETag`.
+fn read(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path("files")
+        .and(tail_path())
+        .and(warp::get())
+        .and(raw_query())
+        .and(auth(app.clone()))
+        .and(with_app(app))
+        .then(
+            |path: Result<String, ApiError>, query: String, auth: Auth, app: Arc<App>| async move {
+                respond(read_file(path, query, auth, app).await)
+            },
+        )
+}
+
+async fn read_file(
+    path: Result<String, ApiError>,
+    query: String,
+    auth: Auth,
+    app: Arc<App>,
+) -> Result<Response, ApiError> {
+    auth.require(Scope::Read)?;
+    let q: ReadQuery = parse_query(&query)?;
+    let path = match path? {
+        p if p.is_empty() => q.path.clone().unwrap_or_default(),
+        p => p,
+    };
+    let limits = app.config.files.clone();
+    let ws = app.workspace.clone();
+    blocking(move || {
+        let rel = ws.normalize(&path)?;
+        let target = ws.resolve(&rel)?;
+        let meta = std::fs::metadata(&target).map_err(FsError::io(&rel))?;
+        if meta.is_dir() {
+            let depth = q.depth.unwrap_or(1).clamp(1, 10);
+            let max = (q.limit.unwrap_or(limits.list_entries as u64) as usize)
+                .clamp(1, limits.list_entries);
+            let listing = files::list(&ws, &rel, depth, q.offset.unwrap_or(0) as usize, max)?;
+            return Ok(warp::reply::json(&listing).into_response());
+        }
+        let page = files::read_page(
+            &target,
+            &rel,
+            PageRequest {
+                offset: q.offset.unwrap_or(0),
+                limit: q.limit.unwrap_or(u64::MAX).max(1),
+                max_bytes: limits.read_bytes,
+            },
+        )?;
+        let etag = page.etag.clone();
+        let mut value = serde_json::to_value(&page).map_err(ApiError::internal)?;
+        if page.binary {
+            value["message"] = json!(format!(
+                "`{rel}` is a binary file; GET /download/{rel} gives its bytes"
+            ));
+        }
+        Ok(with_etag(warp::reply::json(&value).into_response(), &etag))
+    })
+    .await
+}
+
+fn with_etag(mut response: Response, etag: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{etag}\"")) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    response
+}
+
+/// The precondition: the `If-Match` header, else `if_match` from the body.
+fn precondition(header: Option<String>, body: Option<String>) -> Option<String> {
+    header.or(body).filter(|s| !s.trim().is_empty())
+}
+
+/// A commit message: the caller's, or `default`.
+pub(crate) fn message_or(given: Option<String>, default: impl FnOnce() -> String) -> String {
+    given
+        .filter(|m| !m.trim().is_empty())
+        .unwrap_or_else(default)
+}
+
+/// Reloads the registry after a change that touched what it is built from, so
+/// the answer comes when the change is served; other commits reload in the
+/// background.
+pub(crate) async fn settle(app: &App, applied: &Applied) {
+    if !applied.new_commit {
+        return;
+    }
+    let served_from = |p: &String| {
+        p == SETTINGS_FILE
+            || p.starts_with(&format!("{MANIFEST_DIR}/"))
+            || p.starts_with("scripts/")
+    };
+    if applied.files.keys().any(served_from) {
+        app.syncer.sync(Trigger::Write).await;
+    } else {
+        app.syncer.trigger();
+    }
+}
+
+/// Applies `ops` as ONE commit for `caller` (the author says it came through the
+/// API, and with which token), then `settle`s.
+pub(crate) async fn commit(
+    app: &App,
+    caller: &Caller,
+    message: String,
+    ops: Vec<Op>,
+) -> Result<Applied, ApiError> {
+    let applied = app
+        .writer
+        .apply(Change {
+            message,
+            author: author_for(caller),
+            ops,
+            validation: Validation::NoNewProblems,
+        })
+        .await?;
+    settle(app, &applied).await;
+    Ok(applied)
+}
+
+/// The answer to a write of `path`.
+pub(crate) fn written(applied: &Applied, path: &str) -> Value {
+    let mut answer = json!({
+        "path": path,
+        "etag": applied.files.get(path).cloned().flatten(),
+        "changed": applied.changed,
+    });
+    if applied.uncommitted.iter().any(|p| p == path) {
+        answer["committed"] = json!(false);
+        answer["note"] = json!(format!(
+            "`.gitignore` ignores `{path}`: it is in the workspace but not committed"
+        ));
+    } else {
+        answer["committed"] = json!(true);
+        answer["commit"] = json!(applied.commit);
+    }
+    answer
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutFile {
+    content: Option<String>,
+    message: Option<String>,
+    executable: Option<bool>,
+    if_match: Option<String>,
+}
+
+/// PUT /files/{path} — create or replace a file: one commit. 201 when created.
+fn put(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let limit = app.config.max_body;
+    warp::path("files")
+        .and(tail_path())
+        .and(warp::put())
+        .and(warp::header::optional::<String>("if-match"))
+        .and(auth(app.clone()))
+        .and(with_app(app))
+        .and(body(limit))
+        .then(
+            |path: Result<String, ApiError>,
+             if_match: Option<String>,
+             auth: Auth,
+             app: Arc<App>,
+             body: Result<Bytes, ApiError>| async move {
+                respond(
+                    async {
+                        let caller = auth.require(Scope::Write)?;
+                        let path = app.workspace.normalize(&path?)?;
+                        let req: PutFile = parse_json(body)?;
+                        let content = req.content.ok_or_else(|| {
+                            ApiError::bad_request(
+                                "`content` is required: the whole new text of the file",
+                            )
+                        })?;
+                        let exists = app.workspace.resolve(&path)?.exists();
+                        let message = message_or(req.message, || {
+                            format!("{} {path}", if exists { "Update" } else { "Create" })
+                        });
+                        let applied = commit(
+                            &app,
+                            &caller,
+                            message,
+                            vec![Op::Write {
+                                path: path.clone(),
+                                contents: content.into_bytes(),
+                                executable: req.executable,
+                                if_match: precondition(if_match, req.if_match),
+                            }],
+                        )
+                        .await?;
+                        let status = if applied.created.contains(&path) {
+                            StatusCode::CREATED
+                        } else {
+                            StatusCode::OK
+                        };
+                        let answer = written(&applied, &path);
+                        let etag = answer["etag"].as_str().unwrap_or_default().to_string();
+                        Ok(with_etag(
+                            warp::reply::with_status(warp::reply::json(&answer), status)
+                                .into_response(),
+                            &etag,
+                        ))
+                    }
+                    .await,
+                )
+            },
+        )
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchFile {
+    #[serde(default)]
+    edits: Vec<TextEdit>,
+    message: Option<String>,
+    if_match: Option<String>,
+}
+
+/// PATCH /files/{path} — exact-text edits, all or none: one commit. 409 naming the
+/// edit when its `old` is not found exactly once.
+fn patch(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let limit = app.config.max_body;
+    warp::path("files")
+        .and(tail_path())
+        .and(warp::patch())
+        .and(warp::header::optional::<String>("if-match"))
+        .and(auth(app.clone()))
+        .and(with_app(app))
+        .and(body(limit))
+        .then(
+            |path: Result<String, ApiError>,
+             if_match: Option<String>,
+             auth: Auth,
+             app: Arc<App>,
+             body: Result<Bytes, ApiError>| async move {
+                respond(
+                    async {
+                        let caller = auth.require(Scope::Write)?;
+                        let path = app.workspace.normalize(&path?)?;
+                        let req: PatchFile = parse_json(body)?;
+                        if req.edits.is_empty() {
+                            return Err(ApiError::bad_request(
+                                "`edits` is required: a list of {\"old\", \"new\"}",
+                            ));
+                        }
+                        if req.edits.len() > MAX_EDITS {
+                            return Err(ApiError::bad_request(format!(
+                                "at most {MAX_EDITS} edits at once; send the whole file with PUT instead"
+                            )));
+                        }
+                        let count = req.edits.len();
+                        let message = message_or(req.message, || format!("Edit {path}"));
+                        let applied = commit(&app, &caller, message, vec![Op::Edit {
+                                    path: path.clone(),
+                                    edits: req.edits,
+                                    if_match: precondition(if_match, req.if_match),
+                                }]).await?;
+                        let mut answer = written(&applied, &path);
+                        answer["edits"] = json!(count);
+                        let etag = answer["etag"].as_str().unwrap_or_default().to_string();
+                        Ok(with_etag(warp::reply::json(&answer).into_response(), &etag))
+                    }
+                    .await,
+                )
+            },
+        )
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteQuery {
+    message: Option<String>,
+    if_match: Option<String>,
+}
+
+/// DELETE /files/{path}?message= — remove a file: one commit.
+fn delete(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path("files")
+        .and(tail_path())
+        .and(warp::delete())
+        .and(raw_query())
+        .and(warp::header::optional::<String>("if-match"))
+        .and(auth(app.clone()))
+        .and(with_app(app))
+        .then(
+            |path: Result<String, ApiError>,
+             query: String,
+             if_match: Option<String>,
+             auth: Auth,
+             app: Arc<App>| async move {
+                respond(
+                    async {
+                        let caller = auth.require(Scope::Write)?;
+                        let path = app.workspace.normalize(&path?)?;
+                        let q: DeleteQuery = parse_query(&query)?;
+                        if app.workspace.resolve(&path)?.is_dir() {
+                            return Err(FsError::IsFolder(path).into());
+                        }
+                        let message = message_or(q.message, || format!("Delete {path}"));
+                        let applied = commit(
+                            &app,
+                            &caller,
+                            message,
+                            vec![Op::Delete {
+                                path: path.clone(),
+                                if_match: precondition(if_match, q.if_match),
+                            }],
+                        )
+                        .await?;
+                        let mut answer = written(&applied, &path);
+                        answer["deleted"] = json!(true);
+                        Ok(warp::reply::json(&answer).into_response())
+                    }
+                    .await,
+                )
+            },
+        )
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveFiles {
+    from: Option<String>,
+    to: Option<String>,
+    #[serde(default)]
+    overwrite: bool,
+    message: Option<String>,
+    if_match: Option<String>,
+}
+
+/// POST /files/move — `{"from", "to"}`: rename a file, or a folder with every file
+/// in it: one commit.
+fn move_files(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let limit = app.config.max_body;
+    warp::path!("files" / "move")
+        .and(warp::post())
+        .and(warp::header::optional::<String>("if-match"))
+        .and(auth(app.clone()))
+        .and(with_app(app))
+        .and(body(limit))
+        .then(
+            |if_match: Option<String>,
+             auth: Auth,
+             app: Arc<App>,
+             body: Result<Bytes, ApiError>| async move {
+                respond(
+                    async {
+                        let caller = auth.require(Scope::Write)?;
+                        let req: MoveFiles = parse_json(body)?;
+                        let (Some(from), Some(to)) = (req.from, req.to) else {
+                            return Err(ApiError::bad_request("`from` and `to` are required"));
+                        };
+                        let ws = app.workspace.clone();
+                        let from = ws.normalize(&from)?;
+                        let to = ws.normalize(&to)?;
+                        if from.is_empty() || to.is_empty() {
+                            return Err(ApiError::bad_request(
+                                "`from` and `to` must name something inside the workspace, not its root",
+                            ));
+                        }
+                        let if_match = precondition(if_match, req.if_match);
+                        let overwrite = req.overwrite;
+                        let (f, t) = (from.clone(), to.clone());
+                        let ops = blocking(move || move_ops(&ws, &f, &t, overwrite, if_match))
+                            .await?;
+                        let moved = ops.len();
+                        let message = message_or(req.message, || format!("Move {from} to {to}"));
+                        let applied = commit(&app, &caller, message, ops).await?;
+                        let mut answer = json!({
+                            "from": from,
+                            "to": to,
+                            "files": moved,
+                            "changed": applied.changed,
+                            "commit": applied.commit,
+                            "committed": applied.uncommitted.is_empty(),
+                        });
+                        if !applied.uncommitted.is_empty() {
+                            answer["uncommitted"] = json!(applied.uncommitted);
+                        }
+                        Ok(warp::reply::json(&answer).into_response())
+                    }
+                    .await,
+                )
+            },
+        )
+}
+
+/// One move for a file; one per file for a folder (every file in it, ignored
+/// ones too: they move in the workspace only).
+fn move_ops(
+    ws: &crate::workspace::Workspace,
+    from: &str,
+    to: &str,
+    overwrite: bool,
+    if_match: Option<String>,
+) -> Result<Vec<Op>, ApiError> {
+    let source = ws.resolve(from)?;
+    let meta = std::fs::symlink_metadata(&source).map_err(FsError::io(from))?;
+    if !meta.is_dir() {
+        return Ok(vec![Op::Move {
+            from: from.to_string(),
+            to: to.to_string(),
+            overwrite,
+            if_match,
+        }]);
+    }
+    if if_match.is_some() {
+        return Err(ApiError::bad_request(
+            "`If-Match` applies to a file; a folder has no version of its own",
+        ));
+    }
+    if to.starts_with(&format!("{from}/")) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("`{to}` is inside `{from}`: a folder cannot move into itself"),
+        ));
+    }
+    let mut ops = Vec::new();
+    for entry in ws.walker(&source, false).build().flatten() {
+        if !entry.file_type().is_some_and(|t| t.is_file()) || !entry.path().starts_with(&source) {
+            continue;
+        }
+        let rel = ws.relative(entry.path());
+        let rest = rel
+            .strip_prefix(from)
+            .unwrap_or(&rel)
+            .trim_start_matches('/');
+        ops.push(Op::Move {
+            from: rel.clone(),
+            to: format!("{to}/{rest}"),
+            overwrite,
+            if_match: None,
+        });
+        if ops.len() > MAX_MOVE_FILES {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("`{from}` holds more than {MAX_MOVE_FILES} files; move it in parts"),
+            ));
+        }
+    }
+    if ops.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "`{from}` holds no files to move"
+        )));
+    }
+    Ok(ops)
+}
+
+/// GET /download/{path} — the raw bytes of any file in the workspace (archives
+/// included), streamed, with `ETag` and `Content-Disposition: attachment`.
+fn download(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path("download")
+        .and(tail_path())
+        .and(warp::get())
+        .and(auth(app.clone()))
+        .and(with_app(app))
+        .then(
+            |path: Result<String, ApiError>, auth: Auth, app: Arc<App>| async move {
+                respond(
+                    async {
+                        auth.require(Scope::Read)?;
+                        let ws = app.workspace.clone();
+                        let path = ws.normalize(&path?)?;
+                        let rel = path.clone();
+                        let (file, size, etag) = blocking(move || {
+                            let target = ws.resolve(&rel)?;
+                            let file = std::fs::File::open(&target).map_err(FsError::io(&rel))?;
+                            let meta = file.metadata().map_err(FsError::io(&rel))?;
+                            if meta.is_dir() {
+                                return Err(FsError::IsFolder(rel).into());
+                            }
+                            let (etag, _) = files::file_state(&target)
+                                .map_err(FsError::io(&rel))?
+                                .ok_or_else(|| FsError::NotFound(rel.clone()))?;
+                            Ok((file, meta.len(), etag.to_string()))
+                        })
+                        .await?;
+                        let stream =
+                            tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+                        let mut response = warp::reply::stream(stream).into_response();
+                        let name = path.rsplit('/').next().unwrap_or("download");
+                        let headers = response.headers_mut();
+                        headers.insert(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static(content_type(name)),
+                        );
+                        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+                        headers.insert(
+                            header::X_CONTENT_TYPE_OPTIONS,
+                            HeaderValue::from_static("nosniff"),
+                        );
+                        let safe: String = name
+                            .chars()
+                            .map(|c| {
+                                if c.is_ascii_graphic() && c != '"' && c != '\\' {
+                                    c
+                                } else {
+                                    '_'
+                                }
+                            })
+                            .collect();
+                        if let Ok(v) =
+                            HeaderValue::from_str(&format!("attachment; filename=\"{safe}\""))
+                        {
+                            headers.insert(header::CONTENT_DISPOSITION, v);
+                        }
+                        Ok(with_etag(response, &etag))
+                    }
+                    .await,
+                )
+            },
+        )
+}
+
+/// A content type from a file name. Text is served as plain text whatever it
+/// holds, so nothing downloaded renders as a page in a browser.
+fn content_type(name: &str) -> &'static str {
+    let lower = name.to_ascii_lowercase();
+    let ext = lower.rsplit('.').next().unwrap_or("");
+    match ext {
+        "zip" => "application/zip",
+        "gz" | "tgz" => "application/gzip",
+        "json" => "application/json",
+        "pdf" => "application/pdf",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "csv" => "text/csv; charset=utf-8",
+        "txt" | "md" | "rs" | "py" | "sh" | "yaml" | "yml" | "toml" | "js" | "ts" | "html"
+        | "css" | "sql" | "log" => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}

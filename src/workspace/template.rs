@@ -1,0 +1,74 @@
+//! The bundled template a new workspace starts from: the project's own
+//! `manifests/` and `scripts/` (embedded at build time), a `.gitignore` for data the
+//! daemon must never commit, a commented `dynapi.yaml`, and the GitHub workflow
+//! that runs `dynapi check` on pull requests. It only produces file contents; it
+//! never touches the disk.
+
+use include_dir::{include_dir, Dir};
+
+/// The bundled template: the project's own `manifests/` and `scripts/`.
+static TEMPLATE_MANIFESTS: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/manifests");
+static TEMPLATE_SCRIPTS: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/scripts");
+
+const TEMPLATE_GITIGNORE: &str =
+    "# Read and written through dynapi, never committed.\ndata/\narchives/\n*.db\n*.sqlite\n";
+const TEMPLATE_SETTINGS: &str = "# dynapi settings for this repository (all optional).\n# defaults:\n#   timeout: 30s\n# tokens:            # more tokens: `dynapi token new --scopes read` prints a line for here\n#   - name: reader\n#     sha256: <64 hex digits>\n#     scopes: [read]\n";
+const TEMPLATE_WORKFLOW: &str = include_str!("template/dynapi-check.yml");
+
+/// A file of the template: repository-relative path, contents, executable bit.
+pub struct TemplateFile {
+    pub path: String,
+    pub contents: Vec<u8>,
+    pub executable: bool,
+}
+
+/// Every file a new repository starts with. Scripts are executable; `with_workflow`
+/// adds the GitHub workflow that runs `dynapi check` on pull requests.
+pub fn template_files(with_workflow: bool) -> Vec<TemplateFile> {
+    let mut files = Vec::new();
+    collect(&TEMPLATE_MANIFESTS, "manifests", false, &mut files);
+    collect(&TEMPLATE_SCRIPTS, "scripts", true, &mut files);
+    let mut add = |path: &str, contents: &str| {
+        files.push(TemplateFile {
+            path: path.to_string(),
+            contents: contents.as_bytes().to_vec(),
+            executable: false,
+        })
+    };
+    add(".gitignore", TEMPLATE_GITIGNORE);
+    add("dynapi.yaml", TEMPLATE_SETTINGS);
+    if with_workflow {
+        add(".github/workflows/dynapi-check.yml", TEMPLATE_WORKFLOW);
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    files
+}
+
+/// Adds every file below `dir` (include_dir paths are relative to the embedded root).
+fn collect(dir: &Dir<'_>, top: &str, executable: bool, out: &mut Vec<TemplateFile>) {
+    for file in dir.files() {
+        out.push(TemplateFile {
+            path: format!("{top}/{}", file.path().to_string_lossy()),
+            contents: file.contents().to_vec(),
+            executable,
+        });
+    }
+    for sub in dir.dirs() {
+        collect(sub, top, executable, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_template_has_the_seed_scripts_executable() {
+        let files = template_files(true);
+        let find = |p: &str| files.iter().find(|f| f.path == p);
+        assert!(find("scripts/sample_script.sh").unwrap().executable);
+        assert!(find("scripts/run_sql.sh").unwrap().executable);
+        assert!(!find("manifests/hello.yaml").unwrap().executable);
+        assert!(find(".github/workflows/dynapi-check.yml").is_some());
+    }
+}
