@@ -135,14 +135,29 @@ fn files_to_search(ws: &Workspace, query: &Query) -> Result<Vec<(PathBuf, String
             .map_err(|e| FsError::BadRequest(format!("the glob `{glob}` is not valid: {e}")))?;
         walk.overrides(overrides);
     }
-    let mut files = Vec::new();
-    for entry in walk.build() {
-        let Ok(entry) = entry else { continue };
-        if entry.file_type().is_some_and(|t| t.is_file()) && entry.path().starts_with(&target) {
-            let rel = ws.relative(entry.path());
-            files.push((entry.into_path(), rel));
-        }
-    }
+    // The walk runs on a few threads too (it is half the work on a large tree);
+    // sorting afterwards gives back the deterministic order.
+    let found = Mutex::new(Vec::new());
+    walk.threads(threads_for(usize::MAX))
+        .build_parallel()
+        .run(|| {
+            let found = &found;
+            let target = &target;
+            Box::new(move |entry| {
+                if let Ok(entry) = entry {
+                    if entry.file_type().is_some_and(|t| t.is_file())
+                        && entry.path().starts_with(target)
+                    {
+                        let rel = ws.relative(entry.path());
+                        let mut found = found.lock().unwrap_or_else(|e| e.into_inner());
+                        found.push((entry.into_path(), rel));
+                    }
+                }
+                ignore::WalkState::Continue
+            })
+        });
+    let mut files = found.into_inner().unwrap_or_else(|e| e.into_inner());
+    files.sort_by(|a, b| a.1.cmp(&b.1));
     Ok(files)
 }
 
@@ -173,10 +188,7 @@ fn search_files(
         found: 0,
     });
     let timed_out = std::sync::atomic::AtomicBool::new(false);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 8)
-        .min(files.len().max(1));
+    let threads = threads_for(files.len());
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
@@ -216,6 +228,14 @@ fn search_files(
     let prefix = p.prefix;
     let results = p.results.into_iter().take(prefix).flatten().collect();
     (results, timed_out.into_inner() && prefix < files.len())
+}
+
+/// Threads for `work` items: one per core, at most 8, at most one per item.
+fn threads_for(work: usize) -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8)
+        .min(work.max(1))
 }
 
 /// The matches of one file (none if it is binary or cannot be read), at most `max`.
