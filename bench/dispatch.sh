@@ -9,11 +9,7 @@
 set -euo pipefail
 secs=${1:-10}
 conns=${2:-8}
-here=$(cd "$(dirname "$0")/.." && pwd)
-cargo build --release --quiet --manifest-path "$here/Cargo.toml"
-bin="$here/target/release/dynapi"
-tmp=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/common.sh"
 
 "$bin" init "$tmp/ws" >/dev/null
 cat > "$tmp/ws/scripts/bench.sh" <<'SH'
@@ -36,13 +32,11 @@ cat > "$tmp/hooks.json" <<JSON
   "command-working-directory": "$tmp/ws", "include-command-output-in-response": true}]
 JSON
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 dport=$(free_port); wport=$(free_port)
 DYNAPI_TOKEN=bench RUST_LOG=warn "$bin" serve --workspace "$tmp/ws" --listen "127.0.0.1:$dport" --max-scripts 64 >/dev/null 2>&1 &
 webhook -hooks "$tmp/hooks.json" -ip 127.0.0.1 -port "$wport" >/dev/null 2>&1 &
-for url in "http://127.0.0.1:$dport/healthz" "http://127.0.0.1:$wport/hooks/bench"; do
-  for _ in $(seq 50); do curl -fs "$url" >/dev/null 2>&1 && break; sleep 0.1; done
-done
+wait_for "http://127.0.0.1:$dport/healthz"
+wait_for "http://127.0.0.1:$wport/hooks/bench"
 curl -fs -H "Authorization: Bearer bench" "http://127.0.0.1:$dport/bench" | grep -q "hello from a script"
 curl -fs "http://127.0.0.1:$wport/hooks/bench" | grep -q "hello from a script"
 

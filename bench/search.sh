@@ -11,11 +11,7 @@
 set -euo pipefail
 files=${1:-20000}
 runs=${2:-15}
-here=$(cd "$(dirname "$0")/.." && pwd)
-cargo build --release --quiet --manifest-path "$here/Cargo.toml"
-bin="$here/target/release/dynapi"
-tmp=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/common.sh"
 
 "$bin" init "$tmp/ws" >/dev/null
 python3 - "$tmp/ws" "$files" <<'PY'
@@ -43,10 +39,9 @@ with open(os.path.join(root, 'data', 'ignored.txt'), 'w') as f:
 PY
 du -sh "$tmp/ws/src" | awk '{print "tree: " $1 " in '"$files"' text files"}'
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port)
 DYNAPI_TOKEN=bench RUST_LOG=warn "$bin" serve --workspace "$tmp/ws" --listen "127.0.0.1:$port" >/dev/null 2>&1 &
-for _ in $(seq 50); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+wait_for "http://127.0.0.1:$port/healthz"
 
 query() { curl -fs -H "Authorization: Bearer bench" "http://127.0.0.1:$port/search?q=$1&max=500"; }
 grep_() { (cd "$tmp/ws" && rg --hidden -g '!.git' -n -F -- "$1" . || true); }

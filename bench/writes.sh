@@ -11,19 +11,14 @@
 set -euo pipefail
 secs=${1:-10}
 conns=${2:-8}
-here=$(cd "$(dirname "$0")/.." && pwd)
-cargo build --release --quiet --manifest-path "$here/Cargo.toml"
-bin="$here/target/release/dynapi"
-tmp=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/common.sh"
 
 "$bin" init "$tmp/ws" >/dev/null
 cp -r "$tmp/ws" "$tmp/peer"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port)
 DYNAPI_TOKEN=bench RUST_LOG=warn "$bin" serve --workspace "$tmp/ws" --listen "127.0.0.1:$port" >/dev/null 2>&1 &
-for _ in $(seq 50); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+wait_for "http://127.0.0.1:$port/healthz"
 
 cat > "$tmp/put.lua" <<'LUA'
 -- Every request writes a new file: thread t, request n -> bench/t<t>-<n>.txt
