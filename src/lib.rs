@@ -7,7 +7,8 @@
 //! - `manifest`: the YAML as written (raw types) and located `Problem`s.
 //! - `registry`: the checked endpoints of one commit; routing and parameter binding.
 //! - `auth`: tokens, scopes, constant-time checks.
-//! - `workspace`: path confinement, atomic writes, the bundled template.
+//! - `workspace`: path confinement, files, search, combine, archives, atomic
+//!   writes, the bundled template.
 //! - `exec`: running scripts (the only module that starts processes).
 //! - `source`: the git repository (`repo`), the single writer (`change`) and the
 //!   sync loop that swaps registries (`sync`).
