@@ -12,6 +12,8 @@
 //! - `exec`: running scripts (the only module that starts processes).
 //! - `source`: the git repository (`repo`), the single writer (`change`) and the
 //!   sync loop that swaps registries (`sync`).
+//! - `sql`: statements against SQLite (the default) and PostgreSQL, read-only
+//!   unless allowed.
 //! - `http`: the warp routes, the only module that knows HTTP.
 //! - `commands`: the one-shot commands `check`, `init` and `token new`.
 //!
@@ -26,6 +28,7 @@ pub mod http;
 pub mod manifest;
 pub mod registry;
 pub mod source;
+pub mod sql;
 pub mod workspace;
 
 use std::path::Path;
@@ -52,6 +55,7 @@ pub struct App {
     /// Read access to the repository (history); writes go through `writer`.
     pub repo: Repo,
     pub exec: Exec,
+    pub sql: sql::Sql,
     /// Tokens that do not come from the repository: `DYNAPI_TOKEN` or the generated one.
     pub tokens: Vec<TokenEntry>,
     pub started: Instant,
@@ -98,6 +102,7 @@ impl App {
         };
         let workspace = Workspace::open(&config.workspace)?;
         let (tokens, new_token, token_file) = setup_tokens(&config, &workspace)?;
+        seed_database(&workspace).await;
         let syncer = Arc::new(Syncer::new(repo.clone()));
         let report = syncer.sync(Trigger::Startup).await;
         if let Some(e) = report.error {
@@ -108,6 +113,7 @@ impl App {
         }
         let app = Arc::new(App {
             exec: Exec::new(config.limits.clone()),
+            sql: sql::Sql::default(),
             writer: Writer::new(repo.clone(), workspace.clone()),
             repo,
             syncer,
@@ -151,6 +157,21 @@ fn setup_tokens(
     };
     let entry = TokenEntry::from_secret("local", &secret, Scopes::all());
     Ok((vec![entry], new.then_some(secret), Some(file)))
+}
+
+/// Creates the default SQLite database (`data/app.db`, ignored by git) with a
+/// sample table when it is missing, so `POST /sql` and `run_sql.sh` have
+/// something to show. A failure is logged, not fatal: SQL is one feature of many.
+async fn seed_database(workspace: &Workspace) {
+    let Ok(path) = workspace.resolve(registry::DEFAULT_SQLITE) else {
+        return;
+    };
+    match tokio::task::spawn_blocking(move || sql::seed_default(&path)).await {
+        Ok(Ok(true)) => tracing::info!("created the sample database {}", registry::DEFAULT_SQLITE),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => tracing::warn!("could not create the sample database: {e}"),
+        Err(e) => tracing::warn!("could not create the sample database: {e}"),
+    }
 }
 
 /// Writes a secret readable by its owner only.

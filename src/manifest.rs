@@ -73,6 +73,16 @@ pub struct RawSettings {
     pub defaults: Option<RawDefaults>,
     #[serde(default)]
     pub tokens: Vec<RawToken>,
+    #[serde(default)]
+    pub databases: std::collections::BTreeMap<String, RawDatabase>,
+}
+
+/// A database `POST /sql` may query: `url` is `sqlite:<path in the workspace>` or
+/// `postgres://...`, with `${ENV}` substituted when it is used.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -7,6 +7,7 @@
 //! request parameters are validated and turned into argv, environment and stdin.
 //! No I/O: the caller hands in the files of the commit and a way to ask about paths.
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -189,6 +190,21 @@ pub struct Endpoint {
 pub struct Settings {
     pub default_timeout: Duration,
     pub tokens: Vec<TokenEntry>,
+    /// The databases `POST /sql` may query, by name; `default` is always there.
+    pub databases: BTreeMap<String, Database>,
+}
+
+/// The name of the database a request gets when it names none.
+pub const DEFAULT_DATABASE: &str = "default";
+/// Where the default database lives: the file the template's `run_sql.sh` uses.
+pub const DEFAULT_SQLITE: &str = "data/app.db";
+
+/// A database as `dynapi.yaml` names it: `sqlite:<path in the workspace>` or a
+/// `postgres://` URL. `${ENV}` in it is substituted when it is used, so secrets
+/// stay out of git (the whole URL may come from the environment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Database {
+    pub url: String,
 }
 
 impl Default for Settings {
@@ -196,6 +212,12 @@ impl Default for Settings {
         Settings {
             default_timeout: DEFAULT_TIMEOUT,
             tokens: Vec::new(),
+            databases: BTreeMap::from([(
+                DEFAULT_DATABASE.to_string(),
+                Database {
+                    url: format!("sqlite:{DEFAULT_SQLITE}"),
+                },
+            )]),
         }
     }
 }
@@ -398,6 +420,33 @@ fn check_settings(text: &str, problems: &mut Vec<Problem>) -> Settings {
                 "list at least one scope, e.g. `scopes: [read]`",
             ),
             Err(e) => check.at(&format!("{at}.scopes"), e),
+        }
+    }
+    for (name, db) in raw.databases {
+        let at = format!("databases.{name}");
+        if !is_name(&name) {
+            check.at(
+                &at,
+                "a database name is lowercase letters, digits and dashes",
+            );
+            continue;
+        }
+        let url = db.url.unwrap_or_default();
+        let checked = match url.strip_prefix("sqlite:") {
+            Some(path) => path.contains("${") || is_plain_relative_path(path),
+            None => {
+                url.starts_with("postgres://")
+                    || url.starts_with("postgresql://")
+                    || url.starts_with("${")
+            }
+        };
+        if checked {
+            settings.databases.insert(name, Database { url });
+        } else {
+            check.at(
+                &format!("{at}.url"),
+                "`url` is `sqlite:<path in the workspace>` (like `sqlite:data/app.db`) or `postgres://user:${PASSWORD}@host/db`",
+            );
         }
     }
     settings

@@ -23,7 +23,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use super::seed::author_for;
-use super::{auth, body, parse_json, respond, with_app, ApiError, Auth};
+use super::{auth, parse_json, raw_query, respond, with_app, with_body, ApiError, Auth};
 use crate::auth::Scope;
 use crate::exec::{Exit, Job};
 use crate::manifest::{self, RawManifest};
@@ -100,12 +100,9 @@ struct ScriptFile {
 /// commit, and answer once the route is live. 422 with every problem, nothing
 /// committed, when the result would not be servable.
 fn add(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let limit = app.config.max_body;
     warp::path!("endpoints")
         .and(warp::post())
-        .and(auth(app.clone()))
-        .and(with_app(app))
-        .and(body(limit))
+        .and(with_body(app))
         .then(|auth: Auth, app: Arc<App>, body| async move {
             respond(add_endpoint(auth, app, body).await)
         })
@@ -277,12 +274,9 @@ fn delete(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
 /// POST /call/{name} — call any endpoint by name with a JSON object of parameters,
 /// so an assistant reaches endpoints added after it imported its schema.
 fn call(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let limit = app.config.max_body;
     warp::path!("call" / String)
         .and(warp::post())
-        .and(auth(app.clone()))
-        .and(with_app(app))
-        .and(body(limit))
+        .and(with_body(app))
         .then(|name: String, auth: Auth, app: Arc<App>, body| async move {
             respond(
                 async {
@@ -312,13 +306,10 @@ fn call(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> 
 /// Every endpoint at its own method and path: the last route, tried after all
 /// built-in routes.
 fn dynamic(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let limit = app.config.max_body;
     warp::method()
         .and(warp::path::full())
-        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
-        .and(auth(app.clone()))
-        .and(with_app(app))
-        .and(body(limit))
+        .and(raw_query())
+        .and(with_body(app))
         .then(
             |method: warp::http::Method,
              path: FullPath,

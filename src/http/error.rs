@@ -12,6 +12,7 @@ use warp::reply::{Reply, Response};
 use crate::exec::ExecError;
 use crate::manifest::Problem;
 use crate::source::change::ChangeError;
+use crate::sql::SqlError;
 use crate::workspace::files::EditError;
 use crate::workspace::{FsError, PathError};
 
@@ -160,6 +161,24 @@ impl From<FsError> for ApiError {
             }
             FsError::BadRequest(m) => ApiError::bad_request(m),
             FsError::Io { .. } => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<SqlError> for ApiError {
+    fn from(e: SqlError) -> Self {
+        let message = e.to_string();
+        match e {
+            SqlError::UnknownDatabase(_) => ApiError::not_found(message),
+            SqlError::Config(..) | SqlError::Unavailable(_) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "database_unavailable", message)
+            }
+            SqlError::Database(_) => ApiError::new(StatusCode::BAD_REQUEST, "sql_error", message),
+            SqlError::ReadOnly(_) => ApiError::new(StatusCode::FORBIDDEN, "read_only", message),
+            SqlError::Timeout(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message),
+            SqlError::BadRequest(_) => ApiError::bad_request(message),
+            SqlError::Busy => ApiError::busy(1, format!("{message}; retry in a second")),
+            SqlError::Path(p) => p.into(),
         }
     }
 }

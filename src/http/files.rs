@@ -18,7 +18,7 @@ use warp::{Filter, Rejection};
 
 use super::seed::author_for;
 use super::{
-    auth, blocking, body, parse_json, parse_query, raw_query, respond, tail_path, with_app,
+    auth, blocking, parse_json, parse_query, raw_query, respond, tail_path, with_app, with_body,
     ApiError, Auth,
 };
 use crate::auth::{Caller, Scope};
@@ -211,14 +211,11 @@ struct PutFile {
 
 /// PUT /files/{path} — create or replace a file: one commit. 201 when created.
 fn put(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let limit = app.config.max_body;
     warp::path("files")
         .and(tail_path())
         .and(warp::put())
         .and(warp::header::optional::<String>("if-match"))
-        .and(auth(app.clone()))
-        .and(with_app(app))
-        .and(body(limit))
+        .and(with_body(app))
         .then(
             |path: Result<String, ApiError>,
              if_match: Option<String>,
@@ -282,14 +279,11 @@ struct PatchFile {
 /// PATCH /files/{path} — exact-text edits, all or none: one commit. 409 naming the
 /// edit when its `old` is not found exactly once.
 fn patch(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let limit = app.config.max_body;
     warp::path("files")
         .and(tail_path())
         .and(warp::patch())
         .and(warp::header::optional::<String>("if-match"))
-        .and(auth(app.clone()))
-        .and(with_app(app))
-        .and(body(limit))
+        .and(with_body(app))
         .then(
             |path: Result<String, ApiError>,
              if_match: Option<String>,
@@ -394,13 +388,10 @@ struct MoveFiles {
 /// POST /files/move — `{"from", "to"}`: rename a file, or a folder with every file
 /// in it: one commit.
 fn move_files(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let limit = app.config.max_body;
     warp::path!("files" / "move")
         .and(warp::post())
         .and(warp::header::optional::<String>("if-match"))
-        .and(auth(app.clone()))
-        .and(with_app(app))
-        .and(body(limit))
+        .and(with_body(app))
         .then(
             |if_match: Option<String>,
              auth: Auth,

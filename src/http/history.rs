@@ -13,7 +13,8 @@ use warp::{Filter, Rejection};
 
 use super::files::{commit, message_or};
 use super::{
-    auth, blocking, body, parse_json, parse_query, raw_query, respond, with_app, ApiError, Auth,
+    auth, blocking, parse_json, parse_query, raw_query, respond, with_app, with_body, ApiError,
+    Auth,
 };
 use crate::auth::Scope;
 use crate::source::change::{self, ChangeError};
@@ -101,12 +102,9 @@ struct RevertRequest {
 /// commit that puts back every file it changed. 409 when a file was changed again
 /// since.
 fn revert(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let limit = app.config.max_body;
     warp::path!("revert")
         .and(warp::post())
-        .and(auth(app.clone()))
-        .and(with_app(app))
-        .and(body(limit))
+        .and(with_body(app))
         .then(|auth: Auth, app: Arc<App>, body: Result<Bytes, ApiError>| async move {
             respond(
                 async {

@@ -11,6 +11,7 @@ mod files;
 mod history;
 mod project;
 mod seed;
+mod sql;
 mod status;
 
 use std::convert::Infallible;
@@ -39,6 +40,8 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .or(project::routes(app.clone()))
         .unify()
         .or(history::routes(app.clone()))
+        .unify()
+        .or(sql::routes(app.clone()))
         .unify()
         .or(endpoints::routes(app))
         .unify()
@@ -144,6 +147,16 @@ pub(crate) fn auth(
             ))),
         }
     })
+}
+
+/// What a route with a body needs: the caller's token, the app, and the body
+/// (bounded by `Config::max_body`).
+pub(crate) fn with_body(
+    app: Arc<App>,
+) -> impl Filter<Extract = (Auth, Arc<App>, Result<Bytes, ApiError>), Error = warp::Rejection> + Clone
+{
+    let limit = app.config.max_body;
+    auth(app.clone()).and(with_app(app)).and(body(limit))
 }
 
 /// The request body, read up to `limit` bytes whether or not a length was sent

@@ -14,7 +14,8 @@ use warp::{Filter, Rejection};
 
 use super::files::{commit, message_or, written};
 use super::{
-    auth, blocking, body, parse_json, parse_query, raw_query, respond, with_app, ApiError, Auth,
+    auth, blocking, parse_json, parse_query, raw_query, respond, with_app, with_body, ApiError,
+    Auth,
 };
 use crate::auth::Scope;
 use crate::source::change::Op;
@@ -111,12 +112,9 @@ struct CombineRequest {
 /// under a `==> path <==` header. With `output`, the text is written there (one
 /// commit) instead of answered.
 fn combine_route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let limit = app.config.max_body;
     warp::path!("combine")
         .and(warp::post())
-        .and(auth(app.clone()))
-        .and(with_app(app))
-        .and(body(limit))
+        .and(with_body(app))
         .then(|auth: Auth, app: Arc<App>, body: Result<Bytes, ApiError>| async move {
             respond(
                 async {
@@ -226,12 +224,9 @@ struct ArchiveRequest {
 /// archive into the workspace (default `archives/<folder>.<ext>`) and answers its
 /// path, size and sha256; `GET /download/{path}` fetches it.
 fn archive_route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let limit = app.config.max_body;
     warp::path!("archive")
         .and(warp::post())
-        .and(auth(app.clone()))
-        .and(with_app(app))
-        .and(body(limit))
+        .and(with_body(app))
         .then(
             |auth: Auth, app: Arc<App>, body: Result<Bytes, ApiError>| async move {
                 respond(

@@ -8,7 +8,7 @@ use serde_json::json;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use super::{auth, body, parse_json, respond, with_app, ApiError, Auth};
+use super::{auth, parse_json, respond, with_app, with_body, ApiError, Auth};
 use crate::auth::{Caller, Scope};
 use crate::exec::{Exit, Job};
 use crate::source::change::ChangeError;
@@ -69,12 +69,9 @@ struct RunScript {
 /// `{"success", "stdout", "stderr", "return_code"}` (plus `truncated`, `timed_out`).
 /// A non-zero exit is a 200 with `success: false`, as in the seed.
 fn run_script(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let limit = app.config.max_body;
     warp::path!("run-script")
         .and(warp::post())
-        .and(auth(app.clone()))
-        .and(with_app(app))
-        .and(body(limit))
+        .and(with_body(app))
         .then(|auth: Auth, app: Arc<App>, body| async move {
             respond(
                 async {
@@ -140,12 +137,9 @@ struct GitSync {
 /// `.gitignore` honoured) as one commit, reloads, and answers
 /// `{"message": "Git synchronization complete.", "commit": "<sha>"}`.
 fn git_sync(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let limit = app.config.max_body;
     warp::path!("git-sync")
         .and(warp::post())
-        .and(auth(app.clone()))
-        .and(with_app(app))
-        .and(body(limit))
+        .and(with_body(app))
         .then(|auth: Auth, app: Arc<App>, body| async move {
             respond(
                 async {

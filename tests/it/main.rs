@@ -11,4 +11,5 @@ mod gitops;
 mod project;
 mod security;
 mod seed;
+mod sql;
 mod style;

@@ -227,3 +227,137 @@ pub fn endpoint_body(name: &str, script: &str) -> Value {
         "script": {"path": format!("scripts/{name}.sh"), "content": script},
     })
 }
+
+/// A PostgreSQL server for the tests: `DYNAPI_TEST_POSTGRES` when set (`.ci/run`
+/// starts one), else a throwaway cluster in a temp folder, started once per test
+/// run from Debian's packages and stopped when the run exits.
+pub fn postgres_url() -> String {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Ok(url) = std::env::var("DYNAPI_TEST_POSTGRES") {
+        return url;
+    }
+    URL.get_or_init(start_postgres).clone()
+}
+
+fn start_postgres() -> String {
+    let bin = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()
+        .and_then(|versions| {
+            versions
+                .flatten()
+                .map(|v| v.path().join("bin"))
+                .filter(|b| b.join("initdb").exists())
+                .max()
+        })
+        .expect("PostgreSQL's server is needed for the SQL tests: apt-get install postgresql");
+    let dir = tempfile::Builder::new()
+        .prefix("dynapi-pg-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    // PostgreSQL refuses to run as root; as root, run it as the `postgres` user.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    if as_root {
+        assert!(Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success());
+    }
+    let run = |program: &str, args: &[&str]| {
+        let mut cmd = if as_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(bin.join(program));
+            c
+        } else {
+            Command::new(bin.join(program))
+        };
+        let out = cmd.args(args).output().expect("PostgreSQL's tools run");
+        assert!(
+            out.status.success(),
+            "{program} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let data = dir.join("data");
+    let data = data.to_str().unwrap();
+    run(
+        "initdb",
+        &[
+            "-D",
+            data,
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let options = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+        dir.display()
+    );
+    let log = dir.join("log");
+    run(
+        "pg_ctl",
+        &[
+            "-D",
+            data,
+            "-o",
+            &options,
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "start",
+        ],
+    );
+    STOP.set((bin.join("pg_ctl"), dir.clone(), as_root)).ok();
+    unsafe { libc::atexit(stop_postgres) };
+    format!("postgres://postgres@127.0.0.1:{port}/postgres")
+}
+
+/// What `stop_postgres` needs: pg_ctl, the cluster's folder, whether as root.
+static STOP: std::sync::OnceLock<(PathBuf, PathBuf, bool)> = std::sync::OnceLock::new();
+
+extern "C" fn stop_postgres() {
+    if let Some((pg_ctl, dir, as_root)) = STOP.get() {
+        let mut cmd = if *as_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(pg_ctl);
+            c
+        } else {
+            Command::new(pg_ctl)
+        };
+        let _ = cmd
+            .arg("-D")
+            .arg(dir.join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// A new, empty PostgreSQL database for one test; its URL.
+pub async fn postgres_database() -> String {
+    let url = postgres_url();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("the test PostgreSQL answers");
+    tokio::spawn(connection);
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).unwrap();
+    let name = format!("test_{}", hex::encode(bytes));
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}

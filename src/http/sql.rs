@@ -1,0 +1,149 @@
+//! SQL routes: `POST /sql` (one statement) and `GET /sql/schema`. The `read`
+//! scope runs statements on a read-only connection; `sql-write` on a writable
+//! one. The database, not this file, refuses a write from a reader.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use warp::http::{header, HeaderValue};
+use warp::reply::{Reply, Response};
+use warp::{Filter, Rejection};
+
+use super::{
+    auth, parse_json, parse_query, raw_query, respond, with_app, with_body, ApiError, Auth,
+};
+use crate::auth::Scope;
+use crate::registry::{Database, DEFAULT_DATABASE};
+use crate::sql::{Request, SqlError};
+use crate::App;
+
+/// Rows in an answer unless the request asks for more.
+const DEFAULT_ROWS: usize = 500;
+/// The most rows one answer can hold.
+const MAX_ROWS: usize = 100_000;
+/// The most characters of rows one answer can hold, when asked for.
+const MAX_CHARS: usize = 64 << 20;
+/// The longest statement taken.
+const MAX_QUERY: usize = 100_000;
+/// How long a statement may run.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    run(app.clone()).or(schema(app)).unify()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlRequest {
+    query: Option<String>,
+    #[serde(default)]
+    params: Vec<Value>,
+    database: Option<String>,
+    max_rows: Option<usize>,
+    max_chars: Option<usize>,
+    timeout_ms: Option<u64>,
+}
+
+/// The database `name` (or `default`) of the served commit's `dynapi.yaml`.
+fn database(app: &App, name: Option<&str>) -> Result<(String, Database), ApiError> {
+    let name = name.filter(|n| !n.is_empty()).unwrap_or(DEFAULT_DATABASE);
+    let registry = app.syncer.registry();
+    let db = registry
+        .settings
+        .databases
+        .get(name)
+        .cloned()
+        .ok_or_else(|| SqlError::UnknownDatabase(name.to_string()))?;
+    Ok((name.to_string(), db))
+}
+
+/// POST /sql — `{"query", "params"?: [], "database"?, "max_rows"?, "max_chars"?}`
+/// to `{"columns", "rows", "row_count", "truncated"}` (and `changes` for a
+/// statement without rows). Answers fit a GPT by default: 500 rows and 80,000
+/// characters at most, `truncated: true` when cut.
+fn run(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("sql")
+        .and(warp::post())
+        .and(with_body(app))
+        .then(|auth: Auth, app: Arc<App>, body: Result<Bytes, ApiError>| async move {
+            respond(
+                async {
+                    let caller = auth.require(Scope::Read)?;
+                    let req: SqlRequest = parse_json(body)?;
+                    let query = req.query.filter(|q| !q.trim().is_empty()).ok_or_else(|| {
+                        ApiError::bad_request("`query` is required: one SQL statement")
+                    })?;
+                    if query.len() > MAX_QUERY {
+                        return Err(ApiError::bad_request(format!(
+                            "`query` is longer than {MAX_QUERY} bytes"
+                        )));
+                    }
+                    if req.params.iter().any(|p| p.is_object()) {
+                        return Err(ApiError::bad_request(
+                            "`params` are positional values: numbers, text, booleans, null (or arrays, sent as JSON text)",
+                        ));
+                    }
+                    let (name, db) = database(&app, req.database.as_deref())?;
+                    let request = Request {
+                        query,
+                        params: req.params,
+                        write: caller.scopes.contains(Scope::SqlWrite),
+                        max_rows: req.max_rows.unwrap_or(DEFAULT_ROWS).clamp(1, MAX_ROWS),
+                        max_chars: req
+                            .max_chars
+                            .unwrap_or(app.config.files.answer_chars)
+                            .clamp(1_000, MAX_CHARS),
+                        timeout: req
+                            .timeout_ms
+                            .map(Duration::from_millis)
+                            .unwrap_or(TIMEOUT)
+                            .clamp(Duration::from_millis(10), TIMEOUT),
+                    };
+                    let answer = app.sql.run(&app.workspace, &name, &db, request).await?;
+                    let mut response = Response::new(answer.to_json().into());
+                    response
+                        .headers_mut()
+                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    Ok(response)
+                }
+                .await,
+            )
+        })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchemaQuery {
+    database: Option<String>,
+}
+
+/// GET /sql/schema?database= — tables and views, with each column's name, type
+/// and nullability, and the primary key.
+fn schema(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("sql" / "schema")
+        .and(warp::get())
+        .and(raw_query())
+        .and(auth(app.clone()))
+        .and(with_app(app))
+        .then(|query: String, auth: Auth, app: Arc<App>| async move {
+            respond(
+                async {
+                    auth.require(Scope::Read)?;
+                    let q: SchemaQuery = parse_query(&query)?;
+                    let (name, db) = database(&app, q.database.as_deref())?;
+                    let kind = crate::sql::kind(&db);
+                    let tables = app.sql.schema(&app.workspace, &name, &db, TIMEOUT).await?;
+                    Ok(warp::reply::json(&json!({
+                        "database": name,
+                        "kind": kind,
+                        "tables": tables,
+                    }))
+                    .into_response())
+                }
+                .await,
+            )
+        })
+}
