@@ -107,6 +107,11 @@ pub struct Config {
     /// Largest request body accepted, in bytes.
     pub max_body: u64,
     pub files: FileLimits,
+    /// `DYNAPI_WEBHOOK_SECRET`: enables `POST /webhooks/github`.
+    pub webhook_secret: Option<String>,
+    /// Whether to watch the local branch for commits made outside the daemon
+    /// (on by default; tests turn it off to see other triggers alone).
+    pub watch_local: bool,
 }
 
 /// Bounds on what one project request can make big. Answers an assistant reads
@@ -162,6 +167,8 @@ impl Config {
             token: None,
             max_body: 4 << 20,
             files: FileLimits::default(),
+            webhook_secret: None,
+            watch_local: true,
         }
     }
 
@@ -172,6 +179,9 @@ impl Config {
         config.limits.max_running = args.max_scripts.max(1);
         config.shutdown_grace = args.shutdown_grace;
         config.token = std::env::var("DYNAPI_TOKEN").ok().filter(|t| !t.is_empty());
+        config.webhook_secret = std::env::var("DYNAPI_WEBHOOK_SECRET")
+            .ok()
+            .filter(|t| !t.is_empty());
         config
     }
 }

@@ -14,6 +14,7 @@
 //!   sync loop that swaps registries (`sync`).
 //! - `sql`: statements against SQLite (the default) and PostgreSQL, read-only
 //!   unless allowed.
+//! - `webhook`: GitHub webhook signatures, replays, and payloads.
 //! - `http`: the warp routes, the only module that knows HTTP.
 //! - `commands`: the one-shot commands `check`, `init` and `token new`.
 //!
@@ -29,6 +30,7 @@ pub mod manifest;
 pub mod registry;
 pub mod source;
 pub mod sql;
+pub mod webhook;
 pub mod workspace;
 
 use std::path::Path;
@@ -56,6 +58,7 @@ pub struct App {
     pub repo: Repo,
     pub exec: Exec,
     pub sql: sql::Sql,
+    pub deliveries: webhook::Deliveries,
     /// Tokens that do not come from the repository: `DYNAPI_TOKEN` or the generated one.
     pub tokens: Vec<TokenEntry>,
     pub started: Instant,
@@ -114,6 +117,7 @@ impl App {
         let app = Arc::new(App {
             exec: Exec::new(config.limits.clone()),
             sql: sql::Sql::default(),
+            deliveries: webhook::Deliveries::default(),
             writer: Writer::new(repo.clone(), workspace.clone()),
             repo,
             syncer,
@@ -198,7 +202,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(app.syncer.clone().run(shutdown.clone()));
-    tasks.spawn(app.syncer.clone().watch_local(shutdown.clone()));
+    if app.config.watch_local {
+        tasks.spawn(app.syncer.clone().watch_local(shutdown.clone()));
+    }
     tasks.close();
 
     let routes = http::routes(app.clone());

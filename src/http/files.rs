@@ -156,7 +156,7 @@ pub(crate) async fn settle(app: &App, applied: &Applied) {
     if applied.files.keys().any(served_from) {
         app.syncer.sync(Trigger::Write).await;
     } else {
-        app.syncer.trigger();
+        app.syncer.trigger(Trigger::Write);
     }
 }
 

@@ -13,6 +13,7 @@ mod project;
 mod seed;
 mod sql;
 mod status;
+mod webhook;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .or(history::routes(app.clone()))
         .unify()
         .or(sql::routes(app.clone()))
+        .unify()
+        .or(webhook::routes(app.clone()))
         .unify()
         .or(endpoints::routes(app))
         .unify()

@@ -30,6 +30,7 @@ pub enum Trigger {
     Api,
     Write,
     Poll,
+    Webhook,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -76,6 +77,8 @@ pub struct Syncer {
     status: Mutex<SyncStatus>,
     running: tokio::sync::Mutex<()>,
     wake: Notify,
+    /// Why the background loop was woken (the first reason since its last sync).
+    pending: Mutex<Option<Trigger>>,
     /// Bumped on every swap; whoever cares about registry changes (MCP
     /// `list_changed`) subscribes.
     generation: watch::Sender<u64>,
@@ -93,6 +96,7 @@ impl Syncer {
             status: Mutex::default(),
             running: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
+            pending: Mutex::new(None),
             generation: watch::channel(0).0,
         }
     }
@@ -110,8 +114,13 @@ impl Syncer {
         self.generation.subscribe()
     }
 
-    /// Asks the background loop for a sync; coalesces with any already pending.
-    pub fn trigger(&self) {
+    /// Asks the background loop for a sync, saying why; coalesces with any
+    /// already pending (one more sync, never a queue).
+    pub fn trigger(&self, why: Trigger) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(why);
         self.wake.notify_one();
     }
 
@@ -201,7 +210,13 @@ impl Syncer {
                 _ = shutdown.cancelled() => return,
                 _ = self.wake.notified() => {}
             }
-            self.sync(Trigger::Watch).await;
+            let why = self
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .unwrap_or(Trigger::Watch);
+            self.sync(why).await;
         }
     }
 
@@ -222,7 +237,7 @@ impl Syncer {
                 let head = head.to_string();
                 if head != last {
                     last = head;
-                    self.trigger();
+                    self.trigger(Trigger::Watch);
                 }
             }
         }

@@ -13,3 +13,4 @@ mod security;
 mod seed;
 mod sql;
 mod style;
+mod webhooks;
