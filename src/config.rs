@@ -86,6 +86,19 @@ pub struct ServeArgs {
     /// On SIGTERM or Ctrl-C, how long running requests may finish before scripts are killed.
     #[arg(long, env = "DYNAPI_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// GitHub mode: the repository to serve, https://github.com/OWNER/REPO (needs GITHUB_TOKEN for private ones).
+    #[arg(long, env = "DYNAPI_REMOTE")]
+    pub remote: Option<String>,
+    /// GitHub's REST API: https://api.github.com, or https://HOST/api/v3 for GitHub Enterprise.
+    #[arg(
+        long,
+        env = "DYNAPI_GITHUB_API_URL",
+        default_value = "https://api.github.com"
+    )]
+    pub github_api_url: String,
+    /// GitHub mode: how often to fetch, in case a webhook was lost.
+    #[arg(long, env = "DYNAPI_POLL", default_value = "60s", value_parser = parse_duration)]
+    pub poll: Duration,
 }
 
 /// Durations are written `500ms`, `30s`, `5m`, `1h`.
@@ -112,6 +125,19 @@ pub struct Config {
     /// Whether to watch the local branch for commits made outside the daemon
     /// (on by default; tests turn it off to see other triggers alone).
     pub watch_local: bool,
+    /// GitHub mode, when set.
+    pub remote: Option<Remote>,
+}
+
+/// Where GitHub mode's repository is.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    /// `https://github.com/OWNER/REPO`.
+    pub url: String,
+    pub api_url: String,
+    /// `GITHUB_TOKEN`.
+    pub token: Option<String>,
+    pub poll: Duration,
 }
 
 /// Bounds on what one project request can make big. Answers an assistant reads
@@ -169,6 +195,7 @@ impl Config {
             files: FileLimits::default(),
             webhook_secret: None,
             watch_local: true,
+            remote: None,
         }
     }
 
@@ -179,6 +206,12 @@ impl Config {
         config.limits.max_running = args.max_scripts.max(1);
         config.shutdown_grace = args.shutdown_grace;
         config.token = std::env::var("DYNAPI_TOKEN").ok().filter(|t| !t.is_empty());
+        config.remote = args.remote.clone().map(|url| Remote {
+            url,
+            api_url: args.github_api_url.clone(),
+            token: std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.is_empty()),
+            poll: args.poll,
+        });
         config.webhook_secret = std::env::var("DYNAPI_WEBHOOK_SECRET")
             .ok()
             .filter(|t| !t.is_empty());

@@ -44,6 +44,7 @@ use crate::auth::{Scopes, TokenEntry};
 use crate::config::Config;
 use crate::exec::Exec;
 use crate::source::change::Writer;
+use crate::source::github::GitHub;
 use crate::source::repo::{Author, Repo};
 use crate::source::sync::{Syncer, Trigger};
 use crate::workspace::Workspace;
@@ -87,26 +88,59 @@ impl App {
     /// tokens, and loads the branch head. Serving starts with `serve`.
     pub async fn start(config: Config) -> anyhow::Result<Started> {
         let created = !config.workspace.join(".git").exists();
-        let repo = if created {
-            if config.workspace.exists() && std::fs::read_dir(&config.workspace)?.next().is_some() {
-                anyhow::bail!(
-                    "{} exists, is not empty and is not a git repository; point --workspace at a git repository or a new folder",
-                    config.workspace.display()
+        if created
+            && config.workspace.exists()
+            && std::fs::read_dir(&config.workspace)?.next().is_some()
+        {
+            anyhow::bail!(
+                "{} exists, is not empty and is not a git repository; point --workspace at a git repository or a new folder",
+                config.workspace.display()
+            );
+        }
+        let github = match &config.remote {
+            Some(remote) => Some(GitHub::new(
+                &remote.url,
+                &remote.api_url,
+                remote.token.as_deref(),
+            )?),
+            None => None,
+        };
+        let repo = match (&github, created) {
+            (Some(github), true) => {
+                let (url, dir, branch) = (
+                    github.clone_url.clone(),
+                    config.workspace.clone(),
+                    config.branch.clone(),
                 );
+                tokio::task::spawn_blocking(move || Repo::clone(&url, &dir, &branch))
+                    .await?
+                    .with_context(|| {
+                        format!(
+                            "cloning branch `{}` of {}",
+                            config.branch,
+                            config.remote.as_ref().map_or("", |r| r.url.as_str())
+                        )
+                    })?
             }
-            let files = workspace::template_files(false);
-            Repo::init(&config.workspace, &config.branch, &files, &daemon_author()).with_context(
-                || format!("creating the workspace at {}", config.workspace.display()),
-            )?
-        } else {
-            Repo::open(&config.workspace, &config.branch).with_context(|| {
+            (None, true) => {
+                let files = workspace::template_files(false);
+                Repo::init(&config.workspace, &config.branch, &files, &daemon_author())
+                    .with_context(|| {
+                        format!("creating the workspace at {}", config.workspace.display())
+                    })?
+            }
+            (_, false) => Repo::open(&config.workspace, &config.branch).with_context(|| {
                 format!("opening the workspace at {}", config.workspace.display())
-            })?
+            })?,
         };
         let workspace = Workspace::open(&config.workspace)?;
         let (tokens, new_token, token_file) = setup_tokens(&config, &workspace)?;
         seed_database(&workspace).await;
-        let syncer = Arc::new(Syncer::new(repo.clone()));
+        let remote = github.clone().map(|github| source::sync::Remote {
+            github,
+            workspace: workspace.clone(),
+        });
+        let syncer = Arc::new(Syncer::new(repo.clone(), remote));
         let report = syncer.sync(Trigger::Startup).await;
         if let Some(e) = report.error {
             anyhow::bail!(
@@ -118,7 +152,7 @@ impl App {
             exec: Exec::new(config.limits.clone()),
             sql: sql::Sql::default(),
             deliveries: webhook::Deliveries::default(),
-            writer: Writer::new(repo.clone(), workspace.clone()),
+            writer: Writer::new(repo.clone(), workspace.clone(), github.clone()),
             repo,
             syncer,
             tokens,
@@ -202,8 +236,14 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(app.syncer.clone().run(shutdown.clone()));
-    if app.config.watch_local {
-        tasks.spawn(app.syncer.clone().watch_local(shutdown.clone()));
+    match &app.config.remote {
+        Some(remote) => {
+            tasks.spawn(app.syncer.clone().poll(remote.poll, shutdown.clone()));
+        }
+        None if app.config.watch_local => {
+            tasks.spawn(app.syncer.clone().watch_local(shutdown.clone()));
+        }
+        None => {}
     }
     tasks.close();
 

@@ -30,7 +30,7 @@ use crate::manifest::{self, RawManifest};
 use crate::registry::{
     self, Endpoint, FileKind, Method, Output, Registry, Snapshot, MANIFEST_DIR, RESERVED_SEGMENTS,
 };
-use crate::source::change::{Change, Op, Validation};
+use crate::source::change::{Change, Delivery, Op, Validation};
 use crate::source::sync::Trigger;
 use crate::App;
 
@@ -115,15 +115,16 @@ async fn add_endpoint(
 ) -> Result<Response, ApiError> {
     let caller = auth.require(Scope::Write)?;
     let req: AddEndpoint = parse_json(body)?;
-    match req.mode.as_deref() {
-        None | Some("commit") => {}
+    let delivery = match req.mode.as_deref() {
+        None | Some("commit") => Delivery::Commit,
+        Some("pull_request") if app.config.remote.is_some() => Delivery::PullRequest,
         Some("pull_request") => {
             return Err(ApiError::bad_request(
                 "`mode: pull_request` needs a GitHub repository (`dynapi serve --remote`); the local workspace takes commits only",
             ))
         }
         Some(other) => return Err(ApiError::bad_request(format!("`mode` is `commit` or `pull_request`, not `{other}`"))),
-    }
+    };
     let text = match req.manifest {
         Some(Value::String(s)) => s,
         Some(v @ Value::Object(_)) => serde_yaml::to_string(&v).map_err(|e| {
@@ -191,13 +192,28 @@ async fn add_endpoint(
         .unwrap_or_else(|| format!("{verb} endpoint {name}"));
     let committed = app
         .writer
-        .apply(Change {
-            message,
-            author: author_for(&caller),
-            ops,
-            validation: Validation::Strict,
-        })
+        .apply_as(
+            Change {
+                message,
+                author: author_for(&caller),
+                ops,
+                validation: Validation::Strict,
+            },
+            delivery,
+        )
         .await?;
+    if let Some(url) = committed.pull_request {
+        return Ok(warp::reply::with_status(
+            warp::reply::json(&json!({
+                "pull_request": url,
+                "commit": committed.commit,
+                "live": false,
+                "message": "the change waits in a pull request; it is served once merged",
+            })),
+            StatusCode::ACCEPTED,
+        )
+        .into_response());
+    }
     let report = app.syncer.sync(Trigger::Write).await;
     let registry = app.syncer.registry();
     let endpoint = registry.get(&name).filter(|e| e.file == file);

@@ -12,6 +12,7 @@ use warp::reply::{Reply, Response};
 use crate::exec::ExecError;
 use crate::manifest::Problem;
 use crate::source::change::ChangeError;
+use crate::source::github::GitHubError;
 use crate::sql::SqlError;
 use crate::workspace::files::EditError;
 use crate::workspace::{FsError, PathError};
@@ -141,6 +142,7 @@ impl From<ChangeError> for ApiError {
             ),
             ChangeError::Path(p) => p.into(),
             ChangeError::Repo(r) => ApiError::internal(format!("the commit failed: {r}")),
+            ChangeError::GitHub(g) => g.into(),
         }
     }
 }
@@ -179,6 +181,19 @@ impl From<SqlError> for ApiError {
             SqlError::BadRequest(_) => ApiError::bad_request(message),
             SqlError::Busy => ApiError::busy(1, format!("{message}; retry in a second")),
             SqlError::Path(p) => p.into(),
+        }
+    }
+}
+
+/// GitHub refused or could not be reached: the write did not happen.
+impl From<GitHubError> for ApiError {
+    fn from(e: GitHubError) -> Self {
+        let message = format!("nothing was written: {e}");
+        match e {
+            GitHubError::RateLimited(wait) => {
+                ApiError::busy(wait.as_secs().max(1), message).with("github", json!("rate_limited"))
+            }
+            _ => ApiError::new(StatusCode::BAD_GATEWAY, "github_unavailable", message),
         }
     }
 }

@@ -153,7 +153,8 @@ pub(crate) async fn settle(app: &App, applied: &Applied) {
             || p.starts_with(&format!("{MANIFEST_DIR}/"))
             || p.starts_with("scripts/")
     };
-    if applied.files.keys().any(served_from) {
+    // In GitHub mode the sync is also what brings the new commit's files here.
+    if applied.files.keys().any(served_from) || app.config.remote.is_some() {
         app.syncer.sync(Trigger::Write).await;
     } else {
         app.syncer.trigger(Trigger::Write);

@@ -14,7 +14,7 @@ use warp::{Filter, Rejection};
 
 use super::{body, respond, with_app, ApiError};
 use crate::source::sync::Trigger;
-use crate::webhook::{self, Push};
+use crate::webhook::{self, PullRequestEvent, Push};
 use crate::App;
 
 /// GitHub caps payloads at 25 MB; a little more is accepted.
@@ -95,6 +95,23 @@ fn receive(
             app.syncer.trigger(Trigger::Webhook);
             Ok(accepted(
                 json!({"event": "push", "sync": "started", "after": push.after}),
+            ))
+        }
+        "pull_request" if app.config.remote.is_some() => {
+            let event: PullRequestEvent = serde_json::from_slice(&body).map_err(parse_error)?;
+            if !matches!(event.action.as_str(), "opened" | "synchronize" | "reopened") {
+                return Ok(accepted(
+                    json!({"event": "pull_request", "ignored": format!("action `{}`", event.action)}),
+                ));
+            }
+            let syncer = app.syncer.clone();
+            let (head, sha) = (
+                event.pull_request.head.reference,
+                event.pull_request.head.sha,
+            );
+            tokio::spawn(async move { syncer.check_pull_request(head, sha).await });
+            Ok(accepted(
+                json!({"event": "pull_request", "check": "started", "number": event.number}),
             ))
         }
         other => Ok(accepted(json!({

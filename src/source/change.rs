@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 use gix::ObjectId;
 use tokio::sync::Mutex;
 
+use std::sync::Arc;
+
+use super::github::{GitHub, GitHubError, RefError, TreeEntry};
 use super::repo::{Author, Edit, Repo, RepoError};
 use crate::manifest::Problem;
 use crate::registry::{MANIFEST_DIR, SETTINGS_FILE};
@@ -120,6 +123,8 @@ pub enum ChangeError {
     Path(#[from] PathError),
     #[error(transparent)]
     Repo(#[from] RepoError),
+    #[error(transparent)]
+    GitHub(#[from] GitHubError),
 }
 
 /// What a change did.
@@ -139,31 +144,207 @@ pub struct Applied {
     /// False when every file already was as the change would leave it: nothing
     /// was committed or written.
     pub changed: bool,
+    /// GitHub mode, `Delivery::PullRequest`: the pull request's URL (the branch
+    /// did not move).
+    pub pull_request: Option<String>,
 }
 
 pub struct Writer {
     repo: Repo,
     workspace: Workspace,
     lock: Mutex<()>,
+    /// GitHub mode: commits are made on GitHub, then fetched.
+    github: Option<GitHub>,
+}
+
+/// How a change reaches the branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// A commit on the branch.
+    Commit,
+    /// GitHub mode: a commit on a new branch, and a pull request for a human.
+    PullRequest,
+}
+
+/// Runs blocking git work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ChangeError> + Send + 'static,
+) -> Result<T, ChangeError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ChangeError::Repo(RepoError::Git(e.to_string())))?
 }
 
 impl Writer {
-    pub fn new(repo: Repo, workspace: Workspace) -> Writer {
+    pub fn new(repo: Repo, workspace: Workspace, github: Option<GitHub>) -> Writer {
         Writer {
             repo,
             workspace,
             lock: Mutex::new(()),
+            github,
         }
     }
 
     /// Applies `change` as one commit on the branch and writes it to the working tree.
     pub async fn apply(&self, change: Change) -> Result<Applied, ChangeError> {
+        self.apply_as(change, Delivery::Commit).await
+    }
+
+    /// Applies `change` as one commit, delivered as `delivery`.
+    pub async fn apply_as(
+        &self,
+        change: Change,
+        delivery: Delivery,
+    ) -> Result<Applied, ChangeError> {
         let _serial = self.lock.lock().await;
+        if let Some(github) = &self.github {
+            return self.apply_remote(github, change, delivery).await;
+        }
+        if delivery == Delivery::PullRequest {
+            return Err(ChangeError::Conflict(
+                "pull requests need a GitHub repository (`dynapi serve --remote`); the local workspace takes commits".into(),
+            ));
+        }
         let repo = self.repo.clone();
         let workspace = self.workspace.clone();
-        tokio::task::spawn_blocking(move || apply_blocking(&repo, &workspace, change))
-            .await
-            .map_err(|e| ChangeError::Repo(RepoError::Git(e.to_string())))?
+        blocking(move || apply_blocking(&repo, &workspace, change)).await
+    }
+
+    /// GitHub mode: the commit is made on GitHub with the Git Data API on the
+    /// branch's head there, the branch moved without force (a lost race stages
+    /// again on the new head), then fetched and checked out here.
+    async fn apply_remote(
+        &self,
+        github: &GitHub,
+        change: Change,
+        delivery: Delivery,
+    ) -> Result<Applied, ChangeError> {
+        let (repo, ws) = (self.repo.clone(), self.workspace.clone());
+        let prepared = Arc::new(blocking(move || prepare(&repo, &ws, change)).await?);
+        for _ in 0..MAX_ATTEMPTS {
+            let (repo, p, url) = (
+                self.repo.clone(),
+                prepared.clone(),
+                github.clone_url.clone(),
+            );
+            let staged = blocking(move || {
+                let head = repo.fetch(&url)?;
+                // The files as the caller saw them: the commit checked out here.
+                let seen = repo.head()?;
+                check_unchanged(&repo, &p, seen, head)?;
+                stage(&repo, &p, Some(head))
+            })
+            .await?;
+            let finish = |staged: Staged, commit: Option<String>| {
+                let (repo, ws, p) = (self.repo.clone(), self.workspace.clone(), prepared.clone());
+                let url = github.clone_url.clone();
+                blocking(move || {
+                    if let Some(commit) = &commit {
+                        let id = ObjectId::from_hex(commit.as_bytes())
+                            .map_err(|e| RepoError::Git(e.to_string()))?;
+                        // The commit was made on GitHub: bring it here first.
+                        repo.fetch(&url)?;
+                        let local = repo.head()?;
+                        repo.checkout(&ws, local, id)?;
+                    }
+                    // Paths git does not track are written here only.
+                    let disk: Vec<String> = changed_on_disk(&p.plan)?
+                        .into_iter()
+                        .filter(|path| staged.uncommitted.contains(path) || commit.is_none())
+                        .collect();
+                    let changed = staged.new_commit || !disk.is_empty();
+                    write_worktree(&p.plan, &disk)?;
+                    let at = match &commit {
+                        Some(c) => ObjectId::from_hex(c.as_bytes())
+                            .map_err(|e| RepoError::Git(e.to_string()))?,
+                        None => staged
+                            .parent
+                            .unwrap_or_else(|| ObjectId::null(gix::hash::Kind::Sha1)),
+                    };
+                    applied(&p, staged, at, changed)
+                })
+            };
+            if !staged.new_commit {
+                return finish(staged, None).await;
+            }
+            let (Some(parent), Some(base_tree)) = (staged.parent, staged.base_tree) else {
+                return Err(ChangeError::Repo(RepoError::Git(
+                    "the branch has no commit".into(),
+                )));
+            };
+            let entries: Vec<TreeEntry> = staged
+                .edits
+                .iter()
+                .map(|e| match e {
+                    Edit::Write {
+                        path,
+                        contents,
+                        executable,
+                    } => TreeEntry {
+                        path: path.clone(),
+                        executable: *executable,
+                        contents: Some(contents.clone()),
+                    },
+                    Edit::Delete { path } => TreeEntry {
+                        path: path.clone(),
+                        executable: false,
+                        contents: None,
+                    },
+                })
+                .collect();
+            let author = &prepared.author;
+            let commit = github
+                .create_commit(
+                    &parent.to_string(),
+                    &base_tree.to_string(),
+                    &entries,
+                    &prepared.message,
+                    (&author.name, &author.email),
+                )
+                .await?;
+            if delivery == Delivery::PullRequest {
+                let branch = format!("dynapi/{}", &commit[..12.min(commit.len())]);
+                github.create_branch(&branch, &commit).await?;
+                let title = prepared
+                    .message
+                    .lines()
+                    .next()
+                    .unwrap_or("A change from dynapi");
+                let body = format!(
+                    "{}\n\nProposed through dynapi by {}.",
+                    prepared.message, author.name
+                );
+                let url = github
+                    .open_pull_request(&branch, self.repo.branch(), title, &body)
+                    .await?;
+                let uncommitted_only = Staged {
+                    new_commit: true,
+                    ..staged
+                };
+                let (repo, ws, p) = (self.repo.clone(), self.workspace.clone(), prepared.clone());
+                let _ = (&repo, &ws);
+                let mut answer = blocking(move || {
+                    let disk: Vec<String> = changed_on_disk(&p.plan)?
+                        .into_iter()
+                        .filter(|path| uncommitted_only.uncommitted.contains(path))
+                        .collect();
+                    write_worktree(&p.plan, &disk)?;
+                    let id = ObjectId::from_hex(commit.as_bytes())
+                        .map_err(|e| RepoError::Git(e.to_string()))?;
+                    applied(&p, uncommitted_only, id, true)
+                })
+                .await?;
+                answer.new_commit = false;
+                answer.pull_request = Some(url);
+                return Ok(answer);
+            }
+            match github.update_branch(self.repo.branch(), &commit).await {
+                Ok(()) => return finish(staged, Some(commit)).await,
+                Err(RefError::NotFastForward) => continue,
+                Err(RefError::GitHub(e)) => return Err(e.into()),
+            }
+        }
+        Err(ChangeError::Repo(RepoError::Moved))
     }
 
     /// Commits whatever differs between the working tree and the branch head (files
@@ -386,11 +567,17 @@ fn plan(ws: &Workspace, ops: &[Op]) -> Result<Plan, ChangeError> {
     Ok(plan)
 }
 
-fn apply_blocking(
-    repo: &Repo,
-    workspace: &Workspace,
-    change: Change,
-) -> Result<Applied, ChangeError> {
+/// A change planned against the working tree, with its paths classified.
+struct Prepared {
+    plan: Plan,
+    /// Per path of `plan.order`: ignored by `.gitignore`.
+    ignored: Vec<bool>,
+    message: String,
+    author: Author,
+    validation: Validation,
+}
+
+fn prepare(repo: &Repo, workspace: &Workspace, change: Change) -> Result<Prepared, ChangeError> {
     // Every path is confined, and written the one way git spells it, before
     // anything is read or written.
     let ops = change
@@ -401,86 +588,168 @@ fn apply_blocking(
     let plan = plan(workspace, &ops)?;
     let paths: Vec<&str> = plan.order.iter().map(String::as_str).collect();
     let ignored = repo.ignored(&paths)?;
+    Ok(Prepared {
+        plan,
+        ignored,
+        message: change.message,
+        author: change.author,
+        validation: change.validation,
+    })
+}
 
+/// GitHub mode: refuses a change to a file that changed on GitHub since the
+/// commit checked out here (`seen`), which is what the caller read.
+fn check_unchanged(
+    repo: &Repo,
+    prepared: &Prepared,
+    seen: Option<ObjectId>,
+    head: ObjectId,
+) -> Result<(), ChangeError> {
+    let Some(seen) = seen.filter(|s| *s != head) else {
+        return Ok(());
+    };
+    let (before, now) = (repo.tree_of(seen)?, repo.tree_of(head)?);
+    for path in &prepared.plan.order {
+        let (was, is) = (repo.file(before, path)?, repo.file(now, path)?);
+        if was != is {
+            return Err(ChangeError::Precondition {
+                path: path.clone(),
+                expected: was.map_or("absent".into(), |f| f.id.to_string()),
+                current: is.map_or("absent".into(), |f| f.id.to_string()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What a prepared change does to the tree of `parent`.
+struct Staged {
+    parent: Option<ObjectId>,
+    base_tree: Option<ObjectId>,
+    tree: ObjectId,
+    edits: Vec<Edit>,
+    uncommitted: Vec<String>,
+    new_commit: bool,
+}
+
+fn stage(
+    repo: &Repo,
+    prepared: &Prepared,
+    parent: Option<ObjectId>,
+) -> Result<Staged, ChangeError> {
+    let plan = &prepared.plan;
+    let base_tree = parent.map(|c| repo.tree_of(c)).transpose()?;
+    let mut edits = Vec::new();
+    let mut uncommitted = Vec::new();
+    for (path, ignored) in plan.order.iter().zip(&prepared.ignored) {
+        let tracked = match base_tree {
+            Some(tree) => repo.file(tree, path)?.is_some(),
+            None => false,
+        };
+        let after = &plan.after[path];
+        if after.is_none() && !tracked && plan.before[path].is_none() {
+            return Err(ChangeError::NotFound(path.to_string()));
+        }
+        if *ignored && !tracked {
+            uncommitted.push(path.to_string());
+            continue;
+        }
+        match after {
+            Some((contents, executable)) => edits.push(Edit::Write {
+                path: path.to_string(),
+                contents: contents.clone(),
+                executable: *executable,
+            }),
+            None if tracked => edits.push(Edit::Delete {
+                path: path.to_string(),
+            }),
+            None => {}
+        }
+    }
+    let tree = repo.tree_with(base_tree, &edits)?;
+    let new_commit = Some(tree) != base_tree;
+    let touches_manifests = edits.iter().any(|e| {
+        let p = e.path();
+        p == SETTINGS_FILE
+            || p.starts_with(&format!("{MANIFEST_DIR}/"))
+            || p.starts_with("scripts/")
+    });
+    if new_commit && (touches_manifests || prepared.validation == Validation::Strict) {
+        check_manifests(repo, base_tree, tree, prepared.validation)?;
+    }
+    Ok(Staged {
+        parent,
+        base_tree,
+        tree,
+        edits,
+        uncommitted,
+        new_commit,
+    })
+}
+
+/// What to answer once the commit (if any) is `commit`.
+fn applied(
+    prepared: &Prepared,
+    staged: Staged,
+    commit: ObjectId,
+    changed: bool,
+) -> Result<Applied, ChangeError> {
+    let plan = &prepared.plan;
+    let mut files = BTreeMap::new();
+    for path in &plan.order {
+        let etag = match &plan.after.get(path).cloned().flatten() {
+            Some((bytes, _)) => Some(files::blob_id(bytes).map_err(RepoError::from)?.to_string()),
+            None if plan.after.contains_key(path) => None,
+            None => plan.before[path].map(|(id, _)| id.to_string()),
+        };
+        files.insert(path.clone(), etag);
+    }
+    let created = plan
+        .order
+        .iter()
+        .filter(|p| plan.before[*p].is_none() && matches!(plan.after.get(*p), Some(Some(_))))
+        .cloned()
+        .collect();
+    Ok(Applied {
+        commit: commit.to_string(),
+        new_commit: staged.new_commit,
+        uncommitted: staged.uncommitted,
+        files,
+        created,
+        changed,
+        pull_request: None,
+    })
+}
+
+fn apply_blocking(
+    repo: &Repo,
+    workspace: &Workspace,
+    change: Change,
+) -> Result<Applied, ChangeError> {
+    let prepared = prepare(repo, workspace, change)?;
     for _ in 0..MAX_ATTEMPTS {
-        let parent = repo.head()?;
-        let base_tree = parent.map(|c| repo.tree_of(c)).transpose()?;
-        let mut edits = Vec::new();
-        let mut uncommitted = Vec::new();
-        for (path, ignored) in paths.iter().zip(&ignored) {
-            let tracked = match base_tree {
-                Some(tree) => repo.file(tree, path)?.is_some(),
-                None => false,
-            };
-            let after = &plan.after[*path];
-            if after.is_none() && !tracked && plan.before[*path].is_none() {
-                return Err(ChangeError::NotFound(path.to_string()));
-            }
-            if *ignored && !tracked {
-                uncommitted.push(path.to_string());
-                continue;
-            }
-            match after {
-                Some((contents, executable)) => edits.push(Edit::Write {
-                    path: path.to_string(),
-                    contents: contents.clone(),
-                    executable: *executable,
-                }),
-                None if tracked => edits.push(Edit::Delete {
-                    path: path.to_string(),
-                }),
-                None => {}
-            }
-        }
-        let tree = repo.tree_with(base_tree, &edits)?;
-        let new_commit = Some(tree) != base_tree;
-        let disk_changes = changed_on_disk(&plan)?;
-        let touches_manifests = edits.iter().any(|e| {
-            let p = e.path();
-            p == SETTINGS_FILE
-                || p.starts_with(&format!("{MANIFEST_DIR}/"))
-                || p.starts_with("scripts/")
-        });
-        if new_commit && (touches_manifests || change.validation == Validation::Strict) {
-            check_manifests(repo, base_tree, tree, change.validation)?;
-        }
-        let commit = if new_commit {
-            match repo.commit_tree(parent, tree, &change.message, &change.author) {
+        let staged = stage(repo, &prepared, repo.head()?)?;
+        let disk_changes = changed_on_disk(&prepared.plan)?;
+        let commit = if staged.new_commit {
+            match repo.commit_tree(
+                staged.parent,
+                staged.tree,
+                &prepared.message,
+                &prepared.author,
+            ) {
                 Ok(commit) => commit,
                 Err(RepoError::Moved) => continue,
                 Err(e) => return Err(e.into()),
             }
         } else {
-            parent.unwrap_or_else(|| ObjectId::null(gix::hash::Kind::Sha1))
+            staged
+                .parent
+                .unwrap_or_else(|| ObjectId::null(gix::hash::Kind::Sha1))
         };
-        let changed = new_commit || !disk_changes.is_empty();
-        write_worktree(&plan, &disk_changes)?;
-        repo.update_index(workspace.root(), &edits)?;
-        let mut files = BTreeMap::new();
-        for path in &plan.order {
-            let etag = match &plan.after.get(path).cloned().flatten() {
-                Some((bytes, _)) => {
-                    Some(files::blob_id(bytes).map_err(RepoError::from)?.to_string())
-                }
-                None if plan.after.contains_key(path) => None,
-                None => plan.before[path].map(|(id, _)| id.to_string()),
-            };
-            files.insert(path.clone(), etag);
-        }
-        let created = plan
-            .order
-            .iter()
-            .filter(|p| plan.before[*p].is_none() && matches!(plan.after.get(*p), Some(Some(_))))
-            .cloned()
-            .collect();
-        return Ok(Applied {
-            commit: commit.to_string(),
-            new_commit,
-            uncommitted,
-            files,
-            created,
-            changed,
-        });
+        let changed = staged.new_commit || !disk_changes.is_empty();
+        write_worktree(&prepared.plan, &disk_changes)?;
+        repo.update_index(workspace.root(), &staged.edits)?;
+        return applied(&prepared, staged, commit, changed);
     }
     Err(ChangeError::Repo(RepoError::Moved))
 }

@@ -3,5 +3,6 @@
 //! The local source is the embedded default; the workspace is the repository.
 
 pub mod change;
+pub mod github;
 pub mod repo;
 pub mod sync;

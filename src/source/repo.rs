@@ -53,6 +53,8 @@ impl Author {
 pub struct Repo {
     repo: gix::ThreadSafeRepository,
     branch: String,
+    /// Serializes checkouts (the sync and the GitHub-mode writer both make them).
+    checkout_lock: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 /// One file of a tree: its blob id and whether it is executable.
@@ -87,6 +89,7 @@ impl Repo {
         let this = Repo {
             repo: repo.into_sync(),
             branch: branch.to_string(),
+            checkout_lock: Default::default(),
         };
         let edits: Vec<Edit> = files
             .iter()
@@ -105,10 +108,147 @@ impl Repo {
         Ok(this)
     }
 
+    /// Clones `branch` of `url` into `dir` (new or empty) with gix, then writes
+    /// its files into the working tree (confined by `ws_root`'s workspace).
+    pub fn clone(url: &str, dir: &Path, branch: &str) -> Result<Repo, RepoError> {
+        std::fs::create_dir_all(dir)?;
+        let interrupt = std::sync::atomic::AtomicBool::new(false);
+        let (repo, _) = gix::prepare_clone(url, dir)
+            .map_err(git)?
+            .with_ref_name(Some(branch))
+            .map_err(git)?
+            .fetch_only(gix::progress::Discard, &interrupt)
+            .map_err(|e| RepoError::Git(redact(&chain(&e))))?;
+        let this = Repo {
+            repo: repo.into_sync(),
+            branch: branch.to_string(),
+            checkout_lock: Default::default(),
+        };
+        let head = this
+            .head()?
+            .ok_or_else(|| RepoError::Git(format!("the remote has no branch `{branch}`")))?;
+        let workspace = crate::workspace::Workspace::open(dir)?;
+        this.checkout(&workspace, None, head)?;
+        Ok(this)
+    }
+
+    /// Fetches the branch from `url` into `refs/remotes/origin/<branch>` and
+    /// answers the commit it points at there.
+    pub fn fetch(&self, url: &str) -> Result<ObjectId, RepoError> {
+        self.fetch_ref(url, &self.branch)
+    }
+
+    /// Fetches branch `name` from `url`; the commit it points at there.
+    pub fn fetch_ref(&self, url: &str, name: &str) -> Result<ObjectId, RepoError> {
+        let repo = self.repo.to_thread_local();
+        let interrupt = std::sync::atomic::AtomicBool::new(false);
+        let spec = format!("+refs/heads/{name}:refs/remotes/origin/{name}");
+        let fetched = (|| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            repo.remote_at(url)?
+                .with_refspecs([spec.as_str()], gix::remote::Direction::Fetch)?
+                .connect(gix::remote::Direction::Fetch)?
+                .prepare_fetch(gix::progress::Discard, Default::default())?
+                .receive(gix::progress::Discard, &interrupt)?;
+            Ok(())
+        })();
+        fetched.map_err(|e| RepoError::Git(redact(&chain(e.as_ref()))))?;
+        let mut found = repo
+            .find_reference(format!("refs/remotes/origin/{name}").as_str())
+            .map_err(git)?;
+        Ok(found.peel_to_id().map_err(git)?.detach())
+    }
+
+    /// Makes the working tree, the index and the branch hold commit `to`: files
+    /// that differ from commit `from` (or every file, without one) are written or
+    /// removed, each path confined by `ws`. Ignored and untracked files stay.
+    ///
+    /// Checkouts are serialized, and never go back: moving to an ancestor of
+    /// what is checked out does nothing (a sync that fetched before a write
+    /// landed must not undo it).
+    pub fn checkout(
+        &self,
+        ws: &crate::workspace::Workspace,
+        from: Option<ObjectId>,
+        to: ObjectId,
+    ) -> Result<(), RepoError> {
+        let _one = self.checkout_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let from = match from {
+            // A fresh clone: everything is to be written.
+            None => None,
+            Some(_) => self.head()?,
+        };
+        if let Some(local) = from {
+            if local == to || self.is_ancestor(to, local)? {
+                return Ok(());
+            }
+        }
+        let old = match from {
+            Some(commit) => self.files_of(self.tree_of(commit)?)?,
+            None => Default::default(),
+        };
+        let new = self.files_of(self.tree_of(to)?)?;
+        let mut edits = Vec::new();
+        for (path, file) in &new {
+            if old.get(path) != Some(file) {
+                edits.push(Edit::Write {
+                    path: path.clone(),
+                    contents: self.blob(file.id)?,
+                    executable: file.executable,
+                });
+            }
+        }
+        for path in old.keys().filter(|p| !new.contains_key(*p)) {
+            edits.push(Edit::Delete { path: path.clone() });
+        }
+        for edit in &edits {
+            let target = ws
+                .resolve(edit.path())
+                .map_err(|e| RepoError::Git(e.to_string()))?;
+            match edit {
+                Edit::Write {
+                    contents,
+                    executable,
+                    ..
+                } => crate::workspace::write_atomic(&target, contents, *executable)?,
+                Edit::Delete { .. } => match std::fs::remove_file(&target) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                },
+            }
+        }
+        self.update_index(ws.root(), &edits)?;
+        self.set_branch(to)
+    }
+
+    /// Whether `ancestor` is reachable from `commit` (looking at 10,000 commits).
+    fn is_ancestor(&self, ancestor: ObjectId, commit: ObjectId) -> Result<bool, RepoError> {
+        let repo = self.repo.to_thread_local();
+        for info in repo.rev_walk([commit]).all().map_err(git)?.take(10_000) {
+            if info.map_err(git)?.id == ancestor {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Points the branch at `commit`, whatever it pointed at (after a fetch).
+    fn set_branch(&self, commit: ObjectId) -> Result<(), RepoError> {
+        let repo = self.repo.to_thread_local();
+        repo.reference(
+            self.refname().as_str(),
+            commit,
+            gix::refs::transaction::PreviousValue::Any,
+            "dynapi: serve the fetched commit",
+        )
+        .map_err(git)?;
+        Ok(())
+    }
+
     pub fn open(dir: &Path, branch: &str) -> Result<Repo, RepoError> {
         Ok(Repo {
             repo: gix::ThreadSafeRepository::open(dir).map_err(git)?,
             branch: branch.to_string(),
+            checkout_lock: Default::default(),
         })
     }
 
@@ -529,6 +669,33 @@ impl Edit {
             Edit::Write { path, .. } | Edit::Delete { path } => path,
         }
     }
+}
+
+/// An error and its sources, `: `-separated (gix's top-level messages are terse).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// An error message with any `user:password@` taken out of URLs in it.
+fn redact(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for word in message.split_inclusive(' ') {
+        match (word.find("://"), word.find('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                out.push_str(&word[..scheme + 3]);
+                out.push_str(&word[at + 1..]);
+            }
+            _ => out.push_str(word),
+        }
+    }
+    out
 }
 
 fn git(e: impl std::fmt::Display) -> RepoError {

@@ -14,9 +14,18 @@ use serde::Serialize;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::github::GitHub;
 use super::repo::{Repo, RepoError};
 use crate::manifest::Problem;
 use crate::registry::Registry;
+use crate::workspace::Workspace;
+
+/// GitHub mode: where sync fetches from, and where statuses go.
+#[derive(Clone)]
+pub struct Remote {
+    pub github: GitHub,
+    pub workspace: Workspace,
+}
 
 /// How often the local source looks at the branch ref for commits made outside the
 /// daemon. Reading one small file; cheap enough to make "within a second" true.
@@ -73,6 +82,7 @@ pub struct SyncReport {
 
 pub struct Syncer {
     repo: Repo,
+    remote: Option<Remote>,
     registry: ArcSwap<Registry>,
     status: Mutex<SyncStatus>,
     running: tokio::sync::Mutex<()>,
@@ -89,9 +99,10 @@ pub fn now_rfc3339() -> String {
 }
 
 impl Syncer {
-    pub fn new(repo: Repo) -> Syncer {
+    pub fn new(repo: Repo, remote: Option<Remote>) -> Syncer {
         Syncer {
             repo,
+            remote,
             registry: ArcSwap::from_pointee(Registry::empty()),
             status: Mutex::default(),
             running: tokio::sync::Mutex::new(()),
@@ -130,8 +141,14 @@ impl Syncer {
         let _one_at_a_time = self.running.lock().await;
         let repo = self.repo.clone();
         let served = self.registry().commit.clone();
+        let remote = self.remote.clone();
         let built = tokio::task::spawn_blocking(move || -> Result<_, RepoError> {
-            let Some(head) = repo.head()? else {
+            // GitHub mode: the branch on GitHub is the truth; fetch it first.
+            let head = match &remote {
+                Some(remote) => Some(repo.fetch(&remote.github.clone_url)?),
+                None => repo.head()?,
+            };
+            let Some(head) = head else {
                 return Ok(None);
             };
             let head_str = head.to_string();
@@ -139,67 +156,150 @@ impl Syncer {
                 return Ok(Some((head_str, None)));
             }
             let tree = repo.tree_of(head)?;
-            Ok(Some((
-                head_str.clone(),
-                Some(repo.registry_of(&head_str, tree)?),
-            )))
+            let registry = repo.registry_of(&head_str, tree)?;
+            // Only a servable commit reaches the working tree, where scripts run.
+            if let (Some(remote), Ok(_)) = (&remote, &registry) {
+                let local = repo.head()?;
+                if local != Some(head) {
+                    repo.checkout(&remote.workspace, local, head)?;
+                }
+            }
+            Ok(Some((head_str.clone(), Some(registry))))
         })
         .await
         .unwrap_or_else(|e| Err(RepoError::Git(e.to_string())));
+        let verdict = match &built {
+            Ok(Some((head, Some(Ok(_))))) => Some((head.clone(), Ok(()))),
+            Ok(Some((head, Some(Err(problems))))) => Some((head.clone(), Err(problems.clone()))),
+            _ => None,
+        };
 
         let now = now_rfc3339();
-        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        status.syncs += 1;
-        let (commit, outcome, problems, error) = match built {
-            Ok(None) => (None, "unchanged", Vec::new(), None),
-            Ok(Some((head, None))) => (Some(head), "unchanged", Vec::new(), None),
-            Ok(Some((head, Some(Ok(registry))))) => {
-                let count = registry.endpoints().len();
-                self.registry.store(Arc::new(registry));
-                self.generation.send_modify(|g| *g += 1);
-                status.served_since = Some(now.clone());
-                tracing::info!(commit = %head, endpoints = count, ?trigger, "serving new commit");
-                (Some(head), "served", Vec::new(), None)
-            }
-            Ok(Some((head, Some(Err(problems))))) => {
-                for p in &problems {
-                    tracing::warn!(commit = %head, "invalid manifest: {p}");
+        let (commit, outcome, problems, error) = {
+            let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            status.syncs += 1;
+            let (commit, outcome, problems, error) = match built {
+                Ok(None) => (None, "unchanged", Vec::new(), None),
+                Ok(Some((head, None))) => (Some(head), "unchanged", Vec::new(), None),
+                Ok(Some((head, Some(Ok(registry))))) => {
+                    let count = registry.endpoints().len();
+                    self.registry.store(Arc::new(registry));
+                    self.generation.send_modify(|g| *g += 1);
+                    status.served_since = Some(now.clone());
+                    tracing::info!(commit = %head, endpoints = count, ?trigger, "serving new commit");
+                    (Some(head), "served", Vec::new(), None)
                 }
-                status.failures += 1;
-                status.last_error = Some(SyncError {
-                    time: now.clone(),
-                    commit: Some(head.clone()),
-                    message: format!(
+                Ok(Some((head, Some(Err(problems))))) => {
+                    for p in &problems {
+                        tracing::warn!(commit = %head, "invalid manifest: {p}");
+                    }
+                    status.failures += 1;
+                    status.last_error = Some(SyncError {
+                        time: now.clone(),
+                        commit: Some(head.clone()),
+                        message: format!(
                         "commit {head} has invalid manifests; still serving the last good commit"
                     ),
-                    problems: problems.clone(),
-                });
-                (Some(head), "invalid", problems, None)
-            }
-            Err(e) => {
-                tracing::error!(?trigger, "sync failed: {e}");
-                status.failures += 1;
-                status.last_error = Some(SyncError {
-                    time: now.clone(),
-                    commit: None,
-                    message: e.to_string(),
-                    problems: Vec::new(),
-                });
-                (None, "failed", Vec::new(), Some(e.to_string()))
-            }
+                        problems: problems.clone(),
+                    });
+                    (Some(head), "invalid", problems, None)
+                }
+                Err(e) => {
+                    tracing::error!(?trigger, "sync failed: {e}");
+                    status.failures += 1;
+                    status.last_error = Some(SyncError {
+                        time: now.clone(),
+                        commit: None,
+                        message: e.to_string(),
+                        problems: Vec::new(),
+                    });
+                    (None, "failed", Vec::new(), Some(e.to_string()))
+                }
+            };
+            status.last_sync = Some(SyncRecord {
+                time: now,
+                trigger,
+                commit: commit.clone(),
+                outcome,
+            });
+            (commit, outcome, problems, error)
         };
-        status.last_sync = Some(SyncRecord {
-            time: now,
-            trigger,
-            commit: commit.clone(),
-            outcome,
-        });
+        if let (Some(remote), Some((sha, verdict))) = (&self.remote, verdict) {
+            self.report_status(&remote.github, &sha, &verdict).await;
+        }
         SyncReport {
             commit,
             served: self.registry().commit.clone(),
             outcome,
             problems,
             error,
+        }
+    }
+
+    /// Posts the `dynapi/manifests` status for `sha`; a failure to post is logged
+    /// and kept for `/status`, never fatal.
+    async fn report_status(&self, github: &GitHub, sha: &str, verdict: &Result<(), Vec<Problem>>) {
+        let (state, description) = match verdict {
+            Ok(()) => (
+                "success",
+                "The manifests are valid; dynapi serves this commit.".to_string(),
+            ),
+            Err(problems) => (
+                "failure",
+                problems
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+        };
+        if let Err(e) = github.post_status(sha, state, &description).await {
+            tracing::warn!(%sha, "could not post the commit status: {e}");
+            let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            status.last_error = Some(SyncError {
+                time: now_rfc3339(),
+                commit: Some(sha.to_string()),
+                message: format!("could not post the commit status: {e}"),
+                problems: Vec::new(),
+            });
+        }
+    }
+
+    /// Checks a pull request's head (branch `head_ref` at `sha`): fetches it,
+    /// builds its registry, and posts the status on `sha`. GitHub mode only.
+    pub async fn check_pull_request(&self, head_ref: String, sha: String) {
+        let Some(remote) = self.remote.clone() else {
+            return;
+        };
+        let repo = self.repo.clone();
+        let url = remote.github.clone_url.clone();
+        let wanted = sha.clone();
+        let checked = tokio::task::spawn_blocking(move || -> Result<_, RepoError> {
+            let fetched = repo.fetch_ref(&url, &head_ref)?;
+            if fetched != wanted.as_str() {
+                tracing::info!(%wanted, %fetched, "the pull request moved since the event; checking its new head");
+            }
+            let registry = repo.registry_of(&fetched.to_string(), repo.tree_of(fetched)?)?;
+            Ok((fetched.to_string(), registry.map(|_| ())))
+        })
+        .await
+        .unwrap_or_else(|e| Err(RepoError::Git(e.to_string())));
+        match checked {
+            Ok((fetched, verdict)) => self.report_status(&remote.github, &fetched, &verdict).await,
+            Err(e) => tracing::warn!(%sha, "could not check the pull request: {e}"),
+        }
+    }
+
+    /// GitHub mode's safety net: a sync every `every`, in case a webhook was lost.
+    pub async fn poll(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => self.trigger(Trigger::Poll),
+            }
         }
     }
 

@@ -7,6 +7,7 @@ mod support;
 mod cli;
 mod endpoints;
 mod files;
+mod github;
 mod gitops;
 mod project;
 mod security;

@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use dynapi::config::Config;
 
+pub mod github;
+
 pub const TOKEN: &str = "test-token-with-all-scopes";
 
 pub struct Daemon {

@@ -1,0 +1,348 @@
+//! The GitHub side of GitHub mode, through octocrab: where the repository is
+//! (owner, name, clone URL), and the REST calls the daemon makes (commit statuses
+//! for now).
+//!
+//! octocrab's retry layer is left out on purpose: it would resend POST and PATCH
+//! on 5xx and 429, and a status or a ref update must not be sent twice blindly.
+//! This file retries what is safe itself, honouring `Retry-After` and
+//! `X-RateLimit-Reset`, and reports the rest as errors.
+
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use serde::Serialize;
+use serde_json::Value;
+
+/// The context of the commit status the daemon posts.
+pub const STATUS_CONTEXT: &str = "dynapi/manifests";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitHubError {
+    #[error("`{0}` is not a GitHub repository URL like https://github.com/OWNER/REPO")]
+    BadRemote(String),
+    #[error("GitHub answered {status}: {message}")]
+    Api { status: u16, message: String },
+    #[error("GitHub is rate limiting the daemon; retry after {0:?}")]
+    RateLimited(Duration),
+    #[error("could not reach GitHub: {0}")]
+    Unreachable(String),
+}
+
+/// The repository behind GitHub mode.
+#[derive(Clone)]
+pub struct GitHub {
+    client: octocrab::Octocrab,
+    pub owner: String,
+    pub repo: String,
+    /// The URL gix clones and fetches, with the token when there is one.
+    pub clone_url: String,
+}
+
+impl GitHub {
+    /// `remote` is `https://github.com/OWNER/REPO` (or an Enterprise host);
+    /// `api_url` is `https://api.github.com` or `https://HOST/api/v3`.
+    pub fn new(remote: &str, api_url: &str, token: Option<&str>) -> Result<GitHub, GitHubError> {
+        let bad = || GitHubError::BadRemote(remote.to_string());
+        let trimmed = remote.trim_end_matches('/').trim_end_matches(".git");
+        let (scheme, rest) = trimmed.split_once("://").ok_or_else(bad)?;
+        let mut parts = rest.split('/');
+        let host = parts.next().filter(|h| !h.is_empty()).ok_or_else(bad)?;
+        let owner = parts.next().filter(|p| !p.is_empty()).ok_or_else(bad)?;
+        let repo = parts.next().filter(|p| !p.is_empty()).ok_or_else(bad)?;
+        if parts.next().is_some() || !matches!(scheme, "https" | "http") {
+            return Err(bad());
+        }
+        // The token goes to git over https only (gix also refuses to send
+        // credentials in clear text).
+        let credentials = token
+            .filter(|_| scheme == "https")
+            .map(|t| format!("x-access-token:{t}@"))
+            .unwrap_or_default();
+        let clone_url = format!("{scheme}://{credentials}{host}/{owner}/{repo}.git");
+        let mut builder = octocrab::Octocrab::builder()
+            .base_uri(api_url)
+            .map_err(|e| GitHubError::Unreachable(format!("the API URL `{api_url}`: {e}")))?;
+        if let Some(token) = token {
+            builder = builder.personal_token(token.to_string());
+        }
+        let client = builder
+            .build()
+            .map_err(|e| GitHubError::Unreachable(e.to_string()))?;
+        Ok(GitHub {
+            client,
+            owner: owner.to_string(),
+            repo: repo.to_string(),
+            clone_url,
+        })
+    }
+
+    fn route(&self, rest: &str) -> String {
+        format!("/repos/{}/{}/{rest}", self.owner, self.repo)
+    }
+
+    /// One request; 5xx and rate limits are errors the caller may retry.
+    async fn send<B: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        rest: &str,
+        body: Option<&B>,
+    ) -> Result<Value, GitHubError> {
+        let route = self.route(rest);
+        let response = match method {
+            "GET" => self.client._get(route.as_str()).await,
+            "POST" => self.client._post(route.as_str(), body).await,
+            _ => self.client._patch(route.as_str(), body).await,
+        }
+        .map_err(|e| GitHubError::Unreachable(e.to_string()))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| GitHubError::Unreachable(e.to_string()))?
+            .to_bytes();
+        let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if (200..300).contains(&status) {
+            return Ok(json);
+        }
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let limited =
+            status == 429 || (status == 403 && header("x-ratelimit-remaining") == Some(0));
+        if limited {
+            let wait = header("retry-after")
+                .map(Duration::from_secs)
+                .unwrap_or_else(|| {
+                    let reset = header("x-ratelimit-reset").unwrap_or(0);
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    Duration::from_secs(reset.saturating_sub(now).max(1))
+                });
+            return Err(GitHubError::RateLimited(wait));
+        }
+        let message = json["message"].as_str().unwrap_or("no message").to_string();
+        Err(GitHubError::Api { status, message })
+    }
+
+    /// `send`, retried a few times on 5xx, rate limits and network errors, waiting
+    /// as GitHub asks (at most `MAX_WAIT` a time). For idempotent calls only.
+    async fn send_retrying<B: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        rest: &str,
+        body: Option<&B>,
+    ) -> Result<Value, GitHubError> {
+        const MAX_WAIT: Duration = Duration::from_secs(30);
+        let mut backoff = Duration::from_millis(250);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let wait = match self.send(method, rest, body).await {
+                Err(GitHubError::RateLimited(wait)) if wait <= MAX_WAIT => wait,
+                Err(GitHubError::Api { status, .. }) if status >= 500 => backoff,
+                Err(GitHubError::Unreachable(_)) => backoff,
+                other => return other,
+            };
+            if attempt >= 4 {
+                return self.send(method, rest, body).await;
+            }
+            tokio::time::sleep(wait).await;
+            backoff *= 2;
+        }
+    }
+
+    /// Posts the `dynapi/manifests` status on `sha`, unless the same one is there
+    /// already (GitHub keeps at most 1,000 per commit and context).
+    pub async fn post_status(
+        &self,
+        sha: &str,
+        state: &str,
+        description: &str,
+    ) -> Result<bool, GitHubError> {
+        // GitHub cuts descriptions at 140 characters.
+        let description: String = description.chars().take(140).collect();
+        let existing = self
+            .send_retrying::<()>("GET", &format!("commits/{sha}/statuses"), None)
+            .await?;
+        let newest = existing.as_array().and_then(|list| {
+            list.iter()
+                .find(|s| s["context"].as_str() == Some(STATUS_CONTEXT))
+        });
+        if newest.is_some_and(|s| {
+            s["state"].as_str() == Some(state) && s["description"].as_str() == Some(&description)
+        }) {
+            return Ok(false);
+        }
+        let body = serde_json::json!({
+            "state": state,
+            "context": STATUS_CONTEXT,
+            "description": description,
+        });
+        // Posting the same status twice is harmless, so this may be retried.
+        self.send_retrying("POST", &format!("statuses/{sha}"), Some(&body))
+            .await?;
+        Ok(true)
+    }
+}
+
+/// One path of a tree to create: a blob, or `None` to remove the path.
+#[derive(Debug, Clone)]
+pub struct TreeEntry {
+    pub path: String,
+    pub executable: bool,
+    pub contents: Option<Vec<u8>>,
+}
+
+/// Why a ref did not move.
+#[derive(Debug, thiserror::Error)]
+pub enum RefError {
+    #[error("the branch moved on GitHub")]
+    NotFastForward,
+    #[error(transparent)]
+    GitHub(#[from] GitHubError),
+}
+
+impl GitHub {
+    /// Creates a commit on GitHub with the Git Data API: a blob per written
+    /// file, a tree on `base_tree`, a commit with `parent`. Nothing moves yet, so
+    /// each step may be retried: objects created twice are the same objects.
+    pub async fn create_commit(
+        &self,
+        parent: &str,
+        base_tree: &str,
+        entries: &[TreeEntry],
+        message: &str,
+        author: (&str, &str),
+    ) -> Result<String, GitHubError> {
+        use base64::Engine;
+        let mut tree = Vec::new();
+        for entry in entries {
+            let mode = if entry.executable { "100755" } else { "100644" };
+            let sha = match &entry.contents {
+                Some(bytes) => {
+                    let body = serde_json::json!({
+                        "content": base64::engine::general_purpose::STANDARD.encode(bytes),
+                        "encoding": "base64",
+                    });
+                    let blob = self.send_retrying("POST", "git/blobs", Some(&body)).await?;
+                    Value::String(blob["sha"].as_str().unwrap_or_default().to_string())
+                }
+                None => Value::Null,
+            };
+            tree.push(
+                serde_json::json!({"path": entry.path, "mode": mode, "type": "blob", "sha": sha}),
+            );
+        }
+        let body = serde_json::json!({"base_tree": base_tree, "tree": tree});
+        let tree = self.send_retrying("POST", "git/trees", Some(&body)).await?;
+        let body = serde_json::json!({
+            "message": message,
+            "tree": tree["sha"],
+            "parents": [parent],
+            "author": {"name": author.0, "email": author.1},
+        });
+        let commit = self
+            .send_retrying("POST", "git/commits", Some(&body))
+            .await?;
+        commit["sha"]
+            .as_str()
+            .map(String::from)
+            .ok_or_else(|| GitHubError::Api {
+                status: 200,
+                message: "the commit answer had no sha".into(),
+            })
+    }
+
+    /// The commit `branch` points at on GitHub.
+    pub async fn branch_head(&self, branch: &str) -> Result<Option<String>, GitHubError> {
+        match self
+            .send_retrying::<()>("GET", &format!("git/ref/heads/{branch}"), None)
+            .await
+        {
+            Ok(r) => Ok(r["object"]["sha"].as_str().map(String::from)),
+            Err(GitHubError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves `branch` to `sha` without force. Not resent blindly: after an
+    /// error that leaves it unknown whether the ref moved, the ref is read back.
+    pub async fn update_branch(&self, branch: &str, sha: &str) -> Result<(), RefError> {
+        let body = serde_json::json!({"sha": sha, "force": false});
+        match self
+            .send("PATCH", &format!("git/refs/heads/{branch}"), Some(&body))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(GitHubError::Api { status: 422, .. }) => Err(RefError::NotFastForward),
+            Err(e @ GitHubError::RateLimited(_)) => Err(e.into()),
+            Err(e) => match self.branch_head(branch).await {
+                Ok(Some(now)) if now == sha => Ok(()),
+                _ => Err(e.into()),
+            },
+        }
+    }
+
+    /// Creates branch `name` at `sha`.
+    pub async fn create_branch(&self, name: &str, sha: &str) -> Result<(), GitHubError> {
+        let body = serde_json::json!({"ref": format!("refs/heads/{name}"), "sha": sha});
+        self.send("POST", "git/refs", Some(&body)).await.map(|_| ())
+    }
+
+    /// Opens a pull request from `head` into `base`; its web URL.
+    pub async fn open_pull_request(
+        &self,
+        head: &str,
+        base: &str,
+        title: &str,
+        body: &str,
+    ) -> Result<String, GitHubError> {
+        let request = serde_json::json!({"title": title, "head": head, "base": base, "body": body});
+        let pull = self.send("POST", "pulls", Some(&request)).await?;
+        Ok(pull["html_url"].as_str().unwrap_or_default().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn remotes_name_owner_repo_and_the_clone_url() {
+        let g = GitHub::new(
+            "https://github.com/octo/app",
+            "https://api.github.com",
+            Some("t"),
+        )
+        .unwrap();
+        assert_eq!((g.owner.as_str(), g.repo.as_str()), ("octo", "app"));
+        assert_eq!(
+            g.clone_url,
+            "https://x-access-token:t@github.com/octo/app.git"
+        );
+        let g = GitHub::new(
+            "https://ghe.example.com/a/b.git/",
+            "https://ghe.example.com/api/v3",
+            None,
+        )
+        .unwrap();
+        assert_eq!(g.clone_url, "https://ghe.example.com/a/b.git");
+        for bad in [
+            "github.com/a/b",
+            "https://github.com/a",
+            "https://github.com/a/b/c",
+            "ftp://h/a/b",
+        ] {
+            assert!(
+                GitHub::new(bad, "https://api.github.com", None).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}

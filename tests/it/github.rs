@@ -1,0 +1,287 @@
+//! GitHub mode against the emulator in tests/support/github.rs: a real bare
+//! repository served over git's smart HTTP, and GitHub's REST shapes.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::github::{Failure, GitHub};
+use crate::support::{git, Daemon};
+
+const SECRET: &str = "webhook-secret";
+/// The fixtures' pushes go to `master`.
+const BRANCH: &str = "master";
+
+/// A repository like `dynapi init` writes, on `master`.
+fn seed() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for file in dynapi::workspace::template_files(true) {
+        let path = dir.path().join(&file.path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &file.contents).unwrap();
+    }
+    git(dir.path(), &["init", "-q", "-b", BRANCH]);
+    git(dir.path(), &["add", "-A"]);
+    for file in dynapi::workspace::template_files(true) {
+        if file.executable {
+            git(dir.path(), &["update-index", "--chmod=+x", &file.path]);
+        }
+    }
+    git(dir.path(), &["commit", "-qm", "Start"]);
+    dir
+}
+
+async fn start(poll: Duration) -> (GitHub, Daemon) {
+    let seed = seed();
+    let github = GitHub::start(seed.path(), BRANCH).await;
+    let (remote, api) = (github.remote(), github.api_url());
+    let daemon = Daemon::start_with(move |c| {
+        c.branch = BRANCH.into();
+        c.webhook_secret = Some(SECRET.into());
+        c.remote = Some(dynapi::config::Remote {
+            url: remote,
+            api_url: api,
+            token: Some("ghp_test".into()),
+            poll,
+        });
+    })
+    .await;
+    (github, daemon)
+}
+
+async fn webhook(d: &Daemon, event: &str, body: &[u8]) -> u16 {
+    let mut id = [0u8; 8];
+    getrandom::fill(&mut id).unwrap();
+    d.client
+        .post(format!("{}/webhooks/github", d.url))
+        .header("X-GitHub-Event", event)
+        .header("X-GitHub-Delivery", hex::encode(id))
+        .header(
+            "X-Hub-Signature-256",
+            dynapi::webhook::sign(SECRET.as_bytes(), body),
+        )
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/tests/fixtures/github-webhooks/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+const LATE: &str = "name: late\ndescription: Added on GitHub.\nscript: scripts/sample_script.sh\n";
+
+#[tokio::test]
+async fn the_clone_is_served_and_a_push_is_served_after_its_webhook() {
+    let (gh, d) = start(Duration::from_secs(600)).await;
+    assert_eq!(d.served(), gh.head(BRANCH));
+    assert!(d.workspace.join("scripts/sample_script.sh").exists());
+    assert_eq!(
+        d.get("/hello?name=Ada").await.json["output"],
+        json!("Hello, Ada!\n")
+    );
+
+    let pushed = gh.push(BRANCH, &[("manifests/late.yaml", LATE)], "Add late");
+    assert_eq!(webhook(&d, "push", &fixture("push.4")).await, 202);
+    assert!(d
+        .eventually(Duration::from_secs(5), |d| d.served() == pushed)
+        .await
+        .is_some());
+    assert_eq!(d.post("/call/late", json!({})).await.status, 200);
+    assert!(d.workspace.join("manifests/late.yaml").exists());
+    let statuses = gh.statuses();
+    let status = statuses
+        .iter()
+        .find(|s| s.sha == pushed)
+        .expect("a status on the push");
+    assert_eq!(
+        (status.state.as_str(), status.context.as_str()),
+        ("success", "dynapi/manifests")
+    );
+}
+
+#[tokio::test]
+async fn a_bad_push_is_not_served_and_gets_a_failed_status() {
+    let (gh, d) = start(Duration::from_secs(600)).await;
+    let good = d.served();
+    let bad = gh.push(
+        BRANCH,
+        &[(
+            "manifests/broken.yaml",
+            "name: broken\ndescription: x\nscript: scripts/missing.sh\n",
+        )],
+        "Break it",
+    );
+    assert_eq!(webhook(&d, "push", &fixture("push.4")).await, 202);
+    let posted = d
+        .eventually(Duration::from_secs(5), |_| {
+            gh.statuses().iter().any(|s| s.sha == bad)
+        })
+        .await;
+    assert!(posted.is_some());
+    let status = gh.statuses().into_iter().find(|s| s.sha == bad).unwrap();
+    assert_eq!(status.state, "failure");
+    assert!(
+        status.description.contains("manifests/broken.yaml"),
+        "{}",
+        status.description
+    );
+    assert_eq!(d.served(), good, "the last good commit stays");
+    assert!(
+        !d.workspace.join("manifests/broken.yaml").exists(),
+        "nor does it reach the files"
+    );
+    let a = d.get("/status").await;
+    assert_eq!(a.json["last_error"]["commit"], json!(bad));
+    // The same verdict is not posted twice.
+    d.post("/sync", json!({})).await;
+    assert_eq!(gh.statuses().iter().filter(|s| s.sha == bad).count(), 1);
+}
+
+#[tokio::test]
+async fn writes_become_commits_on_github_even_after_someone_pushed() {
+    let (gh, d) = start(Duration::from_secs(600)).await;
+    let a = d
+        .put("/files/notes/plan.md", json!({"content": "# Plan\n"}))
+        .await;
+    assert_eq!(a.status, 201, "{}", a.json);
+    let head = gh.head(BRANCH);
+    assert_eq!(a.json["commit"], json!(head));
+    assert_eq!(
+        git(&gh.bare, &["show", &format!("{head}:notes/plan.md")]),
+        "# Plan\n"
+    );
+    assert_eq!(
+        git(&gh.bare, &["log", "-1", "--format=%an", &head]).trim(),
+        "env via dynapi"
+    );
+    assert_eq!(
+        d.get("/files/notes/plan.md").await.json["content"],
+        json!("# Plan\n")
+    );
+    assert!(gh.requests().iter().any(|r| r.ends_with("/git/blobs")));
+
+    // Someone pushes another file; the next write lands on top of it.
+    let theirs = gh.push(BRANCH, &[("docs/theirs.md", "theirs\n")], "Their change");
+    let a = d
+        .patch(
+            "/files/notes/plan.md",
+            json!({"edits": [{"old": "# Plan", "new": "# Plan v2"}]}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    let head = gh.head(BRANCH);
+    assert_eq!(
+        git(&gh.bare, &["rev-parse", &format!("{head}~1")]).trim(),
+        theirs
+    );
+    assert_eq!(
+        git(&gh.bare, &["show", &format!("{head}:docs/theirs.md")]),
+        "theirs\n"
+    );
+    assert!(d.workspace.join("docs/theirs.md").exists());
+
+    // A file changed on GitHub since it was read is not overwritten.
+    gh.push(BRANCH, &[("notes/plan.md", "# Their plan\n")], "Their plan");
+    let a = d
+        .put("/files/notes/plan.md", json!({"content": "# Mine\n"}))
+        .await;
+    assert_eq!(a.status, 412, "{}", a.json);
+    assert_eq!(
+        git(
+            &gh.bare,
+            &["show", &format!("{}:notes/plan.md", gh.head(BRANCH))]
+        ),
+        "# Their plan\n"
+    );
+}
+
+#[tokio::test]
+async fn github_failures_are_retried_or_answered_never_acknowledged() {
+    let (gh, d) = start(Duration::from_secs(600)).await;
+    // A 502 on creating a blob is retried: blobs are the same blobs twice.
+    gh.fail_next(&[Failure::ServerError]);
+    let a = d.put("/files/a.txt", json!({"content": "a\n"})).await;
+    assert_eq!(a.status, 201, "{}", a.json);
+    // Rate limited past the retries: the caller is told, nothing moved.
+    let before = gh.head(BRANCH);
+    gh.fail_next(&[Failure::RateLimited { retry_after: 60 }; 8]);
+    let a = d.put("/files/b.txt", json!({"content": "b\n"})).await;
+    assert_eq!(a.status, 429, "{}", a.json);
+    assert!(a.headers.contains_key("retry-after"));
+    assert_eq!(gh.head(BRANCH), before);
+    assert_eq!(d.get("/healthz").await.status, 200, "the daemon serves on");
+}
+
+#[tokio::test]
+async fn endpoints_can_go_through_a_pull_request() {
+    let (gh, d) = start(Duration::from_secs(600)).await;
+    let before = gh.head(BRANCH);
+    let mut body = crate::support::endpoint_body("proposed", "#!/bin/sh\necho proposed\n");
+    body["mode"] = json!("pull_request");
+    let a = d.post("/endpoints", body).await;
+    assert_eq!(a.status, 202, "{}", a.json);
+    let url = a.json["pull_request"].as_str().unwrap();
+    assert!(url.ends_with("/pull/1"), "{url}");
+    assert_eq!(gh.head(BRANCH), before, "the branch waits for a human");
+    let pulls = gh.pulls();
+    assert_eq!(pulls[0]["base"]["ref"], json!(BRANCH));
+    let head = pulls[0]["head"]["ref"].as_str().unwrap();
+    assert!(git(
+        &gh.bare,
+        &[
+            "show",
+            &format!("refs/heads/{head}:manifests/proposed.yaml")
+        ]
+    )
+    .contains("name: proposed"));
+}
+
+#[tokio::test]
+async fn a_pull_request_event_checks_its_head() {
+    let (gh, d) = start(Duration::from_secs(600)).await;
+    // A branch with a broken manifest, and GitHub's event for its pull request.
+    git(&gh.bare, &["branch", "changes", BRANCH]);
+    let sha = gh.push(
+        "changes",
+        &[(
+            "manifests/oops.yaml",
+            "name: Oops\ndescription: x\nscript: scripts/sample_script.sh\n",
+        )],
+        "A bad name",
+    );
+    let mut event: Value = serde_json::from_slice(&fixture("pull_request.opened.0")).unwrap();
+    event["pull_request"]["head"]["ref"] = json!("changes");
+    event["pull_request"]["head"]["sha"] = json!(sha);
+    event["pull_request"]["base"]["ref"] = json!(BRANCH);
+    assert_eq!(
+        webhook(&d, "pull_request", &serde_json::to_vec(&event).unwrap()).await,
+        202
+    );
+    let posted = d
+        .eventually(Duration::from_secs(5), |_| {
+            gh.statuses().iter().any(|s| s.sha == sha)
+        })
+        .await;
+    assert!(posted.is_some());
+    let status = gh.statuses().into_iter().find(|s| s.sha == sha).unwrap();
+    assert_eq!(status.state, "failure");
+    assert!(status.description.contains("manifests/oops.yaml"));
+}
+
+#[tokio::test]
+async fn the_poll_catches_a_push_whose_webhook_was_lost() {
+    let (gh, d) = start(Duration::from_millis(300)).await;
+    let pushed = gh.push(BRANCH, &[("manifests/late.yaml", LATE)], "Add late");
+    assert!(d
+        .eventually(Duration::from_secs(5), |d| d.served() == pushed)
+        .await
+        .is_some());
+}
