@@ -75,6 +75,15 @@ pub struct RawSettings {
     pub tokens: Vec<RawToken>,
     #[serde(default)]
     pub databases: std::collections::BTreeMap<String, RawDatabase>,
+    pub policy: Option<RawPolicy>,
+}
+
+/// How writes reach the branch in GitHub mode: `commit` or `pull_request`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub endpoints: Option<String>,
+    pub files: Option<String>,
 }
 
 /// A database `POST /sql` may query: `url` is `sqlite:<path in the workspace>` or

@@ -192,6 +192,10 @@ pub struct Settings {
     pub tokens: Vec<TokenEntry>,
     /// The databases `POST /sql` may query, by name; `default` is always there.
     pub databases: BTreeMap<String, Database>,
+    /// GitHub mode: endpoint changes go through a pull request.
+    pub endpoints_by_pull_request: bool,
+    /// GitHub mode: file changes go through a pull request.
+    pub files_by_pull_request: bool,
 }
 
 /// The name of the database a request gets when it names none.
@@ -212,6 +216,8 @@ impl Default for Settings {
         Settings {
             default_timeout: DEFAULT_TIMEOUT,
             tokens: Vec::new(),
+            endpoints_by_pull_request: false,
+            files_by_pull_request: false,
             databases: BTreeMap::from([(
                 DEFAULT_DATABASE.to_string(),
                 Database {
@@ -420,6 +426,29 @@ fn check_settings(text: &str, problems: &mut Vec<Problem>) -> Settings {
                 "list at least one scope, e.g. `scopes: [read]`",
             ),
             Err(e) => check.at(&format!("{at}.scopes"), e),
+        }
+    }
+    if let Some(policy) = raw.policy {
+        for (key, value, slot) in [
+            (
+                "policy.endpoints",
+                policy.endpoints,
+                &mut settings.endpoints_by_pull_request,
+            ),
+            (
+                "policy.files",
+                policy.files,
+                &mut settings.files_by_pull_request,
+            ),
+        ] {
+            match value.as_deref() {
+                None | Some("commit") => {}
+                Some("pull_request") => *slot = true,
+                Some(other) => check.at(
+                    key,
+                    format!("`{other}` is not a policy: write `commit` or `pull_request`"),
+                ),
+            }
         }
     }
     for (name, db) in raw.databases {

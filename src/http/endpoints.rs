@@ -115,7 +115,10 @@ async fn add_endpoint(
 ) -> Result<Response, ApiError> {
     let caller = auth.require(Scope::Write)?;
     let req: AddEndpoint = parse_json(body)?;
+    let by_policy =
+        app.config.remote.is_some() && app.syncer.registry().settings.endpoints_by_pull_request;
     let delivery = match req.mode.as_deref() {
+        None if by_policy => Delivery::PullRequest,
         None | Some("commit") => Delivery::Commit,
         Some("pull_request") if app.config.remote.is_some() => Delivery::PullRequest,
         Some("pull_request") => {

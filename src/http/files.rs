@@ -23,7 +23,7 @@ use super::{
 };
 use crate::auth::{Caller, Scope};
 use crate::registry::{MANIFEST_DIR, SETTINGS_FILE};
-use crate::source::change::{Applied, Change, Op, Validation};
+use crate::source::change::{Applied, Change, Delivery, Op, Validation};
 use crate::source::sync::Trigger;
 use crate::workspace::files::{self, PageRequest, TextEdit};
 use crate::workspace::FsError;
@@ -163,20 +163,54 @@ pub(crate) async fn settle(app: &App, applied: &Applied) {
 
 /// Applies `ops` as ONE commit for `caller` (the author says it came through the
 /// API, and with which token), then `settle`s.
+/// In GitHub mode, by pull request when the request's `mode` or the repository's
+/// `policy.files` says so.
 pub(crate) async fn commit(
     app: &App,
     caller: &Caller,
     message: String,
     ops: Vec<Op>,
 ) -> Result<Applied, ApiError> {
+    commit_as(app, caller, message, ops, None).await
+}
+
+pub(crate) async fn commit_as(
+    app: &App,
+    caller: &Caller,
+    message: String,
+    ops: Vec<Op>,
+    mode: Option<&str>,
+) -> Result<Applied, ApiError> {
+    let remote = app.config.remote.is_some();
+    let delivery = match mode {
+        Some("pull_request") if remote => Delivery::PullRequest,
+        Some("pull_request") => {
+            return Err(ApiError::bad_request(
+                "`mode: pull_request` needs a GitHub repository (`dynapi serve --remote`)",
+            ))
+        }
+        Some("commit") => Delivery::Commit,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "`mode` is `commit` or `pull_request`, not `{other}`"
+            )))
+        }
+        None if remote && app.syncer.registry().settings.files_by_pull_request => {
+            Delivery::PullRequest
+        }
+        None => Delivery::Commit,
+    };
     let applied = app
         .writer
-        .apply(Change {
-            message,
-            author: author_for(caller),
-            ops,
-            validation: Validation::NoNewProblems,
-        })
+        .apply_as(
+            Change {
+                message,
+                author: author_for(caller),
+                ops,
+                validation: Validation::NoNewProblems,
+            },
+            delivery,
+        )
         .await?;
     settle(app, &applied).await;
     Ok(applied)
@@ -189,7 +223,11 @@ pub(crate) fn written(applied: &Applied, path: &str) -> Value {
         "etag": applied.files.get(path).cloned().flatten(),
         "changed": applied.changed,
     });
-    if applied.uncommitted.iter().any(|p| p == path) {
+    if let Some(url) = &applied.pull_request {
+        answer["committed"] = json!(false);
+        answer["pull_request"] = json!(url);
+        answer["note"] = json!("the change waits in a pull request; the branch has it once merged");
+    } else if applied.uncommitted.iter().any(|p| p == path) {
         answer["committed"] = json!(false);
         answer["note"] = json!(format!(
             "`.gitignore` ignores `{path}`: it is in the workspace but not committed"
@@ -208,6 +246,7 @@ struct PutFile {
     message: Option<String>,
     executable: Option<bool>,
     if_match: Option<String>,
+    mode: Option<String>,
 }
 
 /// PUT /files/{path} — create or replace a file: one commit. 201 when created.
@@ -237,7 +276,7 @@ fn put(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> +
                         let message = message_or(req.message, || {
                             format!("{} {path}", if exists { "Update" } else { "Create" })
                         });
-                        let applied = commit(
+                        let applied = commit_as(
                             &app,
                             &caller,
                             message,
@@ -247,9 +286,12 @@ fn put(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> +
                                 executable: req.executable,
                                 if_match: precondition(if_match, req.if_match),
                             }],
+                            req.mode.as_deref(),
                         )
                         .await?;
-                        let status = if applied.created.contains(&path) {
+                        let status = if applied.pull_request.is_some() {
+                            StatusCode::ACCEPTED
+                        } else if applied.created.contains(&path) {
                             StatusCode::CREATED
                         } else {
                             StatusCode::OK
@@ -275,6 +317,7 @@ struct PatchFile {
     edits: Vec<TextEdit>,
     message: Option<String>,
     if_match: Option<String>,
+    mode: Option<String>,
 }
 
 /// PATCH /files/{path} — exact-text edits, all or none: one commit. 409 naming the
@@ -308,11 +351,18 @@ fn patch(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection>
                         }
                         let count = req.edits.len();
                         let message = message_or(req.message, || format!("Edit {path}"));
-                        let applied = commit(&app, &caller, message, vec![Op::Edit {
-                                    path: path.clone(),
-                                    edits: req.edits,
-                                    if_match: precondition(if_match, req.if_match),
-                                }]).await?;
+                        let applied = commit_as(
+                            &app,
+                            &caller,
+                            message,
+                            vec![Op::Edit {
+                                path: path.clone(),
+                                edits: req.edits,
+                                if_match: precondition(if_match, req.if_match),
+                            }],
+                            req.mode.as_deref(),
+                        )
+                        .await?;
                         let mut answer = written(&applied, &path);
                         answer["edits"] = json!(count);
                         let etag = answer["etag"].as_str().unwrap_or_default().to_string();

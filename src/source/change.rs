@@ -228,7 +228,9 @@ impl Writer {
                 github.clone_url.clone(),
             );
             let staged = blocking(move || {
-                let head = repo.fetch(&url)?;
+                let head = repo
+                    .fetch(&url)
+                    .map_err(|e| GitHubError::Unreachable(e.to_string()))?;
                 // The files as the caller saw them: the commit checked out here.
                 let seen = repo.head()?;
                 check_unchanged(&repo, &p, seen, head)?;

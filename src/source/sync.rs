@@ -30,6 +30,9 @@ pub struct Remote {
 /// How often the local source looks at the branch ref for commits made outside the
 /// daemon. Reading one small file; cheap enough to make "within a second" true.
 const WATCH_INTERVAL: Duration = Duration::from_millis(200);
+/// The first wait after a failed sync, doubled each failure up to the second.
+const MIN_BACKOFF: Duration = Duration::from_millis(750);
+const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -67,6 +70,8 @@ pub struct SyncStatus {
     pub served_since: Option<String>,
     pub syncs: u64,
     pub failures: u64,
+    /// After failures: how long the next sync waits (0 when healthy).
+    pub retry_in_ms: u64,
 }
 
 /// What one sync did, for callers that wait on it (`POST /sync`, writes).
@@ -304,11 +309,22 @@ impl Syncer {
     }
 
     /// The background loop: runs a sync whenever triggered, until cancelled.
+    ///
+    /// After a failed sync (GitHub down, the network gone) the next one waits,
+    /// from 750 ms doubling to 15 minutes, as Flux does; a success resets it.
+    /// Triggers that arrive meanwhile coalesce into the one sync after the wait.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut backoff = Duration::ZERO;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.wake.notified() => {}
+            }
+            if !backoff.is_zero() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
             }
             let why = self
                 .pending
@@ -316,7 +332,16 @@ impl Syncer {
                 .unwrap_or_else(|e| e.into_inner())
                 .take()
                 .unwrap_or(Trigger::Watch);
-            self.sync(why).await;
+            let report = self.sync(why).await;
+            backoff = if report.outcome == "failed" {
+                (backoff * 2).clamp(MIN_BACKOFF, MAX_BACKOFF)
+            } else {
+                Duration::ZERO
+            };
+            self.status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retry_in_ms = backoff.as_millis() as u64;
         }
     }
 

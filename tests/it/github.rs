@@ -34,6 +34,12 @@ fn seed() -> tempfile::TempDir {
 async fn start(poll: Duration) -> (GitHub, Daemon) {
     let seed = seed();
     let github = GitHub::start(seed.path(), BRANCH).await;
+    let daemon = replica(&github, poll).await;
+    (github, daemon)
+}
+
+/// Another daemon serving the same GitHub repository.
+async fn replica(github: &GitHub, poll: Duration) -> Daemon {
     let (remote, api) = (github.remote(), github.api_url());
     let daemon = Daemon::start_with(move |c| {
         c.branch = BRANCH.into();
@@ -46,7 +52,7 @@ async fn start(poll: Duration) -> (GitHub, Daemon) {
         });
     })
     .await;
-    (github, daemon)
+    daemon
 }
 
 async fn webhook(d: &Daemon, event: &str, body: &[u8]) -> u16 {
@@ -284,4 +290,123 @@ async fn the_poll_catches_a_push_whose_webhook_was_lost() {
         .eventually(Duration::from_secs(5), |d| d.served() == pushed)
         .await
         .is_some());
+}
+
+#[tokio::test]
+async fn replicas_converge_and_their_concurrent_writes_all_land() {
+    let (gh, a) = start(Duration::from_millis(300)).await;
+    let b = replica(&gh, Duration::from_millis(300)).await;
+    let before: usize = git(&gh.bare, &["rev-list", "--count", BRANCH])
+        .trim()
+        .parse()
+        .unwrap();
+    let write = |d: &Daemon, i: usize| {
+        let (client, url) = (d.client.clone(), format!("{}/files/load/{i}.txt", d.url));
+        async move {
+            client
+                .put(url)
+                .bearer_auth(crate::support::TOKEN)
+                .json(&json!({"content": format!("{i}\n")}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let writes = (0..12).map(|i| {
+        let d = if i % 2 == 0 { &a } else { &b };
+        write(d, i)
+    });
+    let statuses = futures_util::future::join_all(writes).await;
+    assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
+    let after: usize = git(&gh.bare, &["rev-list", "--count", BRANCH])
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        after,
+        before + 12,
+        "every acknowledged write is a commit on GitHub"
+    );
+    let head = gh.head(BRANCH);
+    for d in [&a, &b] {
+        assert!(d
+            .eventually(Duration::from_secs(5), |d| d.served() == head)
+            .await
+            .is_some());
+    }
+    for i in 0..12 {
+        assert!(b.workspace.join(format!("load/{i}.txt")).exists());
+    }
+}
+
+#[tokio::test]
+async fn the_repository_policy_sends_file_changes_through_pull_requests() {
+    let (gh, d) = start(Duration::from_millis(300)).await;
+    let policy = gh.push(
+        BRANCH,
+        &[("dynapi.yaml", "policy:\n  files: pull_request\n")],
+        "Review every change",
+    );
+    assert!(d
+        .eventually(Duration::from_secs(5), |d| d.served() == policy)
+        .await
+        .is_some());
+    let a = d
+        .put("/files/docs/idea.md", json!({"content": "an idea\n"}))
+        .await;
+    assert_eq!(a.status, 202, "{}", a.json);
+    assert_eq!(a.json["committed"], json!(false));
+    assert!(a.json["pull_request"].as_str().unwrap().contains("/pull/"));
+    assert_eq!(gh.head(BRANCH), policy, "the branch waits for the review");
+    assert_eq!(gh.pulls().len(), 1);
+    // A request may still ask for a plain commit.
+    let a = d
+        .put(
+            "/files/docs/now.md",
+            json!({"content": "now\n", "mode": "commit"}),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.json);
+    assert_ne!(gh.head(BRANCH), policy);
+}
+
+#[tokio::test]
+async fn while_github_is_down_the_daemon_serves_on_and_says_so() {
+    let (gh, d) = start(Duration::from_millis(200)).await;
+    let served = d.served();
+    gh.set_down(true);
+    let a = d.post("/sync", json!({})).await;
+    assert!(a.json["error"].is_string(), "{}", a.json);
+    assert_eq!(
+        d.get("/hello?name=Ada").await.status,
+        200,
+        "the last good commit serves on"
+    );
+    let a = d.put("/files/x.txt", json!({"content": "x"})).await;
+    assert_eq!(a.status, 502, "never acknowledged: {}", a.json);
+    assert_eq!(a.json["error"]["code"], json!("github_unavailable"));
+    assert!(!d.workspace.join("x.txt").exists());
+    // The poll keeps failing, and backs off.
+    let backing_off = d
+        .eventually(Duration::from_secs(5), |d| {
+            d.app.syncer.status().retry_in_ms > 0
+        })
+        .await;
+    assert!(backing_off.is_some());
+    let status = d.get("/status").await;
+    assert!(!status.json["last_error"]["message"]
+        .as_str()
+        .unwrap()
+        .is_empty());
+    gh.set_down(false);
+    let pushed = gh.push(BRANCH, &[("manifests/late.yaml", LATE)], "Add late");
+    assert!(
+        d.eventually(Duration::from_secs(10), |d| d.served() == pushed)
+            .await
+            .is_some(),
+        "it recovers on its own"
+    );
+    assert_ne!(served, pushed);
 }

@@ -47,6 +47,8 @@ struct State {
     pulls: Vec<Value>,
     failures: VecDeque<Failure>,
     requests: Vec<String>,
+    /// Every request (git and API) answers 503 while set.
+    down: bool,
 }
 
 pub struct GitHub {
@@ -210,6 +212,11 @@ impl GitHub {
         self.state.lock().unwrap().requests.clone()
     }
 
+    /// Takes the whole emulator down (503 to everything), or back up.
+    pub fn set_down(&self, down: bool) {
+        self.state.lock().unwrap().down = down;
+    }
+
     /// Fails the next API requests, one failure each.
     pub fn fail_next(&self, failures: &[Failure]) {
         self.state.lock().unwrap().failures.extend(failures);
@@ -248,6 +255,9 @@ fn handle(
     root: &Path,
     base: &str,
 ) -> Response<Bytes> {
+    if state.lock().unwrap().down {
+        return answer(503, json!({"message": "Service Unavailable"}));
+    }
     let git_prefix = format!("/{OWNER}/{REPO}.git/");
     if req.path.starts_with(&git_prefix) {
         return smart_http(req, root);
