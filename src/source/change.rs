@@ -323,8 +323,7 @@ impl Writer {
                     new_commit: true,
                     ..staged
                 };
-                let (repo, ws, p) = (self.repo.clone(), self.workspace.clone(), prepared.clone());
-                let _ = (&repo, &ws);
+                let p = prepared.clone();
                 let mut answer = blocking(move || {
                     let disk: Vec<String> = changed_on_disk(&p.plan)?
                         .into_iter()
@@ -357,23 +356,22 @@ impl Writer {
         author: Author,
     ) -> Result<Applied, ChangeError> {
         let _serial = self.lock.lock().await;
-        let repo = self.repo.clone();
-        let workspace = self.workspace.clone();
-        tokio::task::spawn_blocking(move || {
-            let ops = worktree_changes(&repo, &workspace)?;
-            if ops.is_empty() {
-                return Err(ChangeError::Empty);
-            }
-            let change = Change {
-                message,
-                author,
-                ops,
-                validation: Validation::NoNewProblems,
-            };
-            apply_blocking(&repo, &workspace, change)
-        })
-        .await
-        .map_err(|e| ChangeError::Repo(RepoError::Git(e.to_string())))?
+        let (repo, workspace) = (self.repo.clone(), self.workspace.clone());
+        let ops = blocking(move || worktree_changes(&repo, &workspace)).await?;
+        if ops.is_empty() {
+            return Err(ChangeError::Empty);
+        }
+        let change = Change {
+            message,
+            author,
+            ops,
+            validation: Validation::NoNewProblems,
+        };
+        if let Some(github) = &self.github {
+            return self.apply_remote(github, change, Delivery::Commit).await;
+        }
+        let (repo, workspace) = (self.repo.clone(), self.workspace.clone());
+        blocking(move || apply_blocking(&repo, &workspace, change)).await
     }
 }
 

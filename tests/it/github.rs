@@ -6,33 +6,14 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::support::github::{Failure, GitHub};
-use crate::support::{git, Daemon};
+use crate::support::{git, template_repo, Daemon};
 
 const SECRET: &str = "webhook-secret";
 /// The fixtures' pushes go to `master`.
 const BRANCH: &str = "master";
 
-/// A repository like `dynapi init` writes, on `master`.
-fn seed() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for file in dynapi::workspace::template_files(true) {
-        let path = dir.path().join(&file.path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &file.contents).unwrap();
-    }
-    git(dir.path(), &["init", "-q", "-b", BRANCH]);
-    git(dir.path(), &["add", "-A"]);
-    for file in dynapi::workspace::template_files(true) {
-        if file.executable {
-            git(dir.path(), &["update-index", "--chmod=+x", &file.path]);
-        }
-    }
-    git(dir.path(), &["commit", "-qm", "Start"]);
-    dir
-}
-
 async fn start(poll: Duration) -> (GitHub, Daemon) {
-    let seed = seed();
+    let seed = template_repo(BRANCH, &[]);
     let github = GitHub::start(seed.path(), BRANCH).await;
     let daemon = replica(&github, poll).await;
     (github, daemon)
@@ -160,10 +141,7 @@ async fn writes_become_commits_on_github_even_after_someone_pushed() {
     assert_eq!(a.status, 201, "{}", a.json);
     let head = gh.head(BRANCH);
     assert_eq!(a.json["commit"], json!(head));
-    assert_eq!(
-        git(&gh.bare, &["show", &format!("{head}:notes/plan.md")]),
-        "# Plan\n"
-    );
+    assert_eq!(gh.show(&head, "notes/plan.md"), "# Plan\n");
     assert_eq!(
         git(&gh.bare, &["log", "-1", "--format=%an", &head]).trim(),
         "env via dynapi"
@@ -188,10 +166,7 @@ async fn writes_become_commits_on_github_even_after_someone_pushed() {
         git(&gh.bare, &["rev-parse", &format!("{head}~1")]).trim(),
         theirs
     );
-    assert_eq!(
-        git(&gh.bare, &["show", &format!("{head}:docs/theirs.md")]),
-        "theirs\n"
-    );
+    assert_eq!(gh.show(&head, "docs/theirs.md"), "theirs\n");
     assert!(d.workspace.join("docs/theirs.md").exists());
 
     // A file changed on GitHub since it was read is not overwritten.
@@ -200,13 +175,71 @@ async fn writes_become_commits_on_github_even_after_someone_pushed() {
         .put("/files/notes/plan.md", json!({"content": "# Mine\n"}))
         .await;
     assert_eq!(a.status, 412, "{}", a.json);
-    assert_eq!(
-        git(
-            &gh.bare,
-            &["show", &format!("{}:notes/plan.md", gh.head(BRANCH))]
-        ),
-        "# Their plan\n"
+    assert_eq!(gh.show(&gh.head(BRANCH), "notes/plan.md"), "# Their plan\n");
+}
+
+#[tokio::test]
+async fn endpoints_and_reverts_become_commits_on_github() {
+    let (gh, d) = start(Duration::from_secs(600)).await;
+    let body = crate::support::endpoint_body("greet", "#!/bin/sh\necho \"hi $1\"\n");
+    let a = d.post("/endpoints", body).await;
+    assert_eq!(a.status, 201, "{}", a.json);
+    let added = gh.head(BRANCH);
+    assert_eq!(a.json["commit"], json!(added));
+    let tree = git(&gh.bare, &["ls-tree", "-r", &added]);
+    assert!(
+        tree.lines()
+            .any(|l| l.starts_with("100755") && l.ends_with("scripts/greet.sh")),
+        "the script is executable on GitHub: {tree}"
     );
+    let a = d.post("/greet", json!({"word": "there"})).await;
+    assert_eq!(a.json["output"], json!("hi there\n"), "{}", a.json);
+
+    let a = d.delete("/endpoints/greet").await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    let removed = gh.head(BRANCH);
+    assert_ne!(removed, added);
+    assert!(!git(&gh.bare, &["ls-tree", "-r", "--name-only", &removed])
+        .contains("manifests/greet.yaml"));
+    assert_eq!(d.post("/greet", json!({})).await.status, 404);
+
+    // Undo the removal: a new commit on GitHub brings the endpoint back.
+    let a = d.post("/revert", json!({"commit": removed})).await;
+    assert_eq!(a.status, 201, "{}", a.json);
+    let restored = gh.head(BRANCH);
+    assert_eq!(
+        git(&gh.bare, &["rev-parse", &format!("{restored}~1")]).trim(),
+        removed
+    );
+    assert_eq!(
+        gh.show(&restored, "manifests/greet.yaml"),
+        gh.show(&added, "manifests/greet.yaml")
+    );
+    let a = d.post("/greet", json!({"word": "again"})).await;
+    assert_eq!(a.json["output"], json!("hi again\n"), "{}", a.json);
+}
+
+#[tokio::test]
+async fn git_sync_sends_files_written_in_the_workspace_to_github() {
+    let (gh, d) = start(Duration::from_secs(600)).await;
+    std::fs::create_dir_all(d.workspace.join("reports")).unwrap();
+    std::fs::write(d.workspace.join("reports/today.txt"), "42\n").unwrap();
+    let a = d
+        .post("/git-sync", json!({"message": "Today's report"}))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert_eq!(a.json["committed"], json!(true));
+    let head = gh.head(BRANCH);
+    assert_eq!(a.json["commit"], json!(head), "served what GitHub has");
+    assert_eq!(gh.show(&head, "reports/today.txt"), "42\n");
+    assert_eq!(
+        git(&gh.bare, &["log", "-1", "--format=%s", &head]).trim(),
+        "Today's report"
+    );
+    // Nothing left to send: no empty commit.
+    let a = d.post("/git-sync", json!({})).await;
+    assert_eq!(a.json["committed"], json!(false), "{}", a.json);
+    assert_eq!(gh.head(BRANCH), head);
 }
 
 #[tokio::test]

@@ -198,6 +198,11 @@ impl GitHub {
     }
 
     /// The statuses posted so far, oldest first.
+    /// The file at `path` in commit `rev`, as GitHub has it.
+    pub fn show(&self, rev: &str, path: &str) -> String {
+        bare_git(&self.bare, &["show", &format!("{rev}:{path}")], None)
+    }
+
     pub fn statuses(&self) -> Vec<Status> {
         self.state.lock().unwrap().statuses.clone()
     }
@@ -351,9 +356,13 @@ fn handle(
                         None,
                         &env,
                     ),
-                    None => {
-                        bare_git_env(bare, &["update-index", "--force-remove", path], None, &env)
-                    }
+                    // `--force-remove` wants a work tree; a zero mode removes the entry.
+                    None => bare_git_env(
+                        bare,
+                        &["update-index", "--index-info"],
+                        Some(format!("0 {}\t{path}\n", "0".repeat(40)).as_bytes()),
+                        &env,
+                    ),
                 };
             }
             let tree = bare_git_env(bare, &["write-tree"], None, &env);

@@ -222,6 +222,33 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A repository like `dynapi init` writes, plus `extra` files (path, text),
+/// committed as one commit on `branch`: the seed of an emulated GitHub repo.
+pub fn template_repo(branch: &str, extra: &[(String, String)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let files = dynapi::workspace::template_files(true);
+    let all = files
+        .iter()
+        .map(|f| (f.path.clone(), f.contents.clone()))
+        .chain(
+            extra
+                .iter()
+                .map(|(p, t)| (p.clone(), t.clone().into_bytes())),
+        );
+    for (path, contents) in all {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, contents).unwrap();
+    }
+    git(dir.path(), &["init", "-q", "-b", branch]);
+    git(dir.path(), &["add", "-A"]);
+    for file in files.iter().filter(|f| f.executable) {
+        git(dir.path(), &["update-index", "--chmod=+x", &file.path]);
+    }
+    git(dir.path(), &["commit", "-qm", "Start"]);
+    dir
+}
+
 /// A manifest for an endpoint `name` at POST /name running scripts/<name>.sh.
 pub fn endpoint_body(name: &str, script: &str) -> Value {
     serde_json::json!({
