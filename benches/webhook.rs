@@ -81,7 +81,7 @@ async fn run(pushes: usize) {
     .unwrap();
     let payload = serde_json::to_vec(&serde_json::json!({
         "ref": format!("refs/heads/{BRANCH}"), "before": "0", "after": "0", "deleted": false,
-        "repository": {"full_name": "octo-org/project"},
+        "repository": {"full_name": format!("{}/{}", support::github::OWNER, support::github::REPO)},
     }))
     .unwrap();
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());

@@ -96,6 +96,12 @@ pub struct Repository {
     pub full_name: String,
 }
 
+/// The repository any event is about (`ping` of an organization has none).
+#[derive(Debug, Deserialize)]
+pub struct EventRepository {
+    pub repository: Option<Repository>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use warp::{Filter, Rejection};
 
 use super::{body, respond, with_app, ApiError};
 use crate::source::sync::Trigger;
-use crate::webhook::{self, PullRequestEvent, Push};
+use crate::webhook::{self, EventRepository, PullRequestEvent, Push};
 use crate::App;
 
 /// GitHub caps payloads at 25 MB; a little more is accepted.
@@ -81,6 +81,19 @@ fn receive(
             "the `{event}` payload is not what GitHub sends: {e}"
         ))
     };
+    // An organization's webhook sends every repository's events.
+    if let Some(served) = app.syncer.github_repository() {
+        let from = serde_json::from_slice::<EventRepository>(&body)
+            .ok()
+            .and_then(|e| e.repository)
+            .map(|r| r.full_name);
+        if let Some(from) = from.filter(|f| !f.eq_ignore_ascii_case(&served)) {
+            return Ok(accepted(json!({
+                "event": event,
+                "ignored": format!("an event of `{from}`; the daemon serves `{served}`"),
+            })));
+        }
+    }
     match event.as_str() {
         "ping" => Ok(warp::reply::json(&json!({"pong": true})).into_response()),
         "push" => {
@@ -105,11 +118,8 @@ fn receive(
                 ));
             }
             let syncer = app.syncer.clone();
-            let (head, sha) = (
-                event.pull_request.head.reference,
-                event.pull_request.head.sha,
-            );
-            tokio::spawn(async move { syncer.check_pull_request(head, sha).await });
+            let (number, sha) = (event.number, event.pull_request.head.sha);
+            tokio::spawn(async move { syncer.check_pull_request(number, sha).await });
             Ok(accepted(
                 json!({"event": "pull_request", "check": "started", "number": event.number}),
             ))

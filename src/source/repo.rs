@@ -135,14 +135,29 @@ impl Repo {
     /// Fetches the branch from `url` into `refs/remotes/origin/<branch>` and
     /// answers the commit it points at there.
     pub fn fetch(&self, url: &str) -> Result<ObjectId, RepoError> {
-        self.fetch_ref(url, &self.branch)
+        let branch = &self.branch;
+        self.fetch_ref(
+            url,
+            &format!("refs/heads/{branch}"),
+            &format!("refs/remotes/origin/{branch}"),
+        )
     }
 
-    /// Fetches branch `name` from `url`; the commit it points at there.
-    pub fn fetch_ref(&self, url: &str, name: &str) -> Result<ObjectId, RepoError> {
+    /// Fetches pull request `number`'s head from `url` (GitHub keeps it at
+    /// `refs/pull/N/head`, for forks too) into `refs/dynapi/pull/N`.
+    pub fn fetch_pull(&self, url: &str, number: u64) -> Result<ObjectId, RepoError> {
+        self.fetch_ref(
+            url,
+            &format!("refs/pull/{number}/head"),
+            &format!("refs/dynapi/pull/{number}"),
+        )
+    }
+
+    /// Fetches ref `name` from `url` into `local`; the commit it points at.
+    fn fetch_ref(&self, url: &str, name: &str, local: &str) -> Result<ObjectId, RepoError> {
         let repo = self.repo.to_thread_local();
         let interrupt = std::sync::atomic::AtomicBool::new(false);
-        let spec = format!("+refs/heads/{name}:refs/remotes/origin/{name}");
+        let spec = format!("+{name}:{local}");
         let fetched = (|| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             repo.remote_at(url)?
                 .with_refspecs([spec.as_str()], gix::remote::Direction::Fetch)?
@@ -152,9 +167,7 @@ impl Repo {
             Ok(())
         })();
         fetched.map_err(|e| RepoError::Git(redact(&chain(e.as_ref()))))?;
-        let mut found = repo
-            .find_reference(format!("refs/remotes/origin/{name}").as_str())
-            .map_err(git)?;
+        let mut found = repo.find_reference(local).map_err(git)?;
         Ok(found.peel_to_id().map_err(git)?.detach())
     }
 

@@ -270,9 +270,16 @@ impl Syncer {
         }
     }
 
-    /// Checks a pull request's head (branch `head_ref` at `sha`): fetches it,
-    /// builds its registry, and posts the status on `sha`. GitHub mode only.
-    pub async fn check_pull_request(&self, head_ref: String, sha: String) {
+    /// GitHub mode: the repository served, as `owner/name`.
+    pub fn github_repository(&self) -> Option<String> {
+        let remote = self.remote.as_ref()?;
+        Some(format!("{}/{}", remote.github.owner, remote.github.repo))
+    }
+
+    /// Checks pull request `number`, whose head the event says is `sha`: fetches
+    /// `refs/pull/N/head` (so pull requests from forks are checked too), builds
+    /// its registry, and posts the status on the commit fetched. GitHub mode only.
+    pub async fn check_pull_request(&self, number: u64, sha: String) {
         let Some(remote) = self.remote.clone() else {
             return;
         };
@@ -280,7 +287,7 @@ impl Syncer {
         let url = remote.github.clone_url.clone();
         let wanted = sha.clone();
         let checked = tokio::task::spawn_blocking(move || -> Result<_, RepoError> {
-            let fetched = repo.fetch_ref(&url, &head_ref)?;
+            let fetched = repo.fetch_pull(&url, number)?;
             if fetched != wanted.as_str() {
                 tracing::info!(%wanted, %fetched, "the pull request moved since the event; checking its new head");
             }

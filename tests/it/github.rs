@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::github::{Failure, GitHub};
+use crate::support::github::{Failure, GitHub, Status};
 use crate::support::{git, template_repo, Daemon};
 
 const SECRET: &str = "webhook-secret";
@@ -36,10 +36,17 @@ async fn replica(github: &GitHub, poll: Duration) -> Daemon {
     daemon
 }
 
+/// Delivers a signed event; its status.
 async fn webhook(d: &Daemon, event: &str, body: &[u8]) -> u16 {
+    deliver(d, event, body).await.0
+}
+
+/// Delivers a signed event; its status and answer.
+async fn deliver(d: &Daemon, event: &str, body: &[u8]) -> (u16, Value) {
     let mut id = [0u8; 8];
     getrandom::fill(&mut id).unwrap();
-    d.client
+    let answer = d
+        .client
         .post(format!("{}/webhooks/github", d.url))
         .header("X-GitHub-Event", event)
         .header("X-GitHub-Delivery", hex::encode(id))
@@ -50,9 +57,9 @@ async fn webhook(d: &Daemon, event: &str, body: &[u8]) -> u16 {
         .body(body.to_vec())
         .send()
         .await
-        .unwrap()
-        .status()
-        .as_u16()
+        .unwrap();
+    let status = answer.status().as_u16();
+    (status, answer.json().await.unwrap_or(Value::Null))
 }
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -92,6 +99,36 @@ async fn the_clone_is_served_and_a_push_is_served_after_its_webhook() {
         (status.state.as_str(), status.context.as_str()),
         ("success", "dynapi/manifests")
     );
+}
+
+#[tokio::test]
+async fn events_of_other_repositories_are_ignored() {
+    let (gh, d) = start(Duration::from_secs(600)).await;
+    let before = d.served();
+    gh.push(BRANCH, &[("manifests/late.yaml", LATE)], "Add late");
+    // An organization webhook delivers a push to another repository's master.
+    let mut push: Value = serde_json::from_slice(&fixture("push.4")).unwrap();
+    push["repository"]["full_name"] = json!("Codertocat/Other");
+    let (status, answer) = deliver(&d, "push", &serde_json::to_vec(&push).unwrap()).await;
+    assert_eq!(status, 202);
+    assert!(
+        answer["ignored"]
+            .as_str()
+            .unwrap()
+            .contains("Codertocat/Other"),
+        "{answer}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(d.served(), before, "no sync for another repository");
+    // The same push of this repository is served (names compare case-blind).
+    push["repository"]["full_name"] = json!("codertocat/hello-world");
+    let (status, _) = deliver(&d, "push", &serde_json::to_vec(&push).unwrap()).await;
+    assert_eq!(status, 202);
+    let head = gh.head(BRANCH);
+    assert!(d
+        .eventually(Duration::from_secs(5), |d| d.served() == head)
+        .await
+        .is_some());
 }
 
 #[tokio::test]
@@ -283,12 +320,35 @@ async fn endpoints_can_go_through_a_pull_request() {
     .contains("name: proposed"));
 }
 
+/// Sends GitHub's `pull_request` event (`action`) for pull request `number`
+/// at `sha`, and waits for the status the daemon posts on `sha`.
+async fn check_pull(gh: &GitHub, d: &Daemon, action: &str, number: u64, sha: &str) -> Status {
+    let name = match action {
+        "opened" => "pull_request.opened.0",
+        _ => "pull_request.synchronize.22",
+    };
+    let mut event: Value = serde_json::from_slice(&fixture(name)).unwrap();
+    event["number"] = json!(number);
+    event["pull_request"]["number"] = json!(number);
+    event["pull_request"]["head"]["sha"] = json!(sha);
+    event["pull_request"]["base"]["ref"] = json!(BRANCH);
+    let body = serde_json::to_vec(&event).unwrap();
+    assert_eq!(webhook(d, "pull_request", &body).await, 202);
+    let posted = d
+        .eventually(Duration::from_secs(5), |_| {
+            gh.statuses().iter().any(|s| s.sha == sha)
+        })
+        .await;
+    assert!(posted.is_some(), "no status on {sha}");
+    gh.statuses().into_iter().find(|s| s.sha == sha).unwrap()
+}
+
 #[tokio::test]
-async fn a_pull_request_event_checks_its_head() {
+async fn pull_requests_get_a_status_on_their_head_from_branches_and_forks() {
     let (gh, d) = start(Duration::from_secs(600)).await;
-    // A branch with a broken manifest, and GitHub's event for its pull request.
+    // A branch with a broken manifest, and a pull request for it.
     git(&gh.bare, &["branch", "changes", BRANCH]);
-    let sha = gh.push(
+    let bad = gh.push(
         "changes",
         &[(
             "manifests/oops.yaml",
@@ -296,23 +356,28 @@ async fn a_pull_request_event_checks_its_head() {
         )],
         "A bad name",
     );
-    let mut event: Value = serde_json::from_slice(&fixture("pull_request.opened.0")).unwrap();
-    event["pull_request"]["head"]["ref"] = json!("changes");
-    event["pull_request"]["head"]["sha"] = json!(sha);
-    event["pull_request"]["base"]["ref"] = json!(BRANCH);
-    assert_eq!(
-        webhook(&d, "pull_request", &serde_json::to_vec(&event).unwrap()).await,
-        202
-    );
-    let posted = d
-        .eventually(Duration::from_secs(5), |_| {
-            gh.statuses().iter().any(|s| s.sha == sha)
-        })
-        .await;
-    assert!(posted.is_some());
-    let status = gh.statuses().into_iter().find(|s| s.sha == sha).unwrap();
+    let number = gh.open_pull("changes", &bad, BRANCH);
+    let status = check_pull(&gh, &d, "opened", number, &bad).await;
     assert_eq!(status.state, "failure");
+    assert_eq!(status.context, "dynapi/manifests");
     assert!(status.description.contains("manifests/oops.yaml"));
+
+    // The author fixes it: the new head gets success.
+    let good = "name: oops\ndescription: x\nscript: scripts/sample_script.sh\n";
+    let fixed = gh.push("changes", &[("manifests/oops.yaml", good)], "Fix the name");
+    let status = check_pull(&gh, &d, "synchronize", number, &fixed).await;
+    assert_eq!(status.state, "success", "{}", status.description);
+
+    // From a fork: the head is on no branch here, only at refs/pull/N/head.
+    let forked = gh.commit_on(
+        &gh.head(BRANCH),
+        &[("manifests/late.yaml", LATE)],
+        "From a fork",
+    );
+    let number = gh.open_pull("fork-owner:patch-1", &forked, BRANCH);
+    let status = check_pull(&gh, &d, "opened", number, &forked).await;
+    assert_eq!(status.state, "success", "{}", status.description);
+    assert_eq!(d.served(), gh.head(BRANCH), "checking does not serve");
 }
 
 #[tokio::test]

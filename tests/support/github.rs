@@ -20,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 use warp::http::{Response, StatusCode};
 use warp::Filter;
 
-pub const OWNER: &str = "octo-org";
-pub const REPO: &str = "project";
+/// The repository of octokit's example payloads, so they apply as they are.
+pub const OWNER: &str = "Codertocat";
+pub const REPO: &str = "Hello-World";
 
 /// A commit status as the daemon posted it.
 #[derive(Debug, Clone)]
@@ -57,7 +58,7 @@ pub struct GitHub {
     pub bare: PathBuf,
     state: Arc<Mutex<State>>,
     shutdown: CancellationToken,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for GitHub {
@@ -125,7 +126,7 @@ impl GitHub {
             bare,
             state,
             shutdown,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -153,56 +154,67 @@ impl GitHub {
     /// Commits `files` (path, contents) on `branch` as a human's push would.
     pub fn push(&self, branch: &str, files: &[(&str, &str)], message: &str) -> String {
         let parent = self.head(branch);
-        let index = self
-            ._dir
-            .path()
-            .join(format!("index-{}", std::process::id()));
+        let commit = self.commit_on(&parent, files, message);
+        let name = format!("refs/heads/{branch}");
+        bare_git(&self.bare, &["update-ref", &name, &commit, &parent], None);
+        // Pull requests from this branch follow it, as on GitHub.
+        for pull in &mut self.state.lock().unwrap().pulls {
+            if pull["head"]["ref"] == json!(branch) {
+                let number = pull["number"].as_u64().unwrap();
+                bare_git(
+                    &self.bare,
+                    &["update-ref", &pull_ref(number), &commit],
+                    None,
+                );
+                pull["head"]["sha"] = json!(commit);
+            }
+        }
+        commit
+    }
+
+    /// A commit of `files` on top of `parent`, on no branch (as a fork's is).
+    pub fn commit_on(&self, parent: &str, files: &[(&str, &str)], message: &str) -> String {
+        let index = self.dir.path().join(format!("index-{}", rand_suffix()));
         let env = [("GIT_INDEX_FILE", index.to_str().unwrap())];
-        bare_git_env(&self.bare, &["read-tree", &parent], None, &env);
+        bare_git_env(&self.bare, &["read-tree", parent], None, &env);
         for (path, contents) in files {
             let blob = bare_git(
                 &self.bare,
                 &["hash-object", "-w", "--stdin"],
                 Some(contents.as_bytes()),
             );
-            bare_git_env(
-                &self.bare,
-                &[
-                    "update-index",
-                    "--add",
-                    "--cacheinfo",
-                    &format!("100644,{},{path}", blob.trim()),
-                ],
-                None,
-                &env,
-            );
+            let info = format!("100644,{},{path}", blob.trim());
+            let args = ["update-index", "--add", "--cacheinfo", &info];
+            bare_git_env(&self.bare, &args, None, &env);
         }
         let tree = bare_git_env(&self.bare, &["write-tree"], None, &env);
         let _ = std::fs::remove_file(&index);
-        let commit = bare_git(
-            &self.bare,
-            &["commit-tree", tree.trim(), "-p", &parent, "-m", message],
-            None,
-        );
-        bare_git(
-            &self.bare,
-            &[
-                "update-ref",
-                &format!("refs/heads/{branch}"),
-                commit.trim(),
-                &parent,
-            ],
-            None,
-        );
-        commit.trim().to_string()
+        let args = ["commit-tree", tree.trim(), "-p", parent, "-m", message];
+        bare_git(&self.bare, &args, None).trim().to_string()
     }
 
-    /// The statuses posted so far, oldest first.
+    /// Opens a pull request into `base` as a human would on github.com, from a
+    /// branch of this repository or from a fork (`head` is then `owner:branch`);
+    /// GitHub keeps its head at `refs/pull/N/head` either way.
+    pub fn open_pull(&self, head: &str, sha: &str, base: &str) -> u64 {
+        let mut s = self.state.lock().unwrap();
+        let number = s.pulls.len() as u64 + 1;
+        bare_git(&self.bare, &["update-ref", &pull_ref(number), sha], None);
+        s.pulls.push(json!({
+            "number": number,
+            "state": "open",
+            "head": {"ref": head, "sha": sha},
+            "base": {"ref": base},
+        }));
+        number
+    }
+
     /// The file at `path` in commit `rev`, as GitHub has it.
     pub fn show(&self, rev: &str, path: &str) -> String {
         bare_git(&self.bare, &["show", &format!("{rev}:{path}")], None)
     }
 
+    /// The statuses posted so far, oldest first.
     pub fn statuses(&self) -> Vec<Status> {
         self.state.lock().unwrap().statuses.clone()
     }
@@ -462,6 +474,14 @@ fn handle(
             let mut s = state.lock().unwrap();
             let number = s.pulls.len() as u64 + 1;
             let head = body["head"].as_str().unwrap_or_default();
+            let Some(sha) = bare_git_try(bare, &["rev-parse", &format!("refs/heads/{head}")])
+            else {
+                return answer(
+                    422,
+                    json!({"message": "Validation Failed", "errors": [{"resource": "PullRequest", "field": "head", "code": "invalid"}]}),
+                );
+            };
+            bare_git(bare, &["update-ref", &pull_ref(number), &sha], None);
             let pull = json!({
                 "number": number,
                 "state": "open",
@@ -469,7 +489,7 @@ fn handle(
                 "body": body["body"],
                 "html_url": format!("{base}/{OWNER}/{REPO}/pull/{number}"),
                 "url": url(&format!("pulls/{number}")),
-                "head": {"ref": head, "sha": bare_git_try(bare, &["rev-parse", &format!("refs/heads/{head}")]).unwrap_or_default()},
+                "head": {"ref": head, "sha": sha},
                 "base": {"ref": body["base"]},
             });
             s.pulls.push(pull.clone());
@@ -486,6 +506,11 @@ fn ref_object(name: &str, sha: &str, url: &dyn Fn(&str) -> String) -> Value {
         "url": url(&format!("git/refs/{name}")),
         "object": {"sha": sha, "type": "commit", "url": url(&format!("git/commits/{sha}"))},
     })
+}
+
+/// Where GitHub keeps a pull request's head, for forks too.
+fn pull_ref(number: u64) -> String {
+    format!("refs/pull/{number}/head")
 }
 
 fn rand_suffix() -> String {
