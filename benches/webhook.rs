@@ -62,6 +62,7 @@ async fn run(pushes: usize) {
             api_url: api,
             token: Some("bench".into()),
             poll: Duration::from_secs(3600),
+            write_interval: dynapi::source::github::WRITE_INTERVAL,
         });
     })
     .await;

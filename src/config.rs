@@ -99,6 +99,9 @@ pub struct ServeArgs {
     /// GitHub mode: how often to fetch, in case a webhook was lost.
     #[arg(long, env = "DYNAPI_POLL", default_value = "60s", value_parser = parse_duration)]
     pub poll: Duration,
+    /// GitHub mode: least time between two content-creating API requests (GitHub asks for 1s).
+    #[arg(long, env = "DYNAPI_GITHUB_WRITE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub github_write_interval: Duration,
 }
 
 /// Durations are written `500ms`, `30s`, `5m`, `1h`.
@@ -138,6 +141,8 @@ pub struct Remote {
     /// `GITHUB_TOKEN`.
     pub token: Option<String>,
     pub poll: Duration,
+    /// Least time between two content-creating API requests (GitHub asks for a second).
+    pub write_interval: Duration,
 }
 
 /// Bounds on what one project request can make big. Answers an assistant reads
@@ -211,6 +216,7 @@ impl Config {
             api_url: args.github_api_url.clone(),
             token: std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.is_empty()),
             poll: args.poll,
+            write_interval: args.github_write_interval,
         });
         config.webhook_secret = std::env::var("DYNAPI_WEBHOOK_SECRET")
             .ok()

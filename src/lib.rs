@@ -98,11 +98,10 @@ impl App {
             );
         }
         let github = match &config.remote {
-            Some(remote) => Some(GitHub::new(
-                &remote.url,
-                &remote.api_url,
-                remote.token.as_deref(),
-            )?),
+            Some(remote) => Some(
+                GitHub::new(&remote.url, &remote.api_url, remote.token.as_deref())?
+                    .with_write_interval(remote.write_interval),
+            ),
             None => None,
         };
         let repo = match (&github, created) {

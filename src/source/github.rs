@@ -1,13 +1,21 @@
 //! The GitHub side of GitHub mode, through octocrab: where the repository is
-//! (owner, name, clone URL), and the REST calls the daemon makes (commit statuses
-//! for now).
+//! (owner, name, clone URL), and the REST calls the daemon makes (commit
+//! statuses, the Git Data API, refs, pull requests).
 //!
 //! octocrab's retry layer is left out on purpose: it would resend POST and PATCH
 //! on 5xx and 429, and a status or a ref update must not be sent twice blindly.
 //! This file retries what is safe itself, honouring `Retry-After` and
 //! `X-RateLimit-Reset`, and reports the rest as errors.
+//!
+//! GitHub asks integrations to wait a second between content-creating requests
+//! (its secondary rate limits), so those go one at a time, `write_interval`
+//! apart, as octokit's throttling plugin does. When GitHub says the rate limit is
+//! used up, nothing is sent until it resets.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use http_body_util::BodyExt;
 use serde::Serialize;
@@ -36,7 +44,25 @@ pub struct GitHub {
     pub repo: String,
     /// The URL gix clones and fetches, with the token when there is one.
     pub clone_url: String,
+    pace: Arc<Pace>,
 }
+
+/// When the next request may go.
+struct Pace {
+    /// Least time between two content-creating requests (POST, PATCH).
+    write_interval: Duration,
+    /// When the next content-creating request may go; held while one waits, so
+    /// they go one at a time.
+    next_write: tokio::sync::Mutex<Instant>,
+    /// Set when GitHub says the rate limit is used up: its reset time.
+    blocked_until: std::sync::Mutex<Option<Instant>>,
+}
+
+/// Longest the daemon waits for GitHub's rate limit before answering the caller.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// GitHub's advice: a second between content-creating requests.
+pub const WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl GitHub {
     /// `remote` is `https://github.com/OWNER/REPO` (or an Enterprise host);
@@ -73,7 +99,36 @@ impl GitHub {
             owner: owner.to_string(),
             repo: repo.to_string(),
             clone_url,
+            pace: Arc::new(Pace {
+                write_interval: WRITE_INTERVAL,
+                next_write: tokio::sync::Mutex::new(Instant::now()),
+                blocked_until: std::sync::Mutex::new(None),
+            }),
         })
+    }
+
+    /// Content-creating requests go at least `interval` apart (default: a second).
+    pub fn with_write_interval(mut self, interval: Duration) -> GitHub {
+        self.pace = Arc::new(Pace {
+            write_interval: interval,
+            next_write: tokio::sync::Mutex::new(Instant::now()),
+            blocked_until: std::sync::Mutex::new(None),
+        });
+        self
+    }
+
+    /// Waits until GitHub's rate limit allows a request, or fails at once when
+    /// that is more than `MAX_WAIT` away.
+    async fn wait_for_rate_limit(&self) -> Result<(), GitHubError> {
+        let until = *self.pace.blocked_until.lock().unwrap();
+        if let Some(until) = until.filter(|u| *u > Instant::now()) {
+            let wait = until - Instant::now();
+            if wait > MAX_WAIT {
+                return Err(GitHubError::RateLimited(wait));
+            }
+            tokio::time::sleep_until(until).await;
+        }
+        Ok(())
     }
 
     fn route(&self, rest: &str) -> String {
@@ -88,10 +143,18 @@ impl GitHub {
         body: Option<&B>,
     ) -> Result<Value, GitHubError> {
         let route = self.route(rest);
-        let response = match method {
-            "GET" => self.client._get(route.as_str()).await,
-            "POST" => self.client._post(route.as_str(), body).await,
-            _ => self.client._patch(route.as_str(), body).await,
+        self.wait_for_rate_limit().await?;
+        let response = if method == "GET" {
+            self.client._get(route.as_str()).await
+        } else {
+            let mut next = self.pace.next_write.lock().await;
+            tokio::time::sleep_until(*next).await;
+            let sent = match method {
+                "POST" => self.client._post(route.as_str(), body).await,
+                _ => self.client._patch(route.as_str(), body).await,
+            };
+            *next = Instant::now() + self.pace.write_interval;
+            sent
         }
         .map_err(|e| GitHubError::Unreachable(e.to_string()))?;
         let status = response.status().as_u16();
@@ -103,30 +166,42 @@ impl GitHub {
             .map_err(|e| GitHubError::Unreachable(e.to_string()))?
             .to_bytes();
         let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if (200..300).contains(&status) {
-            return Ok(json);
-        }
         let header = |name: &str| {
             headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok())
         };
-        let limited =
-            status == 429 || (status == 403 && header("x-ratelimit-remaining") == Some(0));
-        if limited {
-            let wait = header("retry-after")
-                .map(Duration::from_secs)
-                .unwrap_or_else(|| {
-                    let reset = header("x-ratelimit-reset").unwrap_or(0);
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs());
-                    Duration::from_secs(reset.saturating_sub(now).max(1))
-                });
-            return Err(GitHubError::RateLimited(wait));
+        let until_reset = || {
+            let reset = header("x-ratelimit-reset").unwrap_or(0);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            Duration::from_secs(reset.saturating_sub(now).max(1))
+        };
+        let used_up = header("x-ratelimit-remaining") == Some(0);
+        if (200..300).contains(&status) {
+            if used_up {
+                // This one went through; the next would not.
+                *self.pace.blocked_until.lock().unwrap() = Some(Instant::now() + until_reset());
+            }
+            return Ok(json);
         }
         let message = json["message"].as_str().unwrap_or("no message").to_string();
+        // GitHub's documented order: `retry-after`, else the reset time when
+        // none remain, else (a secondary limit) at least a minute.
+        let limited_message = message.to_ascii_lowercase().contains("rate limit");
+        if status == 429
+            || (status == 403 && (used_up || header("retry-after").is_some() || limited_message))
+        {
+            let wait = match header("retry-after") {
+                Some(secs) => Duration::from_secs(secs),
+                None if used_up => until_reset(),
+                None => Duration::from_secs(60),
+            };
+            *self.pace.blocked_until.lock().unwrap() = Some(Instant::now() + wait);
+            return Err(GitHubError::RateLimited(wait));
+        }
         Err(GitHubError::Api { status, message })
     }
 
@@ -138,13 +213,13 @@ impl GitHub {
         rest: &str,
         body: Option<&B>,
     ) -> Result<Value, GitHubError> {
-        const MAX_WAIT: Duration = Duration::from_secs(30);
         let mut backoff = Duration::from_millis(250);
         let mut attempt = 0;
         loop {
             attempt += 1;
             let wait = match self.send(method, rest, body).await {
-                Err(GitHubError::RateLimited(wait)) if wait <= MAX_WAIT => wait,
+                // `send` waits for the reset itself next time.
+                Err(GitHubError::RateLimited(wait)) if wait <= MAX_WAIT => Duration::ZERO,
                 Err(GitHubError::Api { status, .. }) if status >= 500 => backoff,
                 Err(GitHubError::Unreachable(_)) => backoff,
                 other => return other,
@@ -209,8 +284,8 @@ pub enum RefError {
 }
 
 impl GitHub {
-    /// Creates a commit on GitHub with the Git Data API: a blob per written
-    /// file, a tree on `base_tree`, a commit with `parent`. Nothing moves yet, so
+    /// Creates a commit on GitHub with the Git Data API: a tree on `base_tree`
+    /// (text inline, a blob first for other files), a commit with `parent`. Nothing moves yet, so
     /// each step may be retried: objects created twice are the same objects.
     pub async fn create_commit(
         &self,
@@ -224,20 +299,24 @@ impl GitHub {
         let mut tree = Vec::new();
         for entry in entries {
             let mode = if entry.executable { "100755" } else { "100644" };
-            let sha = match &entry.contents {
-                Some(bytes) => {
-                    let body = serde_json::json!({
-                        "content": base64::engine::general_purpose::STANDARD.encode(bytes),
-                        "encoding": "base64",
-                    });
-                    let blob = self.send_retrying("POST", "git/blobs", Some(&body)).await?;
-                    Value::String(blob["sha"].as_str().unwrap_or_default().to_string())
-                }
-                None => Value::Null,
-            };
-            tree.push(
-                serde_json::json!({"path": entry.path, "mode": mode, "type": "blob", "sha": sha}),
-            );
+            let mut item = serde_json::json!({"path": entry.path, "mode": mode, "type": "blob"});
+            match &entry.contents {
+                // Text goes in the tree request itself: one request fewer per file.
+                Some(bytes) => match std::str::from_utf8(bytes) {
+                    Ok(text) => item["content"] = text.into(),
+                    Err(_) => {
+                        let body = serde_json::json!({
+                            "content": base64::engine::general_purpose::STANDARD.encode(bytes),
+                            "encoding": "base64",
+                        });
+                        let blob = self.send_retrying("POST", "git/blobs", Some(&body)).await?;
+                        item["sha"] = blob["sha"].clone();
+                    }
+                },
+                // A null sha removes the path.
+                None => item["sha"] = Value::Null,
+            }
+            tree.push(item);
         }
         let body = serde_json::json!({"base_tree": base_tree, "tree": tree});
         let tree = self.send_retrying("POST", "git/trees", Some(&body)).await?;

@@ -55,6 +55,9 @@ pub struct Repo {
     branch: String,
     /// Serializes checkouts (the sync and the GitHub-mode writer both make them).
     checkout_lock: std::sync::Arc<std::sync::Mutex<()>>,
+    /// Fetches update the same remote-tracking refs; two at once would race on
+    /// them (the sync's and the writer's), so they go one at a time.
+    fetch_lock: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 /// One file of a tree: its blob id and whether it is executable.
@@ -90,6 +93,7 @@ impl Repo {
             repo: repo.into_sync(),
             branch: branch.to_string(),
             checkout_lock: Default::default(),
+            fetch_lock: Default::default(),
         };
         let edits: Vec<Edit> = files
             .iter()
@@ -123,6 +127,7 @@ impl Repo {
             repo: repo.into_sync(),
             branch: branch.to_string(),
             checkout_lock: Default::default(),
+            fetch_lock: Default::default(),
         };
         let head = this
             .head()?
@@ -155,6 +160,7 @@ impl Repo {
 
     /// Fetches ref `name` from `url` into `local`; the commit it points at.
     fn fetch_ref(&self, url: &str, name: &str, local: &str) -> Result<ObjectId, RepoError> {
+        let _one = self.fetch_lock.lock().unwrap_or_else(|e| e.into_inner());
         let repo = self.repo.to_thread_local();
         let interrupt = std::sync::atomic::AtomicBool::new(false);
         let spec = format!("+{name}:{local}");
@@ -262,6 +268,7 @@ impl Repo {
             repo: gix::ThreadSafeRepository::open(dir).map_err(git)?,
             branch: branch.to_string(),
             checkout_lock: Default::default(),
+            fetch_lock: Default::default(),
         })
     }
 

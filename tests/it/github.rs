@@ -12,6 +12,9 @@ const SECRET: &str = "webhook-secret";
 /// The fixtures' pushes go to `master`.
 const BRANCH: &str = "master";
 
+/// Content-creating requests go this far apart in tests (GitHub asks for 1 s).
+const WRITE_INTERVAL: Duration = Duration::from_millis(10);
+
 async fn start(poll: Duration) -> (GitHub, Daemon) {
     let seed = template_repo(BRANCH, &[]);
     let github = GitHub::start(seed.path(), BRANCH).await;
@@ -21,8 +24,12 @@ async fn start(poll: Duration) -> (GitHub, Daemon) {
 
 /// Another daemon serving the same GitHub repository.
 async fn replica(github: &GitHub, poll: Duration) -> Daemon {
+    paced_replica(github, poll, WRITE_INTERVAL).await
+}
+
+async fn paced_replica(github: &GitHub, poll: Duration, write_interval: Duration) -> Daemon {
     let (remote, api) = (github.remote(), github.api_url());
-    let daemon = Daemon::start_with(move |c| {
+    Daemon::start_with(move |c| {
         c.branch = BRANCH.into();
         c.webhook_secret = Some(SECRET.into());
         c.remote = Some(dynapi::config::Remote {
@@ -30,10 +37,10 @@ async fn replica(github: &GitHub, poll: Duration) -> Daemon {
             api_url: api,
             token: Some("ghp_test".into()),
             poll,
+            write_interval,
         });
     })
-    .await;
-    daemon
+    .await
 }
 
 /// Delivers a signed event; its status.
@@ -187,7 +194,8 @@ async fn writes_become_commits_on_github_even_after_someone_pushed() {
         d.get("/files/notes/plan.md").await.json["content"],
         json!("# Plan\n")
     );
-    assert!(gh.requests().iter().any(|r| r.ends_with("/git/blobs")));
+    // Text goes inline in the tree: no blob requests.
+    assert!(!gh.requests().iter().any(|r| r.ends_with("/git/blobs")));
 
     // Someone pushes another file; the next write lands on top of it.
     let theirs = gh.push(BRANCH, &[("docs/theirs.md", "theirs\n")], "Their change");
@@ -261,6 +269,8 @@ async fn git_sync_sends_files_written_in_the_workspace_to_github() {
     let (gh, d) = start(Duration::from_secs(600)).await;
     std::fs::create_dir_all(d.workspace.join("reports")).unwrap();
     std::fs::write(d.workspace.join("reports/today.txt"), "42\n").unwrap();
+    let png = [0x89u8, b'P', b'N', b'G', 0, 0xff, 0xfe, 1, 2, 3];
+    std::fs::write(d.workspace.join("reports/chart.png"), png).unwrap();
     let a = d
         .post("/git-sync", json!({"message": "Today's report"}))
         .await;
@@ -273,6 +283,19 @@ async fn git_sync_sends_files_written_in_the_workspace_to_github() {
         git(&gh.bare, &["log", "-1", "--format=%s", &head]).trim(),
         "Today's report"
     );
+    // Bytes that are not text go as a base64 blob, intact.
+    let blobs: Vec<_> = gh
+        .requests()
+        .into_iter()
+        .filter(|r| r.ends_with("/git/blobs"))
+        .collect();
+    assert_eq!(blobs.len(), 1, "{blobs:?}");
+    let out = std::process::Command::new("git")
+        .args(["--git-dir", gh.bare.to_str().unwrap(), "cat-file", "blob"])
+        .arg(format!("{head}:reports/chart.png"))
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, png);
     // Nothing left to send: no empty commit.
     let a = d.post("/git-sync", json!({})).await;
     assert_eq!(a.json["committed"], json!(false), "{}", a.json);
@@ -282,18 +305,55 @@ async fn git_sync_sends_files_written_in_the_workspace_to_github() {
 #[tokio::test]
 async fn github_failures_are_retried_or_answered_never_acknowledged() {
     let (gh, d) = start(Duration::from_secs(600)).await;
-    // A 502 on creating a blob is retried: blobs are the same blobs twice.
+    // A 502 on creating a tree is retried: trees are the same trees twice.
     gh.fail_next(&[Failure::ServerError]);
     let a = d.put("/files/a.txt", json!({"content": "a\n"})).await;
     assert_eq!(a.status, 201, "{}", a.json);
     // Rate limited past the retries: the caller is told, nothing moved.
     let before = gh.head(BRANCH);
-    gh.fail_next(&[Failure::RateLimited { retry_after: 60 }; 8]);
+    gh.fail_next(&[Failure::RateLimited { retry_after: 60 }]);
     let a = d.put("/files/b.txt", json!({"content": "b\n"})).await;
     assert_eq!(a.status, 429, "{}", a.json);
     assert!(a.headers.contains_key("retry-after"));
     assert_eq!(gh.head(BRANCH), before);
+    // Until the limit resets, nothing more is sent to GitHub.
+    let sent = gh.requests().len();
+    let a = d.put("/files/c.txt", json!({"content": "c\n"})).await;
+    assert_eq!(a.status, 429, "{}", a.json);
+    assert_eq!(gh.requests().len(), sent, "{:?}", &gh.requests()[sent..]);
+    assert_eq!(gh.head(BRANCH), before);
     assert_eq!(d.get("/healthz").await.status, 200, "the daemon serves on");
+}
+
+#[tokio::test]
+async fn content_creating_requests_are_paced_one_at_a_time() {
+    let seed = template_repo(BRANCH, &[]);
+    let gh = GitHub::start(seed.path(), BRANCH).await;
+    let interval = Duration::from_millis(250);
+    let d = paced_replica(&gh, Duration::from_secs(600), interval).await;
+    let paths: Vec<String> = (0..3).map(|i| format!("/files/paced/{i}.txt")).collect();
+    let writes = paths.iter().map(|p| d.put(p, json!({"content": "x\n"})));
+    for a in futures_util::future::join_all(writes).await {
+        assert_eq!(a.status, 201, "{}", a.json);
+    }
+    let creating: Vec<_> = gh
+        .timed_requests()
+        .into_iter()
+        .filter(|(_, r)| r.starts_with("POST") || r.starts_with("PATCH"))
+        .collect();
+    // Three writes: a tree, a commit and a ref update each (and the statuses
+    // posted on what gets served, paced with them).
+    let git_data = creating.iter().filter(|(_, r)| r.contains("/git/")).count();
+    assert_eq!(git_data, 9, "{creating:?}");
+    for pair in creating.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(
+            gap >= interval,
+            "{} then {} after {gap:?}",
+            pair[0].1,
+            pair[1].1
+        );
+    }
 }
 
 #[tokio::test]
@@ -408,16 +468,16 @@ async fn replicas_converge_and_their_concurrent_writes_all_land() {
                 .send()
                 .await
                 .unwrap()
-                .status()
-                .as_u16()
         }
     };
     let writes = (0..12).map(|i| {
         let d = if i % 2 == 0 { &a } else { &b };
         write(d, i)
     });
-    let statuses = futures_util::future::join_all(writes).await;
-    assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
+    for answer in futures_util::future::join_all(writes).await {
+        let status = answer.status().as_u16();
+        assert_eq!(status, 201, "{}", answer.text().await.unwrap());
+    }
     let after: usize = git(&gh.bare, &["rev-list", "--count", BRANCH])
         .trim()
         .parse()

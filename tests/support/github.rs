@@ -47,7 +47,8 @@ struct State {
     statuses: Vec<Status>,
     pulls: Vec<Value>,
     failures: VecDeque<Failure>,
-    requests: Vec<String>,
+    /// When each API request came, and `METHOD /path`.
+    requests: Vec<(std::time::Instant, String)>,
     /// Every request (git and API) answers 503 while set.
     down: bool,
 }
@@ -226,6 +227,12 @@ impl GitHub {
 
     /// The API requests seen so far, as `METHOD /path`.
     pub fn requests(&self) -> Vec<String> {
+        let s = self.state.lock().unwrap();
+        s.requests.iter().map(|(_, r)| r.clone()).collect()
+    }
+
+    /// The API requests seen so far with when they came.
+    pub fn timed_requests(&self) -> Vec<(std::time::Instant, String)> {
         self.state.lock().unwrap().requests.clone()
     }
 
@@ -285,7 +292,11 @@ fn handle(
     };
     {
         let mut s = state.lock().unwrap();
-        s.requests.push(format!("{} {}", req.method, req.path));
+        let seen = (
+            std::time::Instant::now(),
+            format!("{} {}", req.method, req.path),
+        );
+        s.requests.push(seen);
         if let Some(failure) = s.failures.pop_front() {
             return match failure {
                 Failure::ServerError => answer(502, json!({"message": "Server Error"})),
@@ -344,6 +355,13 @@ fn handle(
                 let path = entry["path"].as_str().unwrap_or_default();
                 let mode = entry["mode"].as_str().unwrap_or("100644");
                 let sha = match (&entry["sha"], entry["content"].as_str()) {
+                    (Value::String(_), Some(_)) => {
+                        let _ = std::fs::remove_file(&index);
+                        return answer(
+                            422,
+                            json!({"message": "Must supply either tree.sha or tree.content, not both"}),
+                        );
+                    }
                     (Value::String(sha), _) => Some(sha.clone()),
                     (_, Some(content)) => Some(
                         bare_git(
