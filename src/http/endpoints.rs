@@ -22,16 +22,19 @@ use warp::path::FullPath;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
+use super::files::{delivery, message_or};
 use super::seed::author_for;
-use super::{auth, parse_json, raw_query, respond, with_app, with_body, ApiError, Auth};
+use super::{
+    auth, parse_json, parse_query, raw_query, respond, with_app, with_body, ApiError, Auth,
+};
 use crate::auth::Scope;
 use crate::exec::{Exit, Job};
 use crate::manifest::{self, RawManifest};
 use crate::registry::{
     self, Endpoint, FileKind, Method, Output, Registry, Snapshot, MANIFEST_DIR, RESERVED_SEGMENTS,
 };
-use crate::source::change::{Change, Delivery, Op, Validation};
-use crate::source::sync::Trigger;
+use crate::source::change::{Applied, Change, Delivery, Op, Validation};
+use crate::source::sync::{SyncReport, Trigger};
 use crate::App;
 
 pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
@@ -115,19 +118,8 @@ async fn add_endpoint(
 ) -> Result<Response, ApiError> {
     let caller = auth.require(Scope::Write)?;
     let req: AddEndpoint = parse_json(body)?;
-    let by_policy =
-        app.config.remote.is_some() && app.syncer.registry().settings.endpoints_by_pull_request;
-    let delivery = match req.mode.as_deref() {
-        None if by_policy => Delivery::PullRequest,
-        None | Some("commit") => Delivery::Commit,
-        Some("pull_request") if app.config.remote.is_some() => Delivery::PullRequest,
-        Some("pull_request") => {
-            return Err(ApiError::bad_request(
-                "`mode: pull_request` needs a GitHub repository (`dynapi serve --remote`); the local workspace takes commits only",
-            ))
-        }
-        Some(other) => return Err(ApiError::bad_request(format!("`mode` is `commit` or `pull_request`, not `{other}`"))),
-    };
+    let policy = app.syncer.registry().settings.endpoints_by_pull_request;
+    let delivery = delivery(&app, req.mode.as_deref(), policy)?;
     let text = match req.manifest {
         Some(Value::String(s)) => s,
         Some(v @ Value::Object(_)) => serde_yaml::to_string(&v).map_err(|e| {
@@ -189,35 +181,16 @@ async fn add_endpoint(
         });
     }
     let verb = if existing.is_some() { "Update" } else { "Add" };
-    let message = req
-        .message
-        .filter(|m| !m.trim().is_empty())
-        .unwrap_or_else(|| format!("{verb} endpoint {name}"));
-    let committed = app
-        .writer
-        .apply_as(
-            Change {
-                message,
-                author: author_for(&caller),
-                ops,
-                validation: Validation::Strict,
-            },
-            delivery,
-        )
-        .await?;
-    if let Some(url) = committed.pull_request {
-        return Ok(warp::reply::with_status(
-            warp::reply::json(&json!({
-                "pull_request": url,
-                "commit": committed.commit,
-                "live": false,
-                "message": "the change waits in a pull request; it is served once merged",
-            })),
-            StatusCode::ACCEPTED,
-        )
-        .into_response());
-    }
-    let report = app.syncer.sync(Trigger::Write).await;
+    let change = Change {
+        message: message_or(req.message, || format!("{verb} endpoint {name}")),
+        author: author_for(&caller),
+        ops,
+        validation: Validation::Strict,
+    };
+    let (committed, report) = match apply_and_serve(&app, change, delivery).await? {
+        Ok(served) => served,
+        Err(proposed) => return Ok(proposed),
+    };
     let registry = app.syncer.registry();
     let endpoint = registry.get(&name).filter(|e| e.file == file);
     let status = if existing.is_some() {
@@ -242,52 +215,92 @@ async fn add_endpoint(
 fn delete(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("endpoints" / String)
         .and(warp::delete())
+        .and(raw_query())
         .and(auth(app.clone()))
         .and(with_app(app))
-        .then(|name: String, auth: Auth, app: Arc<App>| async move {
-            respond(
-                async {
-                    let caller = auth.require(Scope::Write)?;
-                    let registry = app.syncer.registry();
-                    let endpoint = registry.get(&name).ok_or_else(|| {
-                        ApiError::not_found(format!(
-                            "no endpoint named `{name}`; GET /endpoints lists them"
-                        ))
-                    })?;
-                    let mut ops = vec![Op::Delete {
-                        path: endpoint.file.clone(),
-                        if_match: None,
-                    }];
-                    let shared = registry
-                        .endpoints()
-                        .iter()
-                        .any(|e| e.name != name && e.script == endpoint.script);
-                    if !shared {
-                        ops.push(Op::Delete {
-                            path: endpoint.script.clone(),
+        .then(
+            |name: String, query: String, auth: Auth, app: Arc<App>| async move {
+                respond(
+                    async {
+                        let caller = auth.require(Scope::Write)?;
+                        let q: RemoveQuery = parse_query(&query)?;
+                        let policy = app.syncer.registry().settings.endpoints_by_pull_request;
+                        let delivery = delivery(&app, q.mode.as_deref(), policy)?;
+                        let registry = app.syncer.registry();
+                        let endpoint = registry.get(&name).ok_or_else(|| {
+                            ApiError::not_found(format!(
+                                "no endpoint named `{name}`; GET /endpoints lists them"
+                            ))
+                        })?;
+                        let mut ops = vec![Op::Delete {
+                            path: endpoint.file.clone(),
                             if_match: None,
-                        });
-                    }
-                    let committed = app
-                        .writer
-                        .apply(Change {
-                            message: format!("Remove endpoint {name}"),
+                        }];
+                        let shared = registry
+                            .endpoints()
+                            .iter()
+                            .any(|e| e.name != name && e.script == endpoint.script);
+                        if !shared {
+                            ops.push(Op::Delete {
+                                path: endpoint.script.clone(),
+                                if_match: None,
+                            });
+                        }
+                        let change = Change {
+                            message: message_or(q.message, || format!("Remove endpoint {name}")),
                             author: author_for(&caller),
                             ops,
                             validation: Validation::NoNewProblems,
-                        })
-                        .await?;
-                    let report = app.syncer.sync(Trigger::Write).await;
-                    Ok(warp::reply::json(&json!({
-                        "deleted": name,
-                        "script_deleted": !shared,
-                        "commit": committed.commit,
-                        "served": report.served,
-                    })))
-                }
-                .await,
-            )
-        })
+                        };
+                        let (committed, report) =
+                            match apply_and_serve(&app, change, delivery).await? {
+                                Ok(served) => served,
+                                Err(proposed) => return Ok(proposed),
+                            };
+                        Ok(warp::reply::json(&json!({
+                            "deleted": name,
+                            "script_deleted": !shared,
+                            "commit": committed.commit,
+                            "served": report.served,
+                        }))
+                        .into_response())
+                    }
+                    .await,
+                )
+            },
+        )
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveQuery {
+    message: Option<String>,
+    mode: Option<String>,
+}
+
+/// Applies an endpoint change and, once committed, syncs so the answer comes
+/// when it is served. A change that went to a pull request is `Err`: the 202
+/// answer saying where it waits.
+async fn apply_and_serve(
+    app: &App,
+    change: Change,
+    delivery: Delivery,
+) -> Result<Result<(Applied, SyncReport), Response>, ApiError> {
+    let applied = app.writer.apply_as(change, delivery).await?;
+    if let Some(url) = &applied.pull_request {
+        return Ok(Err(warp::reply::with_status(
+            warp::reply::json(&json!({
+                "pull_request": url,
+                "commit": applied.commit,
+                "live": false,
+                "message": "the change waits in a pull request; it is served once merged",
+            })),
+            StatusCode::ACCEPTED,
+        )
+        .into_response()));
+    }
+    let report = app.syncer.sync(Trigger::Write).await;
+    Ok(Ok((applied, report)))
 }
 
 /// POST /call/{name} — call any endpoint by name with a JSON object of parameters,

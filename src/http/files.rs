@@ -181,25 +181,8 @@ pub(crate) async fn commit_as(
     ops: Vec<Op>,
     mode: Option<&str>,
 ) -> Result<Applied, ApiError> {
-    let remote = app.config.remote.is_some();
-    let delivery = match mode {
-        Some("pull_request") if remote => Delivery::PullRequest,
-        Some("pull_request") => {
-            return Err(ApiError::bad_request(
-                "`mode: pull_request` needs a GitHub repository (`dynapi serve --remote`)",
-            ))
-        }
-        Some("commit") => Delivery::Commit,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "`mode` is `commit` or `pull_request`, not `{other}`"
-            )))
-        }
-        None if remote && app.syncer.registry().settings.files_by_pull_request => {
-            Delivery::PullRequest
-        }
-        None => Delivery::Commit,
-    };
+    let policy = app.syncer.registry().settings.files_by_pull_request;
+    let delivery = delivery(app, mode, policy)?;
     let applied = app
         .writer
         .apply_as(
@@ -214,6 +197,39 @@ pub(crate) async fn commit_as(
         .await?;
     settle(app, &applied).await;
     Ok(applied)
+}
+
+/// How a write reaches the branch: the request's `mode` (`commit` or
+/// `pull_request`), else the repository's policy for it (`by_policy`); pull
+/// requests need GitHub mode.
+pub(crate) fn delivery(
+    app: &App,
+    mode: Option<&str>,
+    by_policy: bool,
+) -> Result<Delivery, ApiError> {
+    let remote = app.config.remote.is_some();
+    match mode {
+        Some("pull_request") if remote => Ok(Delivery::PullRequest),
+        Some("pull_request") => Err(ApiError::bad_request(
+            "`mode: pull_request` needs a GitHub repository (`dynapi serve --remote`); the local workspace takes commits only",
+        )),
+        Some("commit") => Ok(Delivery::Commit),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "`mode` is `commit` or `pull_request`, not `{other}`"
+        ))),
+        None if remote && by_policy => Ok(Delivery::PullRequest),
+        None => Ok(Delivery::Commit),
+    }
+}
+
+/// `answer` with `status`, or 202 when the change went to a pull request.
+pub(crate) fn with_write_status(applied: &Applied, answer: &Value, status: StatusCode) -> Response {
+    let status = if applied.pull_request.is_some() {
+        StatusCode::ACCEPTED
+    } else {
+        status
+    };
+    warp::reply::with_status(warp::reply::json(answer), status).into_response()
 }
 
 /// The answer to a write of `path`.
@@ -366,7 +382,10 @@ fn patch(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection>
                         let mut answer = written(&applied, &path);
                         answer["edits"] = json!(count);
                         let etag = answer["etag"].as_str().unwrap_or_default().to_string();
-                        Ok(with_etag(warp::reply::json(&answer).into_response(), &etag))
+                        Ok(with_etag(
+                            with_write_status(&applied, &answer, StatusCode::OK),
+                            &etag,
+                        ))
                     }
                     .await,
                 )
@@ -379,6 +398,7 @@ fn patch(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection>
 struct DeleteQuery {
     message: Option<String>,
     if_match: Option<String>,
+    mode: Option<String>,
 }
 
 /// DELETE /files/{path}?message= — remove a file: one commit.
@@ -405,7 +425,7 @@ fn delete(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
                             return Err(FsError::IsFolder(path).into());
                         }
                         let message = message_or(q.message, || format!("Delete {path}"));
-                        let applied = commit(
+                        let applied = commit_as(
                             &app,
                             &caller,
                             message,
@@ -413,11 +433,12 @@ fn delete(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
                                 path: path.clone(),
                                 if_match: precondition(if_match, q.if_match),
                             }],
+                            q.mode.as_deref(),
                         )
                         .await?;
                         let mut answer = written(&applied, &path);
-                        answer["deleted"] = json!(true);
-                        Ok(warp::reply::json(&answer).into_response())
+                        answer["deleted"] = json!(applied.pull_request.is_none());
+                        Ok(with_write_status(&applied, &answer, StatusCode::OK))
                     }
                     .await,
                 )
@@ -434,6 +455,7 @@ struct MoveFiles {
     overwrite: bool,
     message: Option<String>,
     if_match: Option<String>,
+    mode: Option<String>,
 }
 
 /// POST /files/move — `{"from", "to"}`: rename a file, or a folder with every file
@@ -470,19 +492,23 @@ fn move_files(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
                             .await?;
                         let moved = ops.len();
                         let message = message_or(req.message, || format!("Move {from} to {to}"));
-                        let applied = commit(&app, &caller, message, ops).await?;
+                        let applied =
+                            commit_as(&app, &caller, message, ops, req.mode.as_deref()).await?;
                         let mut answer = json!({
                             "from": from,
                             "to": to,
                             "files": moved,
                             "changed": applied.changed,
                             "commit": applied.commit,
-                            "committed": applied.uncommitted.is_empty(),
+                            "committed": applied.uncommitted.is_empty() && applied.pull_request.is_none(),
                         });
                         if !applied.uncommitted.is_empty() {
                             answer["uncommitted"] = json!(applied.uncommitted);
                         }
-                        Ok(warp::reply::json(&answer).into_response())
+                        if let Some(url) = &applied.pull_request {
+                            answer["pull_request"] = json!(url);
+                        }
+                        Ok(with_write_status(&applied, &answer, StatusCode::OK))
                     }
                     .await,
                 )

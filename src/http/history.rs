@@ -11,7 +11,7 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
-use super::files::{commit, message_or};
+use super::files::{commit_as, message_or, with_write_status};
 use super::{
     auth, blocking, parse_json, parse_query, raw_query, respond, with_app, with_body, ApiError,
     Auth,
@@ -96,6 +96,7 @@ fn history(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejectio
 struct RevertRequest {
     commit: Option<String>,
     message: Option<String>,
+    mode: Option<String>,
 }
 
 /// POST /revert — `{"commit"}` (its id, or at least 4 leading hex digits): one new
@@ -161,16 +162,17 @@ fn revert(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
                     let message = message_or(req.message, || {
                         format!("Revert \"{}\"\n\nThis reverts commit {target}.", info.summary)
                     });
-                    let applied = commit(&app, &caller, message, ops).await?;
-                    Ok(warp::reply::with_status(
-                        warp::reply::json(&json!({
-                            "reverted": target.to_string(),
-                            "commit": applied.commit,
-                            "files": files,
-                        })),
-                        StatusCode::CREATED,
-                    )
-                    .into_response())
+                    let applied =
+                        commit_as(&app, &caller, message, ops, req.mode.as_deref()).await?;
+                    let mut answer = json!({
+                        "reverted": target.to_string(),
+                        "commit": applied.commit,
+                        "files": files,
+                    });
+                    if let Some(url) = &applied.pull_request {
+                        answer["pull_request"] = json!(url);
+                    }
+                    Ok(with_write_status(&applied, &answer, StatusCode::CREATED))
                 }
                 .await,
             )

@@ -12,7 +12,7 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
-use super::files::{commit, message_or, written};
+use super::files::{commit, message_or, with_write_status, written};
 use super::{
     auth, blocking, parse_json, parse_query, raw_query, respond, with_app, with_body, ApiError,
     Auth,
@@ -176,8 +176,7 @@ fn combine_route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Re
                     answer["size"] = json!(size);
                     answer["files"] = json!(combined.files);
                     answer["skipped"] = json!(combined.skipped);
-                    Ok(warp::reply::with_status(warp::reply::json(&answer), StatusCode::CREATED)
-                        .into_response())
+                    Ok(with_write_status(&applied, &answer, StatusCode::CREATED))
                 }
                 .await,
             )
@@ -292,11 +291,7 @@ fn archive_route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Re
                         answer["sha256"] = json!(sha256);
                         answer["files"] = json!(built.files);
                         answer["download"] = json!(format!("/download/{output}"));
-                        Ok(warp::reply::with_status(
-                            warp::reply::json(&answer),
-                            StatusCode::CREATED,
-                        )
-                        .into_response())
+                        Ok(with_write_status(&applied, &answer, StatusCode::CREATED))
                     }
                     .await,
                 )

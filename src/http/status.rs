@@ -77,13 +77,16 @@ fn status(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
             respond(auth.require(Scope::Read).map(|_| {
                 let registry = app.syncer.registry();
                 let status = app.syncer.status();
+                let repository = app.syncer.github_repository();
                 warp::reply::json(&json!({
                     "commit": registry.commit,
                     "branch": app.config.branch,
-                    "source": "local",
+                    "source": if repository.is_some() { "github" } else { "local" },
+                    "repository": repository,
                     "last_known_good": {"commit": registry.commit, "since": status.served_since},
                     "last_sync": status.last_sync,
                     "last_error": status.last_error,
+                    "next_sync_in_ms": (status.retry_in_ms > 0).then_some(status.retry_in_ms),
                     "counts": {
                         "endpoints": registry.endpoints().len(),
                         "syncs": status.syncs,

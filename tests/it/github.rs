@@ -527,7 +527,32 @@ async fn the_repository_policy_sends_file_changes_through_pull_requests() {
         )
         .await;
     assert_eq!(a.status, 201, "{}", a.json);
-    assert_ne!(gh.head(BRANCH), policy);
+    let now = gh.head(BRANCH);
+    assert_ne!(now, policy);
+
+    // Every other write follows the policy too, and says where the change went.
+    let moved = d
+        .post(
+            "/files/move",
+            json!({"from": "docs/now.md", "to": "docs/later.md"}),
+        )
+        .await;
+    let deleted = d.delete("/files/docs/now.md").await;
+    let reverted = d.post("/revert", json!({"commit": now})).await;
+    let removed = d.delete("/endpoints/hello?mode=pull_request").await;
+    for (what, a) in [
+        ("move", moved),
+        ("delete", deleted),
+        ("revert", reverted),
+        ("endpoint removal", removed),
+    ] {
+        assert_eq!(a.status, 202, "{what}: {}", a.json);
+        let url = a.json["pull_request"].as_str().unwrap_or_default();
+        assert!(url.contains("/pull/"), "{what}: {}", a.json);
+    }
+    assert_eq!(gh.pulls().len(), 5);
+    assert_eq!(gh.head(BRANCH), now, "the branch waits for the reviews");
+    assert_eq!(d.get("/hello?name=Ada").await.status, 200);
 }
 
 #[tokio::test]
@@ -553,11 +578,12 @@ async fn while_github_is_down_the_daemon_serves_on_and_says_so() {
         })
         .await;
     assert!(backing_off.is_some());
-    let status = d.get("/status").await;
-    assert!(!status.json["last_error"]["message"]
-        .as_str()
-        .unwrap()
-        .is_empty());
+    let status = d.get("/status").await.json;
+    assert_eq!(status["source"], json!("github"));
+    assert_eq!(status["repository"], json!("Codertocat/Hello-World"));
+    assert_eq!(status["commit"], json!(served), "the last good commit");
+    assert!(status["next_sync_in_ms"].as_u64().unwrap() > 0, "{status}");
+    assert!(!status["last_error"]["message"].as_str().unwrap().is_empty());
     gh.set_down(false);
     let pushed = gh.push(BRANCH, &[("manifests/late.yaml", LATE)], "Add late");
     assert!(
