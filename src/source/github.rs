@@ -56,6 +56,20 @@ struct Pace {
     next_write: tokio::sync::Mutex<Instant>,
     /// Set when GitHub says the rate limit is used up: its reset time.
     blocked_until: std::sync::Mutex<Option<Instant>>,
+    /// Held across reading and posting a status, so two checks of one commit
+    /// do not both find it missing and post it twice.
+    statuses: tokio::sync::Mutex<()>,
+}
+
+impl Pace {
+    fn new(write_interval: Duration) -> Pace {
+        Pace {
+            write_interval,
+            next_write: tokio::sync::Mutex::new(Instant::now()),
+            blocked_until: std::sync::Mutex::new(None),
+            statuses: tokio::sync::Mutex::new(()),
+        }
+    }
 }
 
 /// Longest the daemon waits for GitHub's rate limit before answering the caller.
@@ -99,21 +113,13 @@ impl GitHub {
             owner: owner.to_string(),
             repo: repo.to_string(),
             clone_url,
-            pace: Arc::new(Pace {
-                write_interval: WRITE_INTERVAL,
-                next_write: tokio::sync::Mutex::new(Instant::now()),
-                blocked_until: std::sync::Mutex::new(None),
-            }),
+            pace: Arc::new(Pace::new(WRITE_INTERVAL)),
         })
     }
 
     /// Content-creating requests go at least `interval` apart (default: a second).
     pub fn with_write_interval(mut self, interval: Duration) -> GitHub {
-        self.pace = Arc::new(Pace {
-            write_interval: interval,
-            next_write: tokio::sync::Mutex::new(Instant::now()),
-            blocked_until: std::sync::Mutex::new(None),
-        });
+        self.pace = Arc::new(Pace::new(interval));
         self
     }
 
@@ -242,6 +248,7 @@ impl GitHub {
     ) -> Result<bool, GitHubError> {
         // GitHub cuts descriptions at 140 characters.
         let description: String = description.chars().take(140).collect();
+        let _one = self.pace.statuses.lock().await;
         let existing = self
             .send_retrying::<()>("GET", &format!("commits/{sha}/statuses"), None)
             .await?;

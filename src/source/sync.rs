@@ -89,7 +89,8 @@ pub struct Syncer {
     repo: Repo,
     remote: Option<Remote>,
     registry: ArcSwap<Registry>,
-    status: Mutex<SyncStatus>,
+    /// Shared with the tasks that post commit statuses after a sync.
+    status: Arc<Mutex<SyncStatus>>,
     running: tokio::sync::Mutex<()>,
     wake: Notify,
     /// Why the background loop was woken (the first reason since its last sync).
@@ -109,7 +110,7 @@ impl Syncer {
             repo,
             remote,
             registry: ArcSwap::from_pointee(Registry::empty()),
-            status: Mutex::default(),
+            status: Arc::default(),
             running: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
             pending: Mutex::new(None),
@@ -229,8 +230,11 @@ impl Syncer {
             });
             (commit, outcome, problems, error)
         };
+        // The status goes out after the answer: GitHub's pacing of writes must
+        // not hold up serving (or the write that is waiting for this sync).
         if let (Some(remote), Some((sha, verdict))) = (&self.remote, verdict) {
-            self.report_status(&remote.github, &sha, &verdict).await;
+            let (github, status) = (remote.github.clone(), self.status.clone());
+            tokio::spawn(async move { report_status(&github, &status, &sha, &verdict).await });
         }
         SyncReport {
             commit,
@@ -238,35 +242,6 @@ impl Syncer {
             outcome,
             problems,
             error,
-        }
-    }
-
-    /// Posts the `dynapi/manifests` status for `sha`; a failure to post is logged
-    /// and kept for `/status`, never fatal.
-    async fn report_status(&self, github: &GitHub, sha: &str, verdict: &Result<(), Vec<Problem>>) {
-        let (state, description) = match verdict {
-            Ok(()) => (
-                "success",
-                "The manifests are valid; dynapi serves this commit.".to_string(),
-            ),
-            Err(problems) => (
-                "failure",
-                problems
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            ),
-        };
-        if let Err(e) = github.post_status(sha, state, &description).await {
-            tracing::warn!(%sha, "could not post the commit status: {e}");
-            let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-            status.last_error = Some(SyncError {
-                time: now_rfc3339(),
-                commit: Some(sha.to_string()),
-                message: format!("could not post the commit status: {e}"),
-                problems: Vec::new(),
-            });
         }
     }
 
@@ -297,7 +272,9 @@ impl Syncer {
         .await
         .unwrap_or_else(|e| Err(RepoError::Git(e.to_string())));
         match checked {
-            Ok((fetched, verdict)) => self.report_status(&remote.github, &fetched, &verdict).await,
+            Ok((fetched, verdict)) => {
+                report_status(&remote.github, &self.status, &fetched, &verdict).await
+            }
             Err(e) => tracing::warn!(%sha, "could not check the pull request: {e}"),
         }
     }
@@ -373,5 +350,39 @@ impl Syncer {
                 }
             }
         }
+    }
+}
+
+/// Posts the `dynapi/manifests` status for `sha`; a failure to post is logged
+/// and kept for `/status`, never fatal.
+async fn report_status(
+    github: &GitHub,
+    status: &Mutex<SyncStatus>,
+    sha: &str,
+    verdict: &Result<(), Vec<Problem>>,
+) {
+    let (state, description) = match verdict {
+        Ok(()) => (
+            "success",
+            "The manifests are valid; dynapi serves this commit.".to_string(),
+        ),
+        Err(problems) => (
+            "failure",
+            problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    };
+    if let Err(e) = github.post_status(sha, state, &description).await {
+        tracing::warn!(%sha, "could not post the commit status: {e}");
+        let mut status = status.lock().unwrap_or_else(|p| p.into_inner());
+        status.last_error = Some(SyncError {
+            time: now_rfc3339(),
+            commit: Some(sha.to_string()),
+            message: format!("could not post the commit status: {e}"),
+            problems: Vec::new(),
+        });
     }
 }
