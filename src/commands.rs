@@ -11,6 +11,11 @@ use crate::workspace;
 
 /// Validates the manifests of a checkout as they are on disk. Returns every problem.
 pub fn check_dir(dir: &Path) -> std::io::Result<Vec<Problem>> {
+    Ok(build_dir(dir)?.err().unwrap_or_default())
+}
+
+/// The registry of a checkout as it is on disk, or its problems.
+fn build_dir(dir: &Path) -> std::io::Result<Result<Registry, Vec<Problem>>> {
     let mut snapshot = Snapshot::default();
     match std::fs::read_to_string(dir.join(SETTINGS_FILE)) {
         Ok(text) => snapshot.settings = Some(text),
@@ -42,9 +47,35 @@ pub fn check_dir(dir: &Path) -> std::io::Result<Vec<Problem>> {
             Ok(_) => FileKind::NotExecutable,
         }
     };
-    Ok(Registry::build("", &snapshot, &kind)
-        .err()
-        .unwrap_or_default())
+    Ok(Registry::build("", &snapshot, &kind))
+}
+
+/// `dynapi openapi [--profile gpt] [--public-url URL] [DIR]`: prints the OpenAPI
+/// document the daemon would serve for this checkout.
+pub fn openapi(dir: &Path, profile: &str, public_url: &str) -> i32 {
+    let Some(profile) = crate::openapi::Profile::parse(profile) else {
+        eprintln!("dynapi openapi: --profile is `full` or `gpt`, not `{profile}`");
+        return 2;
+    };
+    match build_dir(dir) {
+        Ok(Ok(registry)) => {
+            let ops = crate::http::catalog::operations();
+            let doc = crate::openapi::document(&ops, &registry, profile, public_url);
+            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            0
+        }
+        Ok(Err(problems)) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            eprintln!("dynapi openapi: fix these first (`dynapi check`)");
+            1
+        }
+        Err(e) => {
+            eprintln!("dynapi openapi: cannot read {}: {e}", dir.display());
+            2
+        }
+    }
 }
 
 /// `dynapi check [DIR]`: 0 when valid, 1 with `file:line:column: message` lines otherwise.

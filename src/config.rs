@@ -39,6 +39,22 @@ pub enum Command {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
+    /// Print the OpenAPI 3.1 document for a checkout, as `GET /openapi.json` serves it.
+    Openapi {
+        /// `full`, or `gpt` for a custom GPT's Actions.
+        #[arg(long, default_value = "full")]
+        profile: String,
+        /// The URL the document's `servers` entry names.
+        #[arg(
+            long,
+            env = "DYNAPI_PUBLIC_URL",
+            default_value = "http://127.0.0.1:8000"
+        )]
+        public_url: String,
+        /// The checkout.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
     /// Manage tokens.
     #[command(subcommand)]
     Token(TokenCommand),

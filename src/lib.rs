@@ -27,6 +27,7 @@ pub mod config;
 pub mod exec;
 pub mod http;
 pub mod manifest;
+pub mod openapi;
 pub mod registry;
 pub mod source;
 pub mod sql;

@@ -11,6 +11,11 @@ fn main() -> std::process::ExitCode {
     let code = match cli.command {
         Command::Check { dir } => dynapi::commands::check(&dir),
         Command::Init { dir } => dynapi::commands::init(&dir),
+        Command::Openapi {
+            profile,
+            public_url,
+            dir,
+        } => dynapi::commands::openapi(&dir, &profile, &public_url),
         Command::Token(TokenCommand::New { scopes, name }) => {
             dynapi::commands::token_new(&scopes, &name)
         }

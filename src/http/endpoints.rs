@@ -15,6 +15,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use warp::http::StatusCode;
@@ -83,19 +84,26 @@ fn list(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> 
         })
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct AddEndpoint {
+pub(super) struct AddEndpoint {
+    /// The manifest, as YAML text (see the README's manifest format): name, description, method, path, script, args, params.
+    #[schemars(with = "Option<String>")]
     manifest: Option<Value>,
+    /// The script the manifest runs, written in the same commit (made executable).
     script: Option<ScriptFile>,
+    /// The commit message (default `Add endpoint <name>`).
     message: Option<String>,
+    /// `commit` (default) or `pull_request` (GitHub mode).
     mode: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ScriptFile {
+pub(super) struct ScriptFile {
+    /// Where the script goes, the manifest's `script` (for example `scripts/hello.sh`).
     path: String,
+    /// The script's text, starting with a `#!` line.
     content: String,
 }
 
@@ -271,10 +279,12 @@ fn delete(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
         )
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RemoveQuery {
+pub(super) struct RemoveQuery {
+    /// The commit message (default `Remove endpoint <name>`).
     message: Option<String>,
+    /// `commit` (default) or `pull_request` (GitHub mode).
     mode: Option<String>,
 }
 

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use warp::http::{header, HeaderValue, StatusCode};
@@ -48,11 +49,12 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
         .unify()
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ReadQuery {
-    /// The folder to list (for `GET /files`).
+pub(super) struct ReadQuery {
+    /// The folder to list, relative to the workspace root (for `GET /files`; default the root).
     path: Option<String>,
+    /// How many folder levels to list, 1-10 (default 1).
     depth: Option<usize>,
     /// Lines (files) or entries (folders) to skip.
     offset: Option<u64>,
@@ -255,13 +257,18 @@ pub(crate) fn written(applied: &Applied, path: &str) -> Value {
     answer
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct PutFile {
+pub(super) struct PutFile {
+    /// The whole new text of the file.
     content: Option<String>,
+    /// The commit message (default `Create <path>` or `Update <path>`).
     message: Option<String>,
+    /// Make the file executable (scripts); the mode is kept when not sent.
     executable: Option<bool>,
+    /// The file's `etag` as last read: the write is refused with 412 if the file changed since.
     if_match: Option<String>,
+    /// `commit` (default) or `pull_request` (GitHub mode: the change waits in a pull request).
     mode: Option<String>,
 }
 
@@ -326,13 +333,17 @@ fn put(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> +
         )
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct PatchFile {
+pub(super) struct PatchFile {
+    /// Exact-text replacements, applied in order; each `old` must occur exactly once.
     #[serde(default)]
     edits: Vec<TextEdit>,
+    /// The commit message (default `Edit <path>`).
     message: Option<String>,
+    /// The file's `etag` as last read: refused with 412 if the file changed since.
     if_match: Option<String>,
+    /// `commit` (default) or `pull_request` (GitHub mode).
     mode: Option<String>,
 }
 
@@ -393,11 +404,14 @@ fn patch(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection>
         )
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct DeleteQuery {
+pub(super) struct DeleteQuery {
+    /// The commit message (default `Delete <path>`).
     message: Option<String>,
+    /// The file's `etag` as last read: refused with 412 if the file changed since.
     if_match: Option<String>,
+    /// `commit` (default) or `pull_request` (GitHub mode).
     mode: Option<String>,
 }
 
@@ -446,15 +460,21 @@ fn delete(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
         )
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct MoveFiles {
+pub(super) struct MoveFiles {
+    /// The file or folder to move.
     from: Option<String>,
+    /// Where it goes.
     to: Option<String>,
+    /// Replace `to` if it exists (default false: 409).
     #[serde(default)]
     overwrite: bool,
+    /// The commit message (default `Move <from> to <to>`).
     message: Option<String>,
+    /// For a file: its `etag` as last read.
     if_match: Option<String>,
+    /// `commit` (default) or `pull_request` (GitHub mode).
     mode: Option<String>,
 }
 

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 use warp::http::StatusCode;
@@ -28,11 +29,14 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
     history(app.clone()).or(revert(app)).unify()
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct HistoryQuery {
+pub(super) struct HistoryQuery {
+    /// Only commits that changed this file or folder.
     path: Option<String>,
+    /// Commits to return (default 20, at most 200).
     limit: Option<usize>,
+    /// Commits to skip, for the next page.
     offset: Option<usize>,
 }
 
@@ -91,11 +95,14 @@ fn history(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejectio
         })
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RevertRequest {
+pub(super) struct RevertRequest {
+    /// The commit to undo: its id, or at least 4 leading hex digits.
     commit: Option<String>,
+    /// The commit message (default `Revert "<summary>"`).
     message: Option<String>,
+    /// `commit` (default) or `pull_request` (GitHub mode).
     mode: Option<String>,
 }
 

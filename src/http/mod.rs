@@ -5,10 +5,12 @@
 //! Auth is checked after the path matched, and never by rejecting: a bad token is
 //! an answer (401/403), so it can never fall through to another route.
 
+pub mod catalog;
 mod endpoints;
 mod error;
 mod files;
 mod history;
+mod meta;
 mod project;
 mod seed;
 mod sql;
@@ -45,6 +47,8 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .or(sql::routes(app.clone()))
         .unify()
         .or(webhook::routes(app.clone()))
+        .unify()
+        .or(meta::routes(app.clone()))
         .unify()
         .or(endpoints::routes(app))
         .unify()

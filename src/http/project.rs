@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 use sha2::Digest;
@@ -36,17 +37,24 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
         .unify()
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct SearchQuery {
+pub(super) struct SearchQuery {
+    /// The text to find (literal unless `regex=true`).
     q: Option<String>,
+    /// Search only under this folder.
     path: Option<String>,
+    /// Only files whose path matches, like ripgrep's -g (for example `*.rs` or `!*.md`).
     glob: Option<String>,
+    /// Treat `q` as a regular expression (Rust syntax).
     #[serde(default)]
     regex: bool,
+    /// Match without regard to case.
     #[serde(default)]
     ignore_case: bool,
+    /// Matches to return, at most 500 (default 100).
     max: Option<usize>,
+    /// Matches to skip: the `next_offset` of the previous answer.
     offset: Option<usize>,
 }
 
@@ -95,14 +103,18 @@ fn search_route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rej
         })
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct CombineRequest {
+pub(super) struct CombineRequest {
+    /// Files or folders to combine.
     #[serde(default)]
     paths: Vec<String>,
+    /// Globs selecting files to combine (for example `src/**/*.rs`).
     #[serde(default)]
     globs: Vec<String>,
+    /// Write the combined text to this file (one commit) instead of answering it.
     output: Option<String>,
+    /// The commit message when writing `output`.
     message: Option<String>,
     /// Where in the combined text this answer starts (bytes), for the next page.
     offset: Option<usize>,
@@ -208,14 +220,19 @@ fn floor_char(text: &str, at: usize) -> usize {
     at
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ArchiveRequest {
+pub(super) struct ArchiveRequest {
+    /// The folder (or file) to archive; `.` for the whole workspace.
     path: Option<String>,
+    /// `zip` or `tar.gz`.
     format: Option<String>,
+    /// Where to write the archive (default `archives/<folder>.<ext>`).
     output: Option<String>,
+    /// Include files `.gitignore` ignores (default false).
     #[serde(default)]
     include_ignored: bool,
+    /// The commit message, when the archive is committed.
     message: Option<String>,
 }
 

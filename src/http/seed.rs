@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 use warp::reply::Response;
@@ -57,10 +58,12 @@ fn list_scripts(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rej
         })
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RunScript {
+pub(super) struct RunScript {
+    /// A file name in `scripts/` (see GET /list-scripts).
     script_name: String,
+    /// Arguments passed to the script, as they are (no shell).
     #[serde(default)]
     args: Vec<String>,
 }
@@ -127,9 +130,10 @@ fn run_script(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
         })
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct GitSync {
+pub(super) struct GitSync {
+    /// The commit message (default `Sync the workspace`).
     message: Option<String>,
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use warp::http::{header, HeaderValue};
@@ -35,15 +36,21 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
     run(app.clone()).or(schema(app)).unify()
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct SqlRequest {
+pub(super) struct SqlRequest {
+    /// One SQL statement. Use `?` (SQLite) or `$1` (PostgreSQL) for parameters.
     query: Option<String>,
+    /// Values for the statement's parameters, in order.
     #[serde(default)]
     params: Vec<Value>,
+    /// A database named in dynapi.yaml (default: the embedded SQLite database).
     database: Option<String>,
+    /// Rows to return, at most 100,000 (default 500).
     max_rows: Option<usize>,
+    /// Characters of JSON to return at most (default 80,000).
     max_chars: Option<usize>,
+    /// Time limit in milliseconds (default and most 30,000).
     timeout_ms: Option<u64>,
 }
 
@@ -114,9 +121,10 @@ fn run(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> +
         })
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct SchemaQuery {
+pub(super) struct SchemaQuery {
+    /// A database named in dynapi.yaml (default: the embedded SQLite database).
     database: Option<String>,
 }
 

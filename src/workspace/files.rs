@@ -12,6 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use gix::ObjectId;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{FsError, Workspace, TEMP_PREFIX};
@@ -401,10 +402,12 @@ impl Pager {
 }
 
 /// One exact-text edit: `old` must occur exactly once in the text.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TextEdit {
+    /// Text that occurs exactly once in the file.
     pub old: String,
+    /// What replaces it.
     pub new: String,
 }
 
