@@ -149,10 +149,14 @@ impl Syncer {
         let served = self.registry().commit.clone();
         let remote = self.remote.clone();
         let built = tokio::task::spawn_blocking(move || -> Result<_, RepoError> {
-            // GitHub mode: the branch on GitHub is the truth; fetch it first.
+            // GitHub mode: the branch on GitHub is the truth; fetch it first. After
+            // a write the writer has just fetched and checked out GitHub's new head,
+            // so the branch here is already it.
             let head = match &remote {
-                Some(remote) => Some(repo.fetch(&remote.github.clone_url)?),
-                None => repo.head()?,
+                Some(remote) if trigger != Trigger::Write => {
+                    Some(repo.fetch(&remote.github.clone_url)?)
+                }
+                _ => repo.head()?,
             };
             let Some(head) = head else {
                 return Ok(None);
