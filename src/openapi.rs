@@ -265,12 +265,17 @@ fn param(name: &str, place: &str, schema: &Value, required: bool, gpt: bool) -> 
     })
 }
 
-/// Query parameters from an object schema's properties.
-fn query_params(schema: &Value, gpt: bool) -> Vec<Value> {
-    let required: Vec<&str> = schema["required"]
+/// The names an object schema lists as `required`.
+fn required_names(schema: &Value) -> Vec<&str> {
+    schema["required"]
         .as_array()
         .map(|r| r.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Query parameters from an object schema's properties.
+fn query_params(schema: &Value, gpt: bool) -> Vec<Value> {
+    let required = required_names(schema);
     schema["properties"]
         .as_object()
         .map(|props| {
@@ -335,10 +340,7 @@ fn endpoint_operation(e: &Endpoint, gpt: bool) -> Value {
     let (summary, description) = texts(&e.description, &e.description, gpt);
     let schema = e.params_schema();
     let in_path = |name: &str| e.path.contains(&format!("{{{name}}}"));
-    let required: Vec<&str> = schema["required"]
-        .as_array()
-        .map(|r| r.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
+    let required = required_names(&schema);
     let mut parameters = Vec::new();
     let mut body_props = Map::new();
     let with_body = !matches!(e.method, Method::Get | Method::Delete);

@@ -126,8 +126,7 @@ async fn add_endpoint(
 ) -> Result<Response, ApiError> {
     let caller = auth.require(Scope::Write)?;
     let req: AddEndpoint = parse_json(body)?;
-    let policy = app.syncer.registry().settings.endpoints_by_pull_request;
-    let delivery = delivery(&app, req.mode.as_deref(), policy)?;
+    let delivery = endpoint_delivery(&app, req.mode.as_deref())?;
     let text = match req.manifest {
         Some(Value::String(s)) => s,
         Some(v @ Value::Object(_)) => serde_yaml::to_string(&v).map_err(|e| {
@@ -232,8 +231,7 @@ fn delete(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
                     async {
                         let caller = auth.require(Scope::Write)?;
                         let q: RemoveQuery = parse_query(&query)?;
-                        let policy = app.syncer.registry().settings.endpoints_by_pull_request;
-                        let delivery = delivery(&app, q.mode.as_deref(), policy)?;
+                        let delivery = endpoint_delivery(&app, q.mode.as_deref())?;
                         let registry = app.syncer.registry();
                         let endpoint = registry.get(&name).ok_or_else(|| {
                             ApiError::not_found(format!(
@@ -286,6 +284,12 @@ pub(super) struct RemoveQuery {
     message: Option<String>,
     /// `commit` (default) or `pull_request` (GitHub mode).
     mode: Option<String>,
+}
+
+/// How an endpoint change reaches the branch: `mode`, else `policy.endpoints`.
+fn endpoint_delivery(app: &App, mode: Option<&str>) -> Result<Delivery, ApiError> {
+    let policy = app.syncer.registry().settings.endpoints_by_pull_request;
+    delivery(app, mode, policy)
 }
 
 /// Applies an endpoint change and, once committed, syncs so the answer comes

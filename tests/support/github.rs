@@ -59,7 +59,7 @@ pub struct GitHub {
     pub bare: PathBuf,
     state: Arc<Mutex<State>>,
     shutdown: CancellationToken,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl Drop for GitHub {
@@ -127,7 +127,7 @@ impl GitHub {
             bare,
             state,
             shutdown,
-            dir,
+            _dir: dir,
         }
     }
 
@@ -175,22 +175,16 @@ impl GitHub {
 
     /// A commit of `files` on top of `parent`, on no branch (as a fork's is).
     pub fn commit_on(&self, parent: &str, files: &[(&str, &str)], message: &str) -> String {
-        let index = self.dir.path().join(format!("index-{}", rand_suffix()));
-        let env = [("GIT_INDEX_FILE", index.to_str().unwrap())];
-        bare_git_env(&self.bare, &["read-tree", parent], None, &env);
-        for (path, contents) in files {
-            let blob = bare_git(
-                &self.bare,
-                &["hash-object", "-w", "--stdin"],
-                Some(contents.as_bytes()),
-            );
-            let info = format!("100644,{},{path}", blob.trim());
-            let args = ["update-index", "--add", "--cacheinfo", &info];
-            bare_git_env(&self.bare, &args, None, &env);
-        }
-        let tree = bare_git_env(&self.bare, &["write-tree"], None, &env);
-        let _ = std::fs::remove_file(&index);
-        let args = ["commit-tree", tree.trim(), "-p", parent, "-m", message];
+        let entries: Vec<TreeEdit> = files
+            .iter()
+            .map(|(path, contents)| TreeEdit {
+                mode: "100644".into(),
+                path: path.to_string(),
+                sha: Some(hash_blob(&self.bare, contents.as_bytes())),
+            })
+            .collect();
+        let tree = write_tree(&self.bare, Some(parent), &entries);
+        let args = ["commit-tree", &tree, "-p", parent, "-m", message];
         bare_git(&self.bare, &args, None).trim().to_string()
     }
 
@@ -337,67 +331,31 @@ fn handle(
                 }
                 _ => content.as_bytes().to_vec(),
             };
-            let sha = bare_git(bare, &["hash-object", "-w", "--stdin"], Some(&bytes));
-            let sha = sha.trim();
+            let sha = hash_blob(bare, &bytes);
             answer(
                 201,
                 json!({"sha": sha, "url": url(&format!("git/blobs/{sha}"))}),
             )
         }
         ("POST", "git/trees") => {
-            let index = bare.join(format!("dynapi-emulator-index-{}", rand_suffix()));
-            let env = [("GIT_INDEX_FILE", index.to_str().unwrap())];
-            match body["base_tree"].as_str() {
-                Some(tree) => bare_git_env(bare, &["read-tree", tree], None, &env),
-                None => bare_git_env(bare, &["read-tree", "--empty"], None, &env),
-            };
+            let mut entries = Vec::new();
             for entry in body["tree"].as_array().cloned().unwrap_or_default() {
-                let path = entry["path"].as_str().unwrap_or_default();
-                let mode = entry["mode"].as_str().unwrap_or("100644");
+                let path = entry["path"].as_str().unwrap_or_default().to_string();
+                let mode = entry["mode"].as_str().unwrap_or("100644").to_string();
                 let sha = match (&entry["sha"], entry["content"].as_str()) {
                     (Value::String(_), Some(_)) => {
-                        let _ = std::fs::remove_file(&index);
                         return answer(
                             422,
                             json!({"message": "Must supply either tree.sha or tree.content, not both"}),
                         );
                     }
                     (Value::String(sha), _) => Some(sha.clone()),
-                    (_, Some(content)) => Some(
-                        bare_git(
-                            bare,
-                            &["hash-object", "-w", "--stdin"],
-                            Some(content.as_bytes()),
-                        )
-                        .trim()
-                        .to_string(),
-                    ),
+                    (_, Some(content)) => Some(hash_blob(bare, content.as_bytes())),
                     _ => None,
                 };
-                match sha {
-                    Some(sha) => bare_git_env(
-                        bare,
-                        &[
-                            "update-index",
-                            "--add",
-                            "--cacheinfo",
-                            &format!("{mode},{sha},{path}"),
-                        ],
-                        None,
-                        &env,
-                    ),
-                    // `--force-remove` wants a work tree; a zero mode removes the entry.
-                    None => bare_git_env(
-                        bare,
-                        &["update-index", "--index-info"],
-                        Some(format!("0 {}\t{path}\n", "0".repeat(40)).as_bytes()),
-                        &env,
-                    ),
-                };
+                entries.push(TreeEdit { mode, path, sha });
             }
-            let tree = bare_git_env(bare, &["write-tree"], None, &env);
-            let _ = std::fs::remove_file(&index);
-            let tree = tree.trim();
+            let tree = write_tree(bare, body["base_tree"].as_str(), &entries);
             answer(
                 201,
                 json!({"sha": tree, "url": url(&format!("git/trees/{tree}")), "tree": [], "truncated": false}),
@@ -524,6 +482,55 @@ fn ref_object(name: &str, sha: &str, url: &dyn Fn(&str) -> String) -> Value {
         "url": url(&format!("git/refs/{name}")),
         "object": {"sha": sha, "type": "commit", "url": url(&format!("git/commits/{sha}"))},
     })
+}
+
+/// One path of a tree being written: a blob (`mode`, `sha`) or, without a
+/// sha, the path removed.
+struct TreeEdit {
+    mode: String,
+    path: String,
+    sha: Option<String>,
+}
+
+/// Stores `bytes` as a blob; its id.
+fn hash_blob(bare: &Path, bytes: &[u8]) -> String {
+    let sha = bare_git(bare, &["hash-object", "-w", "--stdin"], Some(bytes));
+    sha.trim().to_string()
+}
+
+/// A tree: `base` (a tree or commit; none: empty) with `entries` applied, made
+/// in a throwaway index as GitHub's create-a-tree does; its id.
+fn write_tree(bare: &Path, base: Option<&str>, entries: &[TreeEdit]) -> String {
+    let index = bare.join(format!("dynapi-emulator-index-{}", rand_suffix()));
+    let env = [("GIT_INDEX_FILE", index.to_str().unwrap())];
+    match base {
+        Some(base) => bare_git_env(bare, &["read-tree", base], None, &env),
+        None => bare_git_env(bare, &["read-tree", "--empty"], None, &env),
+    };
+    for entry in entries {
+        let path = &entry.path;
+        match &entry.sha {
+            Some(sha) => {
+                let info = format!("{},{sha},{path}", entry.mode);
+                bare_git_env(
+                    bare,
+                    &["update-index", "--add", "--cacheinfo", &info],
+                    None,
+                    &env,
+                )
+            }
+            // `--force-remove` wants a work tree; a zero mode removes the entry.
+            None => bare_git_env(
+                bare,
+                &["update-index", "--index-info"],
+                Some(format!("0 {}\t{path}\n", "0".repeat(40)).as_bytes()),
+                &env,
+            ),
+        };
+    }
+    let tree = bare_git_env(bare, &["write-tree"], None, &env);
+    let _ = std::fs::remove_file(&index);
+    tree.trim().to_string()
 }
 
 /// Where GitHub keeps a pull request's head, for forks too.
