@@ -102,6 +102,12 @@ pub struct ServeArgs {
     /// On SIGTERM or Ctrl-C, how long running requests may finish before scripts are killed.
     #[arg(long, env = "DYNAPI_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// A call still running after this answers 202 with a job id and goes on as a job (GPT Actions give up at 45s).
+    #[arg(long, env = "DYNAPI_JOB_AFTER", default_value = "40s", value_parser = parse_duration)]
+    pub job_after: Duration,
+    /// How long a finished job's output is kept for GET /jobs/{id}.
+    #[arg(long, env = "DYNAPI_JOB_KEEP", default_value = "1h", value_parser = parse_duration)]
+    pub job_keep: Duration,
     /// GitHub mode: the repository to serve, https://github.com/OWNER/REPO (needs GITHUB_TOKEN for private ones).
     #[arg(long, env = "DYNAPI_REMOTE")]
     pub remote: Option<String>,
@@ -134,6 +140,10 @@ pub struct Config {
     pub branch: String,
     pub limits: Limits,
     pub shutdown_grace: Duration,
+    /// A call still running after this becomes a job.
+    pub job_after: Duration,
+    /// How long finished jobs are kept.
+    pub job_keep: Duration,
     /// The all-scopes token from `DYNAPI_TOKEN`, if set.
     pub token: Option<String>,
     /// Largest request body accepted, in bytes.
@@ -211,6 +221,8 @@ impl Config {
             branch: "main".into(),
             limits: Limits::default(),
             shutdown_grace: Duration::from_secs(10),
+            job_after: Duration::from_secs(40),
+            job_keep: Duration::from_secs(3600),
             token: None,
             max_body: 4 << 20,
             files: FileLimits::default(),
@@ -226,6 +238,8 @@ impl Config {
         config.branch = args.branch.clone();
         config.limits.max_running = args.max_scripts.max(1);
         config.shutdown_grace = args.shutdown_grace;
+        config.job_after = args.job_after;
+        config.job_keep = args.job_keep;
         config.token = std::env::var("DYNAPI_TOKEN").ok().filter(|t| !t.is_empty());
         config.remote = args.remote.clone().map(|url| Remote {
             url,

@@ -8,13 +8,16 @@
 //! told to come back later instead of queueing without bound.
 //!
 //! The waiting is blocking (duct is built on std), so it runs on tokio's blocking
-//! pool, never on the async runtime's threads.
+//! pool, never on the async runtime's threads. What a script has printed so far is
+//! kept in its `Live` record, readable while it runs (jobs page through it) and
+//! cancellable (its process group is killed).
 
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -74,6 +77,86 @@ pub struct Finished {
     pub duration: Duration,
 }
 
+/// A script that was started: its live output, and its end.
+pub struct Running {
+    live: Arc<Live>,
+    task: tokio::task::JoinHandle<Result<Finished, ExecError>>,
+}
+
+impl Running {
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
+    /// Waits for the end of the run (exit, signal, timeout).
+    pub async fn wait(self) -> Result<Finished, ExecError> {
+        self.task.await.map_err(|e| ExecError::Spawn {
+            program: String::new(),
+            source: io::Error::other(e.to_string()),
+        })?
+    }
+}
+
+/// What a running script has printed so far (each stream capped), and a way to
+/// stop it. `run_blocking` writes it; anyone holding the `Arc` may read it.
+#[derive(Debug)]
+pub struct Live {
+    cap: usize,
+    output: Mutex<Output>,
+    /// The script's process group; 0 until it started.
+    pgid: AtomicI32,
+    cancelled: AtomicBool,
+}
+
+/// The captured streams: `[stdout, stderr]`, and whether each was cut at the cap.
+#[derive(Debug, Default, Clone)]
+pub struct Output {
+    pub streams: [Vec<u8>; 2],
+    pub truncated: [bool; 2],
+}
+
+impl Live {
+    fn new(cap: usize) -> Live {
+        Live {
+            cap,
+            output: Mutex::default(),
+            pgid: AtomicI32::new(0),
+            cancelled: AtomicBool::new(false),
+        }
+    }
+
+    /// Reads the output so far under the lock.
+    pub fn read<T>(&self, f: impl FnOnce(&Output) -> T) -> T {
+        match self.output.lock() {
+            Ok(output) => f(&output),
+            Err(poisoned) => f(&poisoned.into_inner()),
+        }
+    }
+
+    /// Kills the script's process group; its run ends as `Exit::Signal(9)`.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        let pgid = self.pgid.load(Ordering::SeqCst);
+        if pgid > 0 {
+            kill_group(pgid);
+        }
+    }
+
+    pub fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    fn append(&self, stream: usize, bytes: &[u8]) {
+        let mut output = match self.output.lock() {
+            Ok(output) => output,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let room = self.cap.saturating_sub(output.streams[stream].len());
+        output.streams[stream].extend_from_slice(&bytes[..bytes.len().min(room)]);
+        output.truncated[stream] |= bytes.len() > room;
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
     #[error("all {0} script slots are busy")]
@@ -114,21 +197,26 @@ impl Exec {
     /// Runs `job` to completion (or its timeout). Waits at most `queue_wait` for a
     /// slot; `ExecError::Busy` means the caller should answer 429.
     pub async fn run(&self, job: Job) -> Result<Finished, ExecError> {
+        self.start(job).await?.wait().await
+    }
+
+    /// Starts `job` once a slot is free (waiting at most `queue_wait`) and returns
+    /// at once; the script runs on even if the `Running` is dropped.
+    pub async fn start(&self, job: Job) -> Result<Running, ExecError> {
         let permit =
             tokio::time::timeout(self.limits.queue_wait, self.slots.clone().acquire_owned())
                 .await
                 .map_err(|_| ExecError::Busy(self.limits.max_running))?
                 .map_err(|_| ExecError::ShuttingDown)?;
         let running = self.running.clone();
-        let cap = self.limits.output_cap;
-        let result = tokio::task::spawn_blocking(move || run_blocking(job, cap, &running))
-            .await
-            .map_err(|e| ExecError::Spawn {
-                program: String::new(),
-                source: io::Error::other(e.to_string()),
-            })?;
-        drop(permit);
-        result
+        let live = Arc::new(Live::new(self.limits.output_cap));
+        let task_live = live.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let result = run_blocking(job, &task_live, &running);
+            drop(permit);
+            result
+        });
+        Ok(Running { live, task })
     }
 
     /// Refuses new runs; those waiting for a slot get `ShuttingDown`.
@@ -175,7 +263,7 @@ fn base_env(job: &Job) -> Vec<(String, String)> {
 
 fn run_blocking(
     job: Job,
-    cap: usize,
+    live: &Live,
     running: &Mutex<HashSet<i32>>,
 ) -> Result<Finished, ExecError> {
     let started = Instant::now();
@@ -215,8 +303,15 @@ fn run_blocking(
     if let Ok(mut r) = running.lock() {
         r.insert(pgid);
     }
+    live.pgid.store(pgid, Ordering::SeqCst);
+    if live.cancelled() {
+        kill_group(pgid);
+    }
 
-    let mut outputs = [Capture::new(out_read, cap), Capture::new(err_read, cap)];
+    let mut outputs = [
+        Capture::new(out_read, 0, live),
+        Capture::new(err_read, 1, live),
+    ];
     let timed_out = pump(&mut outputs, &handle, deadline);
     let exit = if timed_out {
         kill_group(pgid);
@@ -240,13 +335,16 @@ fn run_blocking(
     if let Ok(mut r) = running.lock() {
         r.remove(&pgid);
     }
-    let [stdout, stderr] = outputs;
+    let Output {
+        streams: [stdout, stderr],
+        truncated,
+    } = live.read(Output::clone);
     Ok(Finished {
         exit,
-        stdout_truncated: stdout.truncated,
-        stderr_truncated: stderr.truncated,
-        stdout: stdout.buffer,
-        stderr: stderr.buffer,
+        stdout_truncated: truncated[0],
+        stderr_truncated: truncated[1],
+        stdout,
+        stderr,
         duration: started.elapsed(),
     })
 }
@@ -257,18 +355,18 @@ const PREFILL_STDIN: usize = 32 * 1024;
 /// How often the reading loop looks whether the script's main process has exited.
 const EXIT_CHECK: Duration = Duration::from_millis(50);
 
-/// One output pipe being read without blocking: the first `cap` bytes are kept,
-/// the rest discarded (so the writer never blocks on a full pipe).
-struct Capture {
+/// One output pipe being read without blocking into its stream of `Live` (which
+/// keeps the first `cap` bytes and discards the rest, so the writer never blocks
+/// on a full pipe).
+struct Capture<'a> {
     pipe: os_pipe::PipeReader,
-    buffer: Vec<u8>,
-    cap: usize,
-    truncated: bool,
+    stream: usize,
+    live: &'a Live,
     eof: bool,
 }
 
-impl Capture {
-    fn new(pipe: os_pipe::PipeReader, cap: usize) -> Capture {
+impl Capture<'_> {
+    fn new(pipe: os_pipe::PipeReader, stream: usize, live: &Live) -> Capture<'_> {
         // SAFETY: fcntl on a descriptor we own; O_NONBLOCK only changes how reads wait.
         unsafe {
             let fd = pipe.as_raw_fd();
@@ -277,9 +375,8 @@ impl Capture {
         }
         Capture {
             pipe,
-            buffer: Vec::new(),
-            cap,
-            truncated: false,
+            stream,
+            live,
             eof: false,
         }
     }
@@ -293,11 +390,7 @@ impl Capture {
                     self.eof = true;
                     return;
                 }
-                Ok(n) => {
-                    let room = self.cap.saturating_sub(self.buffer.len());
-                    self.buffer.extend_from_slice(&chunk[..n.min(room)]);
-                    self.truncated |= n > room;
-                }
+                Ok(n) => self.live.append(self.stream, &chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => {
@@ -312,7 +405,7 @@ impl Capture {
 /// Reads stdout and stderr on this thread with poll(2) until both are closed, the
 /// deadline passes (returns true), or the main process has exited and the pipes
 /// stayed open for a grace period (held by something that escaped the group).
-fn pump(outputs: &mut [Capture; 2], handle: &duct::Handle, deadline: Instant) -> bool {
+fn pump(outputs: &mut [Capture<'_>; 2], handle: &duct::Handle, deadline: Instant) -> bool {
     let mut exited_at: Option<Instant> = None;
     loop {
         let open: Vec<usize> = (0..outputs.len()).filter(|i| !outputs[*i].eof).collect();

@@ -26,6 +26,7 @@ pub mod commands;
 pub mod config;
 pub mod exec;
 pub mod http;
+pub mod jobs;
 pub mod manifest;
 pub mod openapi;
 pub mod registry;
@@ -59,12 +60,17 @@ pub struct App {
     /// Read access to the repository (history); writes go through `writer`.
     pub repo: Repo,
     pub exec: Exec,
+    /// Endpoint runs that outlived their request.
+    pub jobs: jobs::Jobs,
     pub sql: sql::Sql,
     pub deliveries: webhook::Deliveries,
     /// Tokens that do not come from the repository: `DYNAPI_TOKEN` or the generated one.
     pub tokens: Vec<TokenEntry>,
     pub started: Instant,
 }
+
+/// Bytes of output the finished jobs keep together; past it the oldest go.
+const JOB_OUTPUT_BUDGET: usize = 64 << 20;
 
 /// What `App::start` did that the operator should be told.
 pub struct Started {
@@ -150,6 +156,7 @@ impl App {
         }
         let app = Arc::new(App {
             exec: Exec::new(config.limits.clone()),
+            jobs: jobs::Jobs::new(config.job_keep, JOB_OUTPUT_BUDGET),
             sql: sql::Sql::default(),
             deliveries: webhook::Deliveries::default(),
             writer: Writer::new(repo.clone(), workspace.clone(), github.clone()),

@@ -160,7 +160,9 @@ pub fn run_answer_schema() -> Value {
             "output": {"description": "stdout: text, or parsed JSON for `output: json` endpoints."},
             "stderr": {"type": "string"},
             "truncated": {"type": "boolean"},
-            "duration_ms": {"type": "integer"}
+            "duration_ms": {"type": "integer"},
+            "job_id": {"type": "string", "description": "Only in a 202 answer: the run goes on as a job (it was still running after 40 s, or the call asked for async); read it with getJob."},
+            "message": {"type": "string", "description": "Only in a 202 answer: what to do next."}
         }
     })
 }
@@ -363,7 +365,7 @@ fn endpoint_operation(e: &Endpoint, gpt: bool) -> Value {
         "operationId": format!("endpoint_{}", e.name.replace('-', "_")),
         "summary": summary,
         "description": description,
-        "responses": responses(&[200], run_answer_schema()),
+        "responses": responses(&[200, 202], run_answer_schema()),
         "x-openai-isConsequential": e.consequential,
     });
     if !parameters.is_empty() {

@@ -5,9 +5,10 @@
 
 use serde_json::{json, Value};
 
-use super::endpoints::{AddEndpoint, RemoveQuery};
+use super::endpoints::{AddEndpoint, CallQuery, RemoveQuery};
 use super::files::{DeleteQuery, MoveFiles, PatchFile, PutFile, ReadQuery};
 use super::history::{HistoryQuery, RevertRequest};
+use super::jobs::Page;
 use super::project::{ArchiveRequest, CombineRequest, SearchQuery};
 use super::seed::{GitSync, RunScript};
 use super::sql::{SchemaQuery, SqlRequest};
@@ -59,6 +60,33 @@ fn written() -> Value {
             "pull_request",
             "string",
             "GitHub mode: the pull request the change waits in.",
+        ),
+    ])
+}
+
+fn job_view() -> Value {
+    answer(&[
+        ("id", "string", ""),
+        ("endpoint", "string", ""),
+        (
+            "state",
+            "string",
+            "running, succeeded, failed, timed_out or cancelled",
+        ),
+        ("exit_code", "integer", ""),
+        (
+            "output",
+            "",
+            "stdout from `offset`: text, or parsed JSON when a json endpoint's whole output fits",
+        ),
+        ("next_offset", "integer", "Where to read on."),
+        ("more", "boolean", "More output is there or may come."),
+        ("stderr", "string", "Its last 8 KB."),
+        ("duration_ms", "integer", ""),
+        (
+            "error",
+            "object",
+            "Why it failed, when the daemon knows (timeout, bad output).",
         ),
     ])
 }
@@ -199,12 +227,28 @@ pub fn operations() -> Vec<Operation> {
             ..op("removeEndpoint", Method::Delete, "/endpoints/{name}", "Remove an endpoint (one commit)", Some(Scope::Write))
         },
         Operation {
-            description: "Runs the endpoint `name` with a JSON object of its parameters (see listEndpoints). Reaches endpoints added after this schema was imported.",
+            description: "Runs the endpoint `name` with a JSON object of its parameters (see listEndpoints). Reaches endpoints added after this schema was imported. Long runs answer 202 with a job_id: read it with getJob.",
             path_params: &[("name", "The endpoint's name, from listEndpoints.")],
+            query: Some(schema_of::<CallQuery>()),
+            also: Some(202),
             body: Some(json!({"type": "object", "description": "The endpoint's parameters by name.", "properties": {}, "additionalProperties": true})),
             answer: run_answer_schema(),
             consequential: true,
             ..op("callEndpoint", Method::Post, "/call/{name}", "Call any endpoint by name", Some(Scope::Run))
+        },
+        Operation {
+            description: "A long endpoint run (a 202 answer's job_id): its state, exit code, and output from `offset` on. Call again with `offset` = `next_offset` while `more` is true.",
+            path_params: &[("id", "The job id from a 202 answer.")],
+            query: Some(schema_of::<Page>()),
+            answer: job_view(),
+            ..op("getJob", Method::Get, "/jobs/{id}", "Read a long run's state and output", Some(Scope::Read))
+        },
+        Operation {
+            description: "Stops a running job: its script and every process it started are killed.",
+            path_params: &[("id", "The job id from a 202 answer.")],
+            answer: job_view(),
+            consequential: true,
+            ..op("cancelJob", Method::Delete, "/jobs/{id}", "Stop a long run", Some(Scope::Read))
         },
         Operation {
             answer: answer(&[("scripts", "array", "File names in scripts/.")]),

@@ -10,7 +10,10 @@
 //!   exit code (or `signal`), and `output` as text: the run happened, and its
 //!   failure is part of the result;
 //! - it ran past its timeout: 504 `timeout`, its process group killed, with the
-//!   output so far in the error.
+//!   output so far in the error;
+//! - it is still running after `job_after` (default 40 s), or the call asked for
+//!   it (`?async=true`, or `async: true` in the manifest): 202 `{"job_id", "state",
+//!   "url", "message"}` with `Location: /jobs/{id}`; the run goes on (`http/jobs.rs`).
 
 use std::sync::Arc;
 
@@ -28,11 +31,13 @@ use super::seed::author_for;
 use super::{
     auth, parse_json, parse_query, raw_query, respond, with_app, with_body, ApiError, Auth,
 };
+use crate::auth::Caller;
 use crate::auth::Scope;
-use crate::exec::{Exit, Job};
+use crate::exec::{ExecError, Exit, Finished, Job};
+use crate::jobs;
 use crate::manifest::{self, RawManifest};
 use crate::registry::{
-    self, Endpoint, FileKind, Method, Output, Registry, Snapshot, MANIFEST_DIR, RESERVED_SEGMENTS,
+    self, Endpoint, FileKind, Method, Registry, Snapshot, MANIFEST_DIR, RESERVED_SEGMENTS,
 };
 use crate::source::change::{Applied, Change, Delivery, Op, Validation};
 use crate::source::sync::{SyncReport, Trigger};
@@ -322,31 +327,46 @@ async fn apply_and_serve(
 fn call(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("call" / String)
         .and(warp::post())
+        .and(raw_query())
         .and(with_body(app))
-        .then(|name: String, auth: Auth, app: Arc<App>, body| async move {
-            respond(
-                async {
-                    let registry = app.syncer.registry();
-                    let endpoint = registry.get(&name).cloned().ok_or_else(|| {
-                        ApiError::not_found(format!(
-                            "no endpoint named `{name}`; GET /endpoints lists them"
-                        ))
-                    })?;
-                    auth.require(endpoint.scope)?;
-                    let params: Map<String, Value> = match parse_json::<Option<Value>>(body)? {
-                        None => Map::new(),
-                        Some(Value::Object(m)) => m,
-                        Some(_) => {
-                            return Err(ApiError::bad_request(
-                                "the body must be a JSON object of parameters",
+        .then(
+            |name: String, query: String, auth: Auth, app: Arc<App>, body| async move {
+                respond(
+                    async {
+                        let registry = app.syncer.registry();
+                        let endpoint = registry.get(&name).cloned().ok_or_else(|| {
+                            ApiError::not_found(format!(
+                                "no endpoint named `{name}`; GET /endpoints lists them"
                             ))
-                        }
-                    };
-                    invoke(&app, &endpoint, params).await
-                }
-                .await,
-            )
-        })
+                        })?;
+                        let caller = auth.require(endpoint.scope)?;
+                        let run_async = parse_query::<CallQuery>(&query)?.is_async;
+                        let params: Map<String, Value> = match parse_json::<Option<Value>>(body)? {
+                            None => Map::new(),
+                            Some(Value::Object(m)) => m,
+                            Some(_) => {
+                                return Err(ApiError::bad_request(
+                                    "the body must be a JSON object of parameters",
+                                ))
+                            }
+                        };
+                        invoke(&app, &endpoint, params, &caller, run_async).await
+                    }
+                    .await,
+                )
+            },
+        )
+}
+
+/// The query of `POST /call/{name}`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CallQuery {
+    /// `true`: answer 202 with a job id at once instead of waiting for the script
+    /// (`GET /jobs/{id}` reads its output). A run still going after 40 seconds
+    /// becomes a job anyway.
+    #[serde(default, rename = "async")]
+    is_async: bool,
 }
 
 /// Every endpoint at its own method and path: the last route, tried after all
@@ -398,7 +418,7 @@ async fn dispatch(
         )));
     };
     let endpoint = matched.endpoint;
-    auth.require(endpoint.scope)?;
+    let caller = auth.require(endpoint.scope)?;
 
     let mut params = Map::new();
     let mut put = |key: String, value: Value| -> Result<(), ApiError> {
@@ -431,6 +451,17 @@ async fn dispatch(
             }
         }
     }
+    // `?async=` is the daemon's, unless the endpoint has a parameter of that name.
+    let mut run_async = false;
+    if !endpoint.params.iter().any(|p| p.name == ASYNC) {
+        if let Some(value) = from_query.remove(ASYNC) {
+            run_async = match value.as_str() {
+                Some("true" | "1") => true,
+                Some("false" | "0") => false,
+                _ => return Err(ApiError::bad_request("`async` is `true` or `false`, once")),
+            };
+        }
+    }
     for (key, value) in from_query {
         put(key, value)?;
     }
@@ -447,14 +478,22 @@ async fn dispatch(
             ))
         }
     }
-    invoke(&app, &endpoint, params).await
+    invoke(&app, &endpoint, params, &caller, run_async).await
 }
 
-/// Binds parameters, runs the script, and shapes the answer (see the module doc).
+/// The query parameter that makes a call a job.
+const ASYNC: &str = "async";
+
+/// Binds parameters and starts the script. Unless the call is asynchronous (the
+/// manifest's `async: true` or `?async=true`), waits for its end and answers it
+/// (see the module doc); a run still going after `job_after`, or an asynchronous
+/// one, answers 202 with its job.
 async fn invoke(
     app: &App,
     endpoint: &Endpoint,
     params: Map<String, Value>,
+    caller: &Caller,
+    run_async: bool,
 ) -> Result<Response, ApiError> {
     let invocation = endpoint.bind(params).map_err(|e| {
         let mut err = ApiError::new(StatusCode::BAD_REQUEST, "invalid_param", e.message);
@@ -466,9 +505,9 @@ async fn invoke(
     let program = app.workspace.resolve(&endpoint.script)?;
     let mut env = invocation.env;
     env.extend(endpoint.env.iter().cloned());
-    let finished = app
+    let running = app
         .exec
-        .run(Job {
+        .start(Job {
             program,
             args: invocation.args,
             env,
@@ -477,6 +516,50 @@ async fn invoke(
             timeout: endpoint.timeout,
         })
         .await?;
+    let job = jobs::Job::follow(endpoint, &caller.token_name, running);
+    let run_async = run_async || endpoint.is_async;
+    if !run_async {
+        if let Some(end) = job.wait(app.config.job_after).await {
+            return answer(&job, &end.result).map(|a| warp::reply::json(&a).into_response());
+        }
+    }
+    app.jobs.insert(job.clone());
+    let message = if run_async {
+        format!(
+            "`{}` runs as a job; GET /jobs/{} reads its state and output, DELETE /jobs/{} stops it",
+            job.endpoint, job.id, job.id
+        )
+    } else {
+        format!(
+            "`{}` is still running after {}; it goes on as a job: GET /jobs/{} reads its state and output, DELETE /jobs/{} stops it",
+            job.endpoint,
+            humantime::format_duration(app.config.job_after),
+            job.id,
+            job.id
+        )
+    };
+    let location = format!("/jobs/{}", job.id);
+    let body = json!({
+        "job_id": job.id,
+        "state": "running",
+        "url": location,
+        "message": message,
+    });
+    Ok(warp::reply::with_header(
+        warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED),
+        "location",
+        location,
+    )
+    .into_response())
+}
+
+/// The answer of a run that ended (see the module doc), also what a finished
+/// job's `result` says.
+pub(super) fn answer(
+    job: &jobs::Job,
+    result: &Result<Finished, ExecError>,
+) -> Result<Value, ApiError> {
+    let finished = result.as_ref().map_err(ApiError::from)?;
     let stdout = String::from_utf8_lossy(&finished.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&finished.stderr).into_owned();
     let truncated = finished.stdout_truncated || finished.stderr_truncated;
@@ -487,8 +570,9 @@ async fn invoke(
                 StatusCode::GATEWAY_TIMEOUT,
                 "timeout",
                 format!(
-                    "`{}` ran longer than its timeout of {:?} and was stopped",
-                    endpoint.name, endpoint.timeout
+                    "`{}` ran longer than its timeout of {} and was stopped",
+                    job.endpoint,
+                    humantime::format_duration(job.timeout)
                 ),
             )
             .with("stdout", json!(stdout))
@@ -499,7 +583,7 @@ async fn invoke(
         Exit::Signal(s) => (None, Some(s)),
     };
     let ok = exit_code == Some(0);
-    let output = if ok && endpoint.output == Output::Json {
+    let output = if ok && job.json_output {
         if finished.stdout_truncated {
             return Err(ApiError::new(
                 StatusCode::BAD_GATEWAY,
@@ -531,5 +615,5 @@ async fn invoke(
     if let Some(s) = signal {
         answer["signal"] = json!(s);
     }
-    Ok(warp::reply::json(&answer).into_response())
+    Ok(answer)
 }

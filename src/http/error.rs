@@ -209,6 +209,12 @@ impl From<PathError> for ApiError {
 
 impl From<ExecError> for ApiError {
     fn from(e: ExecError) -> Self {
+        ApiError::from(&e)
+    }
+}
+
+impl From<&ExecError> for ApiError {
+    fn from(e: &ExecError) -> Self {
         match e {
             ExecError::Busy(_) => ApiError::busy(1, format!("{e}; retry in a second")),
             ExecError::ShuttingDown => ApiError::new(

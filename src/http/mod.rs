@@ -10,6 +10,7 @@ mod endpoints;
 mod error;
 mod files;
 mod history;
+mod jobs;
 mod meta;
 mod project;
 mod seed;
@@ -45,6 +46,8 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .or(history::routes(app.clone()))
         .unify()
         .or(sql::routes(app.clone()))
+        .unify()
+        .or(jobs::routes(app.clone()))
         .unify()
         .or(webhook::routes(app.clone()))
         .unify()

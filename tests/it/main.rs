@@ -9,6 +9,7 @@ mod endpoints;
 mod files;
 mod github;
 mod gitops;
+mod jobs;
 mod openapi;
 mod project;
 mod security;

@@ -180,7 +180,7 @@ async fn endpoints_appear_in_the_document_as_they_are_added() {
 type Call = (Vec<(&'static str, String)>, String, Option<Value>);
 
 /// A request for each built-in operation, as an assistant would send it.
-fn example(id: &str, head: &str) -> Option<Call> {
+fn example(id: &str, head: &str, job: &str) -> Option<Call> {
     let file = |p: &str| vec![("path", p.to_string())];
     let none = Vec::new;
     Some(match id {
@@ -224,6 +224,8 @@ fn example(id: &str, head: &str) -> Option<Call> {
             Some(endpoint_body("walked", "#!/bin/sh\necho walked\n")),
         ),
         "removeEndpoint" => (vec![("name", "walked".into())], String::new(), None),
+        "getJob" => (vec![("id", job.into())], "offset=0".into(), None),
+        "cancelJob" => (vec![("id", job.into())], String::new(), None),
         "callEndpoint" => (
             vec![("name", "hello".into())],
             String::new(),
@@ -252,6 +254,11 @@ async fn every_documented_operation_answers_as_documented() {
         .into_iter()
         .map(|(m, p, op)| (op["operationId"].as_str().unwrap().to_string(), (m, p, op)))
         .collect();
+    let job = d
+        .post("/call/hello?async=true", json!({"name": "Ada"}))
+        .await;
+    assert_eq!(job.status, 202, "{}", job.json);
+    let job = job.json["job_id"].as_str().unwrap().to_string();
     let catalog = dynapi::http::catalog::operations();
     for op in &catalog {
         let (method, path, described) = documented
@@ -259,7 +266,7 @@ async fn every_documented_operation_answers_as_documented() {
             .unwrap_or_else(|| panic!("{} is not in the document", op.id));
         let head = d.git(&["rev-parse", "HEAD"]).trim().to_string();
         let (placeholders, query, body) =
-            example(op.id, &head).unwrap_or_else(|| panic!("no example call for {}", op.id));
+            example(op.id, &head, &job).unwrap_or_else(|| panic!("no example call for {}", op.id));
         // Placeholders are sent percent-encoded, `/` too, as strict clients do.
         let mut url = path.clone();
         for (name, value) in placeholders {
