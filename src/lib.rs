@@ -252,14 +252,23 @@ pub async fn serve(
         }
         None => {}
     }
-    tasks.close();
-
     let routes = http::routes(app.clone());
+    let mcp = http::mcp::Mcp::new(app.clone(), routes.clone(), &http::catalog::operations());
+    let hosts = app
+        .config
+        .public_url
+        .as_deref()
+        .map(public_hosts)
+        .unwrap_or_default();
+    let front = http::front::Front {
+        app: app.clone(),
+        routes,
+        mcp: mcp.service(hosts, app.config.max_body as usize, shutdown.child_token()),
+    };
+    tasks.spawn(mcp.announce_changes(shutdown.clone()));
+    tasks.close();
     let stop = shutdown.clone();
-    let server = warp::serve(routes)
-        .incoming(listener)
-        .graceful(async move { stop.cancelled().await })
-        .run();
+    let server = http::front::run(listener, front, async move { stop.cancelled().await });
     tokio::pin!(server);
     tokio::select! {
         _ = &mut server => {}
@@ -277,4 +286,16 @@ pub async fn serve(
     app.exec.close();
     tasks.wait().await;
     Ok(())
+}
+
+/// The `Host` values a public URL is reached with: its host, and host:port.
+fn public_hosts(url: &str) -> Vec<String> {
+    let Ok(uri) = url.parse::<::http::Uri>() else {
+        return Vec::new();
+    };
+    let mut hosts: Vec<String> = uri.host().into_iter().map(String::from).collect();
+    if let Some(authority) = uri.authority().filter(|a| a.port().is_some()) {
+        hosts.push(authority.as_str().to_string());
+    }
+    hosts
 }

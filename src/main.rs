@@ -35,8 +35,10 @@ fn main() -> std::process::ExitCode {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // rmcp logs every MCP session's start and end at info: one line per
+    // stateless request is noise, so it speaks at warn unless RUST_LOG says.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,rmcp=warn".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -6,7 +6,7 @@
 use serde_json::{json, Value};
 
 use super::endpoints::{AddEndpoint, CallQuery, RemoveQuery};
-use super::files::{DeleteQuery, MoveFiles, PatchFile, PutFile, ReadQuery};
+use super::files::{DeleteQuery, MoveFiles, PageQuery, PatchFile, PutFile, ReadQuery};
 use super::history::{HistoryQuery, RevertRequest};
 use super::jobs::Page;
 use super::project::{ArchiveRequest, CombineRequest, SearchQuery};
@@ -119,7 +119,7 @@ pub fn operations() -> Vec<Operation> {
         Operation {
             description: "A page of a text file's lines (at most 60,000 bytes) with its etag; `offset`/`limit` in lines; `next_offset` when there is more. Binary files answer `binary: true` and a download link.",
             path_params: &[FILE_PATH],
-            query: Some(schema_of::<ReadQuery>()),
+            query: Some(schema_of::<PageQuery>()),
             answer: answer(&[("content", "string", "The lines."), ("etag", "string", "The git blob id."), ("total_lines", "integer", ""), ("next_offset", "integer", "Where the next page starts."), ("truncated", "boolean", "")]),
             ..op("readFile", Method::Get, "/files/{path}", "Read a file (a page of lines)", Some(Scope::Read))
         },

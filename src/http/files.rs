@@ -62,6 +62,18 @@ pub(super) struct ReadQuery {
     limit: Option<u64>,
 }
 
+/// The query of `GET /files/{path}`: the path is in the route.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PageQuery {
+    /// For a folder: how many levels to list, 1-10 (default 1).
+    depth: Option<usize>,
+    /// Lines (files) or entries (folders) to skip.
+    offset: Option<u64>,
+    /// Lines (files) or entries (folders) to return.
+    limit: Option<u64>,
+}
+
 /// GET /files?path=&depth= and GET /files/{path}?offset=&limit= — a folder's
 /// entries, or a page of a file's lines with its `ETag`.
 fn read(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
@@ -85,11 +97,19 @@ async fn read_file(
     app: Arc<App>,
 ) -> Result<Response, ApiError> {
     auth.require(Scope::Read)?;
-    let q: ReadQuery = parse_query(&query)?;
-    let path = match path? {
-        p if p.is_empty() => q.path.clone().unwrap_or_default(),
-        p => p,
+    let q: ReadQuery = match path? {
+        p if p.is_empty() => parse_query(&query)?,
+        p => {
+            let page: PageQuery = parse_query(&query)?;
+            ReadQuery {
+                path: Some(p),
+                depth: page.depth,
+                offset: page.offset,
+                limit: page.limit,
+            }
+        }
     };
+    let path = q.path.clone().unwrap_or_default();
     let limits = app.config.files.clone();
     let ws = app.workspace.clone();
     blocking(move || {

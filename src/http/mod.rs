@@ -9,8 +9,10 @@ pub mod catalog;
 mod endpoints;
 mod error;
 mod files;
+pub mod front;
 mod history;
 mod jobs;
+pub mod mcp;
 mod meta;
 mod project;
 mod seed;
@@ -80,21 +82,26 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
 
 /// The caller's id for this request: theirs if it is sane, else a new one.
 fn request_id() -> impl Filter<Extract = (String,), Error = warp::Rejection> + Clone {
-    warp::header::optional::<String>("x-request-id").map(|given: Option<String>| {
-        given
-            .filter(|id| {
-                !id.is_empty()
-                    && id.len() <= 64
-                    && id
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-            })
-            .unwrap_or_else(|| {
-                let mut bytes = [0u8; 8];
-                let _ = getrandom::fill(&mut bytes);
-                hex::encode(bytes)
-            })
-    })
+    warp::header::optional::<String>("x-request-id")
+        .map(|given: Option<String>| new_request_id(given.as_deref()))
+}
+
+/// `given` if it is a sane request id, else a new one.
+pub(crate) fn new_request_id(given: Option<&str>) -> String {
+    given
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        })
+        .map(String::from)
+        .unwrap_or_else(|| {
+            let mut bytes = [0u8; 8];
+            let _ = getrandom::fill(&mut bytes);
+            hex::encode(bytes)
+        })
 }
 
 pub(crate) fn with_app(
@@ -131,32 +138,36 @@ impl Auth {
 pub(crate) fn auth(
     app: Arc<App>,
 ) -> impl Filter<Extract = (Auth,), Error = warp::Rejection> + Clone {
-    warp::header::optional::<String>("authorization").map(move |header: Option<String>| {
-        let Some(header) = header else {
-            return Auth(Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "send `Authorization: Bearer <token>`",
-            )));
-        };
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .unwrap_or("")
-            .trim();
-        let registry = app.syncer.registry();
-        match auth::verify(
-            token,
-            app.tokens.iter().chain(registry.settings.tokens.iter()),
-        ) {
-            Some(caller) if !token.is_empty() => Auth(Ok(caller)),
-            _ => Auth(Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "the bearer token is not valid",
-            ))),
-        }
-    })
+    warp::header::optional::<String>("authorization")
+        .map(move |header: Option<String>| Auth(bearer(&app, header.as_deref())))
+}
+
+/// The caller whose token the `Authorization` header carries, or the 401 answer.
+pub(crate) fn bearer(app: &App, header: Option<&str>) -> Result<Caller, ApiError> {
+    let Some(header) = header else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send `Authorization: Bearer <token>`",
+        ));
+    };
+    let token = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .unwrap_or("")
+        .trim();
+    let registry = app.syncer.registry();
+    match auth::verify(
+        token,
+        app.tokens.iter().chain(registry.settings.tokens.iter()),
+    ) {
+        Some(caller) if !token.is_empty() => Ok(caller),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the bearer token is not valid",
+        )),
+    }
 }
 
 /// What a route with a body needs: the caller's token, the app, and the body

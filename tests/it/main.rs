@@ -10,6 +10,7 @@ mod files;
 mod github;
 mod gitops;
 mod jobs;
+mod mcp;
 mod openapi;
 mod project;
 mod security;

@@ -14,6 +14,7 @@ async fn routes_need_a_valid_token_and_answer_the_json_error_shape() {
         ("POST", "/endpoints"),
         ("GET", "/hello"),
         ("POST", "/sync"),
+        ("POST", "/mcp"),
     ] {
         let a = d.request(method, path, Some(json!({})), None).await;
         assert_eq!(a.status, 401, "{method} {path}");

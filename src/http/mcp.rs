@@ -1,0 +1,541 @@
+//! MCP at `/mcp` (Streamable HTTP, served by rmcp): the built-in operations of
+//! the catalogue (`http::catalog`) and every endpoint of the served registry as
+//! tools, each with a JSON Schema for its input.
+//!
+//! A tool call is forwarded in-process to the HTTP route it describes, with the
+//! caller's own `Authorization` header, so scopes, limits, errors and writes are
+//! exactly those of the HTTP API; the route's JSON answer becomes the result's
+//! `structuredContent` (and its text), an error status makes it `isError`.
+//!
+//! Tool lists follow the registry: when a sync changes the endpoints, sessions
+//! of the 2025-06-18 revision (and the others with `initialize`) get
+//! `notifications/tools/list_changed` on their stream, and 2026-07-28 clients get
+//! it on their `subscriptions/listen` request.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig,
+    SubscriptionFilter, Tool, ToolAnnotations,
+};
+use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData as McpError, Peer, RoleServer, ServerHandler};
+use serde_json::{json, Map, Value};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tower_service::Service;
+use warp::filters::BoxedFilter;
+use warp::http::{header, Method as HttpMethod, Request};
+
+use crate::auth::{Caller, Scope};
+use crate::openapi::Operation;
+use crate::registry::{Endpoint, Method, Registry};
+use crate::App;
+
+pub type McpService = StreamableHttpService<Mcp, LocalSessionManager>;
+
+/// Catalogue operations that are not tools: meta routes, and raw bytes.
+pub const NOT_TOOLS: &[&str] = &["root", "healthz", "readyz", "openapi", "downloadFile"];
+
+/// What a client is told at `initialize`.
+const INSTRUCTIONS: &str = "Tools to work on a software project kept in git. Read before you write: readFile gives an etag; pass it as if_match when you write or edit that file. Prefer editFile (exact text) to writeFile for existing files. Every write is a commit: say what and why in message. The project's own endpoints are tools too (listEndpoints describes them); addEndpoint adds one. A long run answers a job_id: read it with getJob. When an answer says truncated, ask again with offset = next_offset.";
+
+/// The MCP server's state, shared by every session.
+pub struct Shared {
+    app: Arc<App>,
+    routes: BoxedFilter<(warp::reply::Response,)>,
+    builtins: Vec<Builtin>,
+    /// Sessions that did `initialize`, to tell of changed tools.
+    peers: Mutex<Vec<Peer<RoleServer>>>,
+    /// Bumped whenever the endpoint tools change.
+    tools_version: watch::Sender<u64>,
+}
+
+/// The handler rmcp runs for each session (or, statelessly, each request).
+#[derive(Clone)]
+pub struct Mcp(Arc<Shared>);
+
+/// A built-in operation as a tool, and how its arguments become a request.
+struct Builtin {
+    tool: Tool,
+    scope: Option<Scope>,
+    method: Method,
+    path: &'static str,
+    path_params: Vec<&'static str>,
+    query: Vec<String>,
+    body: BodyArgs,
+}
+
+enum BodyArgs {
+    None,
+    /// These arguments make up the JSON body.
+    Fields(Vec<String>),
+    /// This one argument (an object) is the whole body.
+    Whole(&'static str),
+}
+
+impl Mcp {
+    pub fn new(
+        app: Arc<App>,
+        routes: BoxedFilter<(warp::reply::Response,)>,
+        operations: &[Operation],
+    ) -> Mcp {
+        let builtins = operations
+            .iter()
+            .filter(|op| !NOT_TOOLS.contains(&op.id))
+            .map(builtin)
+            .collect();
+        Mcp(Arc::new(Shared {
+            app,
+            routes,
+            builtins,
+            peers: Mutex::default(),
+            tools_version: watch::channel(0).0,
+        }))
+    }
+
+    /// rmcp's Streamable HTTP service over this handler. `hosts`: the `Host`
+    /// values accepted besides loopback (DNS-rebinding protection).
+    pub fn service(
+        &self,
+        hosts: Vec<String>,
+        max_body: usize,
+        stop: CancellationToken,
+    ) -> McpService {
+        let mut allowed = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+        allowed.extend(hosts);
+        let config = StreamableHttpServerConfig::default()
+            .with_allowed_hosts(allowed)
+            .with_max_request_body_bytes(max_body)
+            .with_cancellation_token(stop);
+        let handler = self.clone();
+        StreamableHttpService::new(
+            move || Ok(handler.clone()),
+            Arc::new(LocalSessionManager::default()),
+            config,
+        )
+    }
+
+    /// Tells clients whenever a sync changes the endpoint tools, until `stop`.
+    pub async fn announce_changes(self, stop: CancellationToken) {
+        let shared = &self.0;
+        let mut generation = shared.app.syncer.subscribe();
+        // Who may see a tool counts too: the lists are per caller.
+        let tools = || -> Vec<(Tool, Scope)> {
+            let registry = shared.app.syncer.registry();
+            endpoint_tools(&registry, &shared.builtins)
+                .into_iter()
+                .map(|(tool, e)| (tool, e.scope))
+                .collect()
+        };
+        let mut last = tools();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = generation.changed() => if changed.is_err() { return },
+            }
+            let now = tools();
+            if now == last {
+                continue;
+            }
+            last = now;
+            shared.tools_version.send_modify(|v| *v += 1);
+            let peers: Vec<Peer<RoleServer>> = {
+                let mut peers = lock(&shared.peers);
+                peers.retain(|p| !p.is_transport_closed());
+                peers.clone()
+            };
+            for peer in peers {
+                if let Err(e) = peer.notify_tool_list_changed().await {
+                    tracing::debug!(error = %e, "a session did not take tools/list_changed");
+                }
+            }
+        }
+    }
+
+    fn tools_for(&self, caller: &Caller) -> Vec<Tool> {
+        let shared = &self.0;
+        let allowed = |scope: Option<Scope>| scope.is_none_or(|s| caller.scopes.contains(s));
+        let mut tools: Vec<Tool> = shared
+            .builtins
+            .iter()
+            .filter(|b| allowed(b.scope))
+            .map(|b| b.tool.clone())
+            .collect();
+        let registry = shared.app.syncer.registry();
+        tools.extend(
+            endpoint_tools(&registry, &shared.builtins)
+                .into_iter()
+                .filter(|(_, e)| allowed(Some(e.scope)))
+                .map(|(tool, _)| tool),
+        );
+        tools
+    }
+
+    /// Sends `method uri` with `body` to the warp routes as `authorization`, and
+    /// turns the answer into a tool result.
+    async fn forward(
+        &self,
+        method: Method,
+        uri: String,
+        body: Option<Value>,
+        authorization: Option<&header::HeaderValue>,
+    ) -> Result<CallToolResult, McpError> {
+        let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut request = Request::builder()
+            .method(HttpMethod::from_bytes(method.as_str().as_bytes()).unwrap_or(HttpMethod::GET))
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, bytes.len());
+        if let Some(auth) = authorization {
+            request = request.header(header::AUTHORIZATION, auth);
+        }
+        let request = request.body(Full::new(Bytes::from(bytes))).map_err(|e| {
+            McpError::invalid_params(format!("cannot build the request: {e}"), None)
+        })?;
+        let mut routes = warp::service(self.0.routes.clone());
+        let response = match routes.call(request).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let answer = serde_json::from_slice::<Value>(&body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+        Ok(match (status.is_success(), answer) {
+            (true, answer @ Value::Object(_)) => CallToolResult::structured(answer),
+            (true, Value::String(text)) => CallToolResult::success(vec![ContentBlock::text(text)]),
+            (true, other) => CallToolResult::success(vec![ContentBlock::text(other.to_string())]),
+            (false, answer @ Value::Object(_)) => CallToolResult::structured_error(answer),
+            (false, other) => CallToolResult::error(vec![ContentBlock::text(other.to_string())]),
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// A built-in operation's tool: path placeholders, query parameters and body
+/// fields all become top-level arguments (the catalogue's test checks no name
+/// is used twice); a body without named fields is one `params` argument.
+fn builtin(op: &Operation) -> Builtin {
+    let mut properties = Map::new();
+    let mut required: Vec<String> = Vec::new();
+    for (name, description) in op.path_params {
+        properties.insert(
+            name.to_string(),
+            json!({"type": "string", "description": description}),
+        );
+        required.push(name.to_string());
+    }
+    let mut merge = |schema: &Value| -> Vec<String> {
+        let names: Vec<String> = schema["properties"]
+            .as_object()
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default();
+        for (name, s) in schema["properties"].as_object().into_iter().flatten() {
+            properties.insert(name.clone(), s.clone());
+        }
+        required.extend(
+            schema["required"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.as_str().map(String::from)),
+        );
+        names
+    };
+    let query = op.query.as_ref().map(&mut merge).unwrap_or_default();
+    let body = match &op.body {
+        None => BodyArgs::None,
+        Some(b) if b["properties"].as_object().is_none_or(|p| p.is_empty()) => {
+            properties.insert("params".into(), b.clone());
+            BodyArgs::Whole("params")
+        }
+        Some(b) => BodyArgs::Fields(merge(b)),
+    };
+    let mut description = op.summary.to_string();
+    if !op.description.is_empty() {
+        description = format!("{description}. {}", op.description);
+    }
+    let schema = json!({"type": "object", "properties": properties, "required": required});
+    let tool = Tool::new(op.id, description, object(schema)).with_annotations(annotations(
+        op.method,
+        op.consequential,
+        op.method == Method::Delete || op.id == "writeFile" || op.id == "revert",
+    ));
+    Builtin {
+        tool,
+        scope: op.scope,
+        method: op.method,
+        path: op.path,
+        path_params: op.path_params.iter().map(|(n, _)| *n).collect(),
+        query,
+        body,
+    }
+}
+
+fn annotations(method: Method, consequential: bool, destructive: bool) -> ToolAnnotations {
+    let read_only = method == Method::Get && !consequential;
+    ToolAnnotations::from_raw(
+        None,
+        Some(read_only),
+        Some(destructive),
+        Some(matches!(method, Method::Get | Method::Put | Method::Delete)),
+        Some(false),
+    )
+}
+
+fn object(schema: Value) -> JsonObject {
+    match schema {
+        Value::Object(m) => m,
+        _ => JsonObject::new(),
+    }
+}
+
+/// The endpoints' tools, in registry order, with the endpoint each calls. An
+/// endpoint is its own name, or `endpoint_<name>` if a built-in tool has it.
+fn endpoint_tools<'r>(registry: &'r Registry, builtins: &[Builtin]) -> Vec<(Tool, &'r Endpoint)> {
+    registry
+        .endpoints()
+        .iter()
+        .map(|e| {
+            let name = if builtins.iter().any(|b| b.tool.name == e.name) {
+                format!("endpoint_{}", e.name)
+            } else {
+                e.name.clone()
+            };
+            let description = format!("{} ({} {})", e.description, e.method.as_str(), e.path);
+            let tool = Tool::new(name, description, object(e.params_schema()))
+                .with_annotations(annotations(e.method, e.consequential, false));
+            (tool, e.as_ref())
+        })
+        .collect()
+}
+
+/// An argument as query-string values.
+fn query_values(value: &Value) -> Vec<String> {
+    match value {
+        Value::Null => Vec::new(),
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items.iter().flat_map(query_values).collect(),
+        other => vec![other.to_string()],
+    }
+}
+
+const PATH_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// The request a built-in tool's arguments make: the URI and the body.
+fn request_of(b: &Builtin, mut args: JsonObject) -> Result<(String, Option<Value>), String> {
+    let mut path = b.path.to_string();
+    for name in &b.path_params {
+        let value = match args.remove(*name) {
+            Some(Value::String(s)) => s,
+            Some(Value::Null) | None => return Err(format!("`{name}` is required")),
+            Some(other) => other.to_string(),
+        };
+        let encoded = percent_encoding::utf8_percent_encode(&value, PATH_VALUE).to_string();
+        path = path.replace(&format!("{{{name}}}"), &encoded);
+    }
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for name in &b.query {
+        if let Some(value) = args.remove(name) {
+            pairs.extend(query_values(&value).into_iter().map(|v| (name.clone(), v)));
+        }
+    }
+    let body = match &b.body {
+        BodyArgs::None => None,
+        BodyArgs::Whole(name) => Some(args.remove(*name).unwrap_or_else(|| json!({}))),
+        BodyArgs::Fields(fields) => Some(Value::Object(
+            fields
+                .iter()
+                .filter_map(|f| args.remove(f).map(|v| (f.clone(), v)))
+                .collect(),
+        )),
+    };
+    // Arguments no part takes go to the query, where the route names them as unknown.
+    for (name, value) in args {
+        pairs.extend(query_values(&value).into_iter().map(|v| (name.clone(), v)));
+    }
+    if !pairs.is_empty() {
+        let query = serde_urlencoded::to_string(&pairs).map_err(|e| e.to_string())?;
+        path = format!("{path}?{query}");
+    }
+    Ok((path, body))
+}
+
+impl ServerHandler for Mcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new("dynapi", env!("CARGO_PKG_VERSION")))
+        .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        let mut peers = lock(&self.0.peers);
+        peers.retain(|p| !p.is_transport_closed());
+        peers.push(context.peer);
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let caller = caller_of(&context)?;
+        Ok(ListToolsResult::with_all_items(self.tools_for(&caller)))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let authorization = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.headers.get(header::AUTHORIZATION))
+            .cloned();
+        let args = request.arguments.unwrap_or_default();
+        let name = request.name.as_ref();
+        if let Some(b) = self.0.builtins.iter().find(|b| b.tool.name == name) {
+            return match request_of(b, args) {
+                Ok((uri, body)) => self
+                    .forward(b.method, uri, body, authorization.as_ref())
+                    .await
+                    .map(Into::into),
+                Err(message) => Ok(CallToolResult::structured_error(
+                    json!({"error": {"code": "bad_request", "message": message}}),
+                )
+                .into()),
+            };
+        }
+        let registry = self.0.app.syncer.registry();
+        let endpoint = endpoint_tools(&registry, &self.0.builtins)
+            .into_iter()
+            .find(|(tool, _)| tool.name == name)
+            .map(|(_, e)| e.name.clone());
+        match endpoint {
+            Some(endpoint) => self
+                .forward(
+                    Method::Post,
+                    format!("/call/{endpoint}"),
+                    Some(Value::Object(args)),
+                    authorization.as_ref(),
+                )
+                .await
+                .map(Into::into),
+            None => Err(McpError::invalid_params(
+                format!("no tool named `{name}`; tools/list names them"),
+                None,
+            )),
+        }
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        _requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        Some(SubscriptionFilter::builder().tools_list_changed().build())
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
+        let mut version = self.0.tools_version.subscribe();
+        loop {
+            tokio::select! {
+                () = context.cancelled() => return Ok(()),
+                changed = version.changed() => if changed.is_err() { return Ok(()) },
+            }
+            if context.sink().notify_tool_list_changed().await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The caller the front checked (`http::front` puts it in the request).
+fn caller_of(context: &RequestContext<RoleServer>) -> Result<Caller, McpError> {
+    context
+        .extensions
+        .get::<http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<Caller>())
+        .cloned()
+        .ok_or_else(|| McpError::internal_error("the request carries no checked caller", None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_argument_has_one_place() {
+        for op in crate::http::catalog::operations() {
+            let b = builtin(&op);
+            let mut names: Vec<String> = b.path_params.iter().map(|n| n.to_string()).collect();
+            names.extend(b.query.iter().cloned());
+            if let BodyArgs::Fields(fields) = &b.body {
+                names.extend(fields.iter().cloned());
+            }
+            let count = names.len();
+            names.sort();
+            names.dedup();
+            assert_eq!(
+                names.len(),
+                count,
+                "{}: an argument name is used twice",
+                op.id
+            );
+        }
+    }
+
+    #[test]
+    fn arguments_become_path_query_and_body() {
+        let ops = crate::http::catalog::operations();
+        let find = |id: &str| builtin(ops.iter().find(|o| o.id == id).unwrap());
+        let args = |v: Value| object(v);
+        let (uri, body) = request_of(
+            &find("writeFile"),
+            args(json!({"path": "src/a b.rs", "content": "x", "message": "m"})),
+        )
+        .unwrap();
+        assert_eq!(uri, "/files/src%2Fa%20b.rs");
+        assert_eq!(body, Some(json!({"content": "x", "message": "m"})));
+        let (uri, body) = request_of(
+            &find("readFile"),
+            args(json!({"path": "a.md", "offset": 10})),
+        )
+        .unwrap();
+        assert_eq!((uri.as_str(), body), ("/files/a.md?offset=10", None));
+        let (uri, body) = request_of(
+            &find("callEndpoint"),
+            args(json!({"name": "hello", "async": true, "params": {"name": "Ada"}})),
+        )
+        .unwrap();
+        assert_eq!(uri, "/call/hello?async=true");
+        assert_eq!(body, Some(json!({"name": "Ada"})));
+        assert!(request_of(&find("readFile"), args(json!({}))).is_err());
+    }
+}
