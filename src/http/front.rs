@@ -174,6 +174,12 @@ pub async fn run(listener: tokio::net::TcpListener, front: Front, stop: impl Fut
             },
             () = &mut stop => break,
         };
+        // Event streams are written in pieces (headers, each event, the end):
+        // without this, Nagle's algorithm holds each piece for the client's
+        // delayed ACK, 40 ms a request.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
         let front = front.clone();
         let service = hyper::service::service_fn(move |req| {
             let front = front.clone();
