@@ -99,6 +99,15 @@ pub struct ServeArgs {
     /// Scripts running at once; more callers wait briefly, then get 429.
     #[arg(long, env = "DYNAPI_MAX_SCRIPTS", default_value_t = 16)]
     pub max_scripts: usize,
+    /// Memory (data) each script process may use, e.g. 512MiB, 2GiB.
+    #[arg(long, env = "DYNAPI_SCRIPT_MEMORY", default_value = "1GiB", value_parser = parse_size)]
+    pub script_memory: u64,
+    /// Largest file a script may write.
+    #[arg(long, env = "DYNAPI_SCRIPT_FILE_SIZE", default_value = "1GiB", value_parser = parse_size)]
+    pub script_file_size: u64,
+    /// Processes and threads one script run may start (the kernel counts them per user and exempts root).
+    #[arg(long, env = "DYNAPI_SCRIPT_PROCESSES", default_value_t = 256)]
+    pub script_processes: u64,
     /// On SIGTERM or Ctrl-C, how long running requests may finish before scripts are killed.
     #[arg(long, env = "DYNAPI_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -130,6 +139,25 @@ pub struct ServeArgs {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("`{s}` is not a duration like 500ms, 30s, 5m, 1h: {e}"))
+}
+
+/// Sizes are written in bytes or with a unit: `512KiB`, `64MiB`, `1GiB` (or
+/// `K`, `M`, `G`, the same powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &s[digits.len()..];
+    let shift = match unit {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        _ => return Err(format!("`{s}`: write a size like 512MiB or 1GiB")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("`{s}`: write a size like 512MiB or 1GiB"))
 }
 
 /// Everything `serve` needs, resolved.
@@ -237,6 +265,11 @@ impl Config {
         config.public_url = args.public_url.clone();
         config.branch = args.branch.clone();
         config.limits.max_running = args.max_scripts.max(1);
+        config.limits.sandbox = crate::sandbox::Limits {
+            memory: args.script_memory,
+            file_size: args.script_file_size,
+            processes: args.script_processes.max(1),
+        };
         config.shutdown_grace = args.shutdown_grace;
         config.job_after = args.job_after;
         config.job_keep = args.job_keep;

@@ -2,9 +2,11 @@
 //!
 //! A script is started with duct, never through a shell: the program and its argv
 //! come from a checked `Invocation`. Each run gets a scrubbed environment, the
-//! workspace as its working directory, its own process group (so a timeout kills
-//! the script and every child it started), stdout and stderr each capped, and a
-//! slot from a global limit; callers that find no free slot within a short wait are
+//! workspace as its working directory, its own temporary folder (`TMPDIR` and
+//! `HOME`, removed after the run), its own process group (so a timeout kills the
+//! script and every child it started), the sandbox (`sandbox.rs`, entered between
+//! fork and exec), stdout and stderr each capped, and a slot from a global limit
+//! and from its endpoint's; callers that find no free slot within a short wait are
 //! told to come back later instead of queueing without bound.
 //!
 //! The waiting is blocking (duct is built on std), so it runs on tokio's blocking
@@ -12,16 +14,18 @@
 //! kept in its `Live` record, readable while it runs (jobs page through it) and
 //! cancellable (its process group is killed).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::sandbox::{self, Sandbox, SandboxError};
 
 /// PATH given to scripts: the system's, never the daemon's own.
 const SCRIPT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -37,6 +41,8 @@ pub struct Limits {
     pub queue_wait: Duration,
     /// Bytes kept of stdout, and of stderr, per run.
     pub output_cap: usize,
+    /// Memory, file size and process limits of the sandbox.
+    pub sandbox: sandbox::Limits,
 }
 
 impl Default for Limits {
@@ -45,19 +51,39 @@ impl Default for Limits {
             max_running: 16,
             queue_wait: Duration::from_secs(2),
             output_cap: 1 << 20,
+            sandbox: sandbox::Limits::default(),
         }
     }
 }
 
+/// Who ran what, for the audit log and the metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Tag {
+    /// The token's name.
+    pub token: String,
+    /// The endpoint, or `scripts/<name>` for a script run without one.
+    pub name: String,
+    /// The commit served when it started.
+    pub commit: String,
+}
+
+/// Told of every run's end.
+pub type Observer = Arc<dyn Fn(&Tag, &Result<Finished, ExecError>) + Send + Sync>;
+
 /// One script to run.
 #[derive(Debug, Clone)]
 pub struct Job {
+    pub tag: Tag,
     pub program: PathBuf,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub stdin: Vec<u8>,
     pub cwd: PathBuf,
     pub timeout: Duration,
+    /// What the sandbox lets the script do.
+    pub sandbox: sandbox::Policy,
+    /// The endpoint's own limit on runs at once: its name and the limit.
+    pub concurrency: Option<(String, usize)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,11 +187,18 @@ impl Live {
 pub enum ExecError {
     #[error("all {0} script slots are busy")]
     Busy(usize),
+    #[error("`{name}` already runs {limit} times at once, its limit")]
+    EndpointBusy { name: String, limit: usize },
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
     #[error("the daemon is shutting down")]
     ShuttingDown,
     #[error("could not start `{program}`: {source}")]
     Spawn { program: String, source: io::Error },
 }
+
+/// One endpoint's slots, and the limit they were made for.
+type EndpointSlots = (usize, Arc<Semaphore>);
 
 /// Starts scripts within the limits and remembers their process groups, so that
 /// shutdown can kill what is still running.
@@ -173,16 +206,33 @@ pub enum ExecError {
 pub struct Exec {
     limits: Limits,
     slots: Arc<Semaphore>,
+    /// Each endpoint's slots, by name, with the limit they were made for.
+    endpoint_slots: Arc<Mutex<HashMap<String, EndpointSlots>>>,
     running: Arc<Mutex<HashSet<i32>>>,
+    sandbox: Arc<Sandbox>,
+    observer: Option<Observer>,
 }
 
 impl Exec {
     pub fn new(limits: Limits) -> Exec {
         Exec {
             slots: Arc::new(Semaphore::new(limits.max_running)),
+            sandbox: Arc::new(Sandbox::new(limits.sandbox.clone())),
             limits,
+            endpoint_slots: Arc::default(),
             running: Arc::default(),
+            observer: None,
         }
+    }
+
+    /// The same, telling `observer` of every run's end.
+    pub fn observed(mut self, observer: Observer) -> Exec {
+        self.observer = Some(observer);
+        self
+    }
+
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
     }
 
     pub fn limits(&self) -> &Limits {
@@ -203,20 +253,69 @@ impl Exec {
     /// Starts `job` once a slot is free (waiting at most `queue_wait`) and returns
     /// at once; the script runs on even if the `Running` is dropped.
     pub async fn start(&self, job: Job) -> Result<Running, ExecError> {
-        let permit =
-            tokio::time::timeout(self.limits.queue_wait, self.slots.clone().acquire_owned())
-                .await
-                .map_err(|_| ExecError::Busy(self.limits.max_running))?
-                .map_err(|_| ExecError::ShuttingDown)?;
+        self.sandbox.check(job.sandbox.mode)?;
+        let endpoint_permit = match &job.concurrency {
+            Some((name, limit)) => Some(self.endpoint_slot(name, *limit).await?),
+            None => None,
+        };
+        let permit = self
+            .slot(&self.slots)
+            .await?
+            .ok_or(ExecError::Busy(self.limits.max_running))?;
         let running = self.running.clone();
+        let sandbox = self.sandbox.clone();
         let live = Arc::new(Live::new(self.limits.output_cap));
         let task_live = live.clone();
+        let observer = self.observer.clone();
         let task = tokio::task::spawn_blocking(move || {
-            let result = run_blocking(job, &task_live, &running);
-            drop(permit);
+            let tag = job.tag.clone();
+            let result = run_blocking(job, &sandbox, &task_live, &running);
+            drop((permit, endpoint_permit));
+            if let Some(observer) = observer {
+                observer(&tag, &result);
+            }
             result
         });
         Ok(Running { live, task })
+    }
+
+    /// A slot of `slots` within `queue_wait`; `None` when none came free.
+    async fn slot(
+        &self,
+        slots: &Arc<Semaphore>,
+    ) -> Result<Option<OwnedSemaphorePermit>, ExecError> {
+        match tokio::time::timeout(self.limits.queue_wait, slots.clone().acquire_owned()).await {
+            Err(_) => Ok(None),
+            Ok(Ok(permit)) => Ok(Some(permit)),
+            Ok(Err(_)) => Err(ExecError::ShuttingDown),
+        }
+    }
+
+    async fn endpoint_slot(
+        &self,
+        name: &str,
+        limit: usize,
+    ) -> Result<OwnedSemaphorePermit, ExecError> {
+        let slots = {
+            let mut all = self
+                .endpoint_slots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let entry = all
+                .entry(name.to_string())
+                .or_insert_with(|| (limit, Arc::new(Semaphore::new(limit))));
+            if entry.0 != limit {
+                // The manifest changed its limit: runs under the old one finish on it.
+                *entry = (limit, Arc::new(Semaphore::new(limit)));
+            }
+            entry.1.clone()
+        };
+        self.slot(&slots)
+            .await?
+            .ok_or_else(|| ExecError::EndpointBusy {
+                name: name.to_string(),
+                limit,
+            })
     }
 
     /// Refuses new runs; those waiting for a slot get `ShuttingDown`.
@@ -245,24 +344,46 @@ fn kill_group(pgid: i32) {
     }
 }
 
-fn base_env(job: &Job) -> Vec<(String, String)> {
-    let cwd = job.cwd.to_string_lossy().into_owned();
+fn base_env(job: &Job, tmp: &Path) -> Vec<(String, String)> {
+    let tmp = tmp.to_string_lossy().into_owned();
     let mut env = vec![
         ("PATH".to_string(), SCRIPT_PATH.to_string()),
-        ("HOME".to_string(), cwd.clone()),
+        ("HOME".to_string(), tmp.clone()),
         ("LANG".to_string(), "C.UTF-8".to_string()),
+        ("TMPDIR".to_string(), tmp),
         (
-            "TMPDIR".to_string(),
-            std::env::temp_dir().to_string_lossy().into_owned(),
+            "DYNAPI_WORKSPACE".to_string(),
+            job.cwd.to_string_lossy().into_owned(),
         ),
-        ("DYNAPI_WORKSPACE".to_string(), cwd),
     ];
     env.extend(job.env.iter().cloned());
     env
 }
 
+/// A run's own temporary folder (mode 0700), removed with everything in it when
+/// dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> io::Result<TempDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).map_err(|e| io::Error::other(e.to_string()))?;
+        let path = std::env::temp_dir().join(format!("dynapi-run-{}", hex::encode(bytes)));
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn run_blocking(
     job: Job,
+    sandbox: &Sandbox,
     live: &Live,
     running: &Mutex<HashSet<i32>>,
 ) -> Result<Finished, ExecError> {
@@ -272,6 +393,9 @@ fn run_blocking(
         program: job.program.to_string_lossy().into_owned(),
         source,
     };
+    let tmp = TempDir::new().map_err(spawn_error)?;
+    let prepared = sandbox.prepare(&job.sandbox, &job.cwd, &tmp.0, job.timeout)?;
+    let enter = prepared.enter();
     let (out_read, out_write) = os_pipe::pipe().map_err(spawn_error)?;
     let (err_read, err_write) = os_pipe::pipe().map_err(spawn_error)?;
     let handle = {
@@ -289,15 +413,21 @@ fn run_blocking(
         };
         let expression = expression
             .dir(&job.cwd)
-            .full_env(base_env(&job))
+            .full_env(base_env(&job, &tmp.0))
             .stdout_file(out_write)
             .stderr_file(err_write)
             .unchecked()
-            .before_spawn(|cmd| {
+            .before_spawn(move |cmd| {
                 cmd.process_group(0);
+                let enter = enter.clone();
+                // SAFETY: `apply` makes only async-signal-safe system calls and
+                // allocates nothing (the clone above happens before the fork).
+                unsafe { cmd.pre_exec(move || enter.apply()) };
                 Ok(())
             });
-        expression.start().map_err(spawn_error)?
+        let handle = expression.start().map_err(spawn_error)?;
+        drop(prepared);
+        handle
     };
     let pgid = handle.pids().first().copied().unwrap_or(0) as i32;
     if let Ok(mut r) = running.lock() {
@@ -452,12 +582,19 @@ mod tests {
 
     fn job(script: &str, timeout: Duration) -> Job {
         Job {
+            tag: Tag::default(),
             program: "/bin/sh".into(),
             args: vec!["-c".into(), script.into()],
             env: vec![("GREETING".into(), "hi".into())],
             stdin: b"{\"a\":1}".to_vec(),
             cwd: std::env::temp_dir(),
             timeout,
+            // These tests are about processes; the sandbox has its own.
+            sandbox: sandbox::Policy {
+                mode: sandbox::Mode::Off,
+                ..sandbox::Policy::default()
+            },
+            concurrency: None,
         }
     }
 

@@ -21,6 +21,7 @@
 //! `serve` takes a bound listener and a shutdown token, so tests run the real
 //! daemon on `127.0.0.1:0`.
 
+pub mod audit;
 pub mod auth;
 pub mod commands;
 pub mod config;
@@ -28,8 +29,10 @@ pub mod exec;
 pub mod http;
 pub mod jobs;
 pub mod manifest;
+pub mod metrics;
 pub mod openapi;
 pub mod registry;
+pub mod sandbox;
 pub mod source;
 pub mod sql;
 pub mod webhook;
@@ -66,7 +69,43 @@ pub struct App {
     pub deliveries: webhook::Deliveries,
     /// Tokens that do not come from the repository: `DYNAPI_TOKEN` or the generated one.
     pub tokens: Vec<TokenEntry>,
+    /// Every write, script run and SQL statement, one JSON line each.
+    pub audit: Arc<audit::Audit>,
+    pub metrics: Arc<metrics::Metrics>,
     pub started: Instant,
+}
+
+/// The audit log is rotated at this size, and this many old files are kept.
+const AUDIT_FILE_BYTES: u64 = 16 << 20;
+const AUDIT_FILES_KEPT: usize = 5;
+
+/// Each script run's end, in the audit log and the metrics.
+fn observe_runs(audit: Arc<audit::Audit>, metrics: Arc<metrics::Metrics>) -> exec::Observer {
+    Arc::new(move |tag, result| {
+        let (outcome, duration) = match result {
+            Ok(f) => (
+                match f.exit {
+                    exec::Exit::Code(0) => "ok",
+                    exec::Exit::Code(_) => "failed",
+                    exec::Exit::Signal(_) => "killed",
+                    exec::Exit::TimedOut => "timeout",
+                },
+                f.duration,
+            ),
+            Err(_) => ("error", std::time::Duration::ZERO),
+        };
+        metrics.script(&tag.name, outcome, duration.as_secs_f64());
+        audit.record(&audit::Entry {
+            token: &tag.token,
+            operation: "run",
+            target: &tag.name,
+            commit: Some(&tag.commit)
+                .filter(|c| !c.is_empty())
+                .map(String::as_str),
+            duration,
+            outcome,
+        });
+    })
 }
 
 /// Bytes of output the finished jobs keep together; past it the oldest go.
@@ -146,7 +185,13 @@ impl App {
             github,
             workspace: workspace.clone(),
         });
-        let syncer = Arc::new(Syncer::new(repo.clone(), remote));
+        let metrics = Arc::new(metrics::Metrics::new());
+        let audit = Arc::new(audit::Audit::new(
+            workspace.state_dir(),
+            AUDIT_FILE_BYTES,
+            AUDIT_FILES_KEPT,
+        ));
+        let syncer = Arc::new(Syncer::new(repo.clone(), remote, metrics.clone()));
         let report = syncer.sync(Trigger::Startup).await;
         if let Some(e) = report.error {
             anyhow::bail!(
@@ -155,7 +200,10 @@ impl App {
             );
         }
         let app = Arc::new(App {
-            exec: Exec::new(config.limits.clone()),
+            exec: Exec::new(config.limits.clone())
+                .observed(observe_runs(audit.clone(), metrics.clone())),
+            audit,
+            metrics,
             jobs: jobs::Jobs::new(config.job_keep, JOB_OUTPUT_BUDGET),
             sql: sql::Sql::default(),
             deliveries: webhook::Deliveries::default(),
@@ -167,6 +215,11 @@ impl App {
             config,
             started: Instant::now(),
         });
+        tracing::info!(
+            "sandbox: `{}` in dynapi.yaml; {}",
+            app.syncer.registry().settings.sandbox,
+            app.exec.sandbox().describe()
+        );
         Ok(Started {
             app,
             new_token,

@@ -32,6 +32,7 @@ pub struct RawManifest {
     pub is_async: bool,
     pub consequential: Option<bool>,
     pub scope: Option<String>,
+    pub concurrency: Option<u64>,
     pub sandbox: Option<RawSandbox>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -76,6 +77,7 @@ pub struct RawSettings {
     #[serde(default)]
     pub databases: std::collections::BTreeMap<String, RawDatabase>,
     pub policy: Option<RawPolicy>,
+    pub sandbox: Option<String>,
 }
 
 /// How writes reach the branch in GitHub mode: `commit` or `pull_request`.

@@ -158,10 +158,20 @@ enum ArgPart {
     Param(String),
 }
 
+/// What a manifest's `sandbox:` allows.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
     pub network: bool,
     pub writable: Vec<String>,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Sandbox {
+            network: false,
+            writable: vec![".".to_string()],
+        }
+    }
 }
 
 /// A checked endpoint: valid by construction.
@@ -179,6 +189,8 @@ pub struct Endpoint {
     pub is_async: bool,
     pub consequential: bool,
     pub scope: Scope,
+    /// Runs of this endpoint at once; more callers get 429.
+    pub concurrency: usize,
     pub sandbox: Sandbox,
     pub env: Vec<(String, String)>,
     /// The manifest file this endpoint came from, relative to the repository root.
@@ -196,7 +208,13 @@ pub struct Settings {
     pub endpoints_by_pull_request: bool,
     /// GitHub mode: file changes go through a pull request.
     pub files_by_pull_request: bool,
+    /// How strictly scripts are sandboxed.
+    pub sandbox: crate::sandbox::Mode,
 }
+
+/// Runs of one endpoint at once unless its manifest says `concurrency:`.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+const MAX_CONCURRENCY: u64 = 256;
 
 /// The name of the database a request gets when it names none.
 pub const DEFAULT_DATABASE: &str = "default";
@@ -218,6 +236,7 @@ impl Default for Settings {
             tokens: Vec::new(),
             endpoints_by_pull_request: false,
             files_by_pull_request: false,
+            sandbox: crate::sandbox::Mode::default(),
             databases: BTreeMap::from([(
                 DEFAULT_DATABASE.to_string(),
                 Database {
@@ -391,6 +410,12 @@ fn check_settings(text: &str, problems: &mut Vec<Problem>) -> Settings {
     };
     let raw = parsed.value;
     let mut settings = Settings::default();
+    if let Some(mode) = raw.sandbox {
+        match mode.parse() {
+            Ok(mode) => settings.sandbox = mode,
+            Err(e) => check.at("sandbox", e),
+        }
+    }
     if let Some(t) = raw.defaults.and_then(|d| d.timeout) {
         if let Some(t) = check.duration("defaults.timeout", &t) {
             settings.default_timeout = t;
@@ -675,6 +700,17 @@ impl Check<'_> {
                 Scope::Run
             }),
         };
+        let concurrency = match raw.concurrency {
+            None => DEFAULT_CONCURRENCY,
+            Some(n @ 1..=MAX_CONCURRENCY) => n as usize,
+            Some(n) => {
+                self.at(
+                    "concurrency",
+                    format!("`{n}` runs at once is out of range; write 1 to {MAX_CONCURRENCY}"),
+                );
+                DEFAULT_CONCURRENCY
+            }
+        };
         let raw_sandbox = raw.sandbox.unwrap_or_default();
         let writable = raw_sandbox
             .writable
@@ -729,6 +765,7 @@ impl Check<'_> {
             timeout,
             is_async: raw.is_async,
             scope,
+            concurrency,
             sandbox: Sandbox {
                 network: raw_sandbox.network.unwrap_or(false),
                 writable,

@@ -282,6 +282,12 @@ pub fn operations() -> Vec<Operation> {
             ..op("root", Method::Get, "/", "Who is answering", None)
         },
         Operation {
+            description: "Prometheus metrics in the OpenMetrics text format: requests by route and status, latencies, script runs, syncs, the commit served.",
+            answer: json!({"type": "string", "description": "OpenMetrics text."}),
+            gpt: false,
+            ..op("metrics", Method::Get, "/metrics", "Prometheus metrics", Some(Scope::Read))
+        },
+        Operation {
             answer: answer(&[("status", "string", "")]),
             gpt: false,
             ..op("healthz", Method::Get, "/healthz", "Liveness", None)

@@ -33,12 +33,13 @@ use super::{
 };
 use crate::auth::Caller;
 use crate::auth::Scope;
-use crate::exec::{ExecError, Exit, Finished, Job};
+use crate::exec::{ExecError, Exit, Finished, Job, Tag};
 use crate::jobs;
 use crate::manifest::{self, RawManifest};
 use crate::registry::{
     self, Endpoint, FileKind, Method, Registry, Snapshot, MANIFEST_DIR, RESERVED_SEGMENTS,
 };
+use crate::sandbox;
 use crate::source::change::{Applied, Change, Delivery, Op, Validation};
 use crate::source::sync::{SyncReport, Trigger};
 use crate::App;
@@ -199,7 +200,7 @@ async fn add_endpoint(
         ops,
         validation: Validation::Strict,
     };
-    let (committed, report) = match apply_and_serve(&app, change, delivery).await? {
+    let (committed, report) = match apply_and_serve(&app, &caller, change, delivery).await? {
         Ok(served) => served,
         Err(proposed) => return Ok(proposed),
     };
@@ -264,7 +265,7 @@ fn delete(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
                             validation: Validation::NoNewProblems,
                         };
                         let (committed, report) =
-                            match apply_and_serve(&app, change, delivery).await? {
+                            match apply_and_serve(&app, &caller, change, delivery).await? {
                                 Ok(served) => served,
                                 Err(proposed) => return Ok(proposed),
                             };
@@ -302,10 +303,11 @@ fn endpoint_delivery(app: &App, mode: Option<&str>) -> Result<Delivery, ApiError
 /// answer saying where it waits.
 async fn apply_and_serve(
     app: &App,
+    caller: &Caller,
     change: Change,
     delivery: Delivery,
 ) -> Result<Result<(Applied, SyncReport), Response>, ApiError> {
-    let applied = app.writer.apply_as(change, delivery).await?;
+    let applied = super::files::apply(app, caller, change, delivery).await?;
     if let Some(url) = &applied.pull_request {
         return Ok(Err(warp::reply::with_status(
             warp::reply::json(&json!({
@@ -505,15 +507,23 @@ async fn invoke(
     let program = app.workspace.resolve(&endpoint.script)?;
     let mut env = invocation.env;
     env.extend(endpoint.env.iter().cloned());
+    let registry = app.syncer.registry();
     let running = app
         .exec
         .start(Job {
+            tag: Tag {
+                token: caller.token_name.clone(),
+                name: endpoint.name.clone(),
+                commit: registry.commit.clone(),
+            },
             program,
             args: invocation.args,
             env,
             stdin: invocation.stdin,
             cwd: app.workspace.root().to_path_buf(),
             timeout: endpoint.timeout,
+            sandbox: policy(app, registry.settings.sandbox, &endpoint.sandbox)?,
+            concurrency: Some((endpoint.name.clone(), endpoint.concurrency)),
         })
         .await?;
     let job = jobs::Job::follow(endpoint, &caller.token_name, running);
@@ -551,6 +561,35 @@ async fn invoke(
         location,
     )
     .into_response())
+}
+
+/// What the sandbox lets a script do, its `writable` paths resolved in the
+/// workspace (a folder named there that does not exist yet is made, so that the
+/// script may write in it).
+pub(super) fn policy(
+    app: &App,
+    mode: sandbox::Mode,
+    wanted: &registry::Sandbox,
+) -> Result<sandbox::Policy, ApiError> {
+    let mut writable = Vec::new();
+    for w in &wanted.writable {
+        if w == "." {
+            writable.push(sandbox::Writable::Workspace);
+            continue;
+        }
+        let path = app.workspace.resolve(w)?;
+        if !path.exists() {
+            std::fs::create_dir_all(&path).map_err(|e| {
+                ApiError::internal(format!("could not make the writable folder `{w}`: {e}"))
+            })?;
+        }
+        writable.push(sandbox::Writable::Path(path));
+    }
+    Ok(sandbox::Policy {
+        mode,
+        writable,
+        network: wanted.network,
+    })
 }
 
 /// The answer of a run that ended (see the module doc), also what a finished

@@ -11,6 +11,7 @@ use warp::reply::{Reply, Response};
 
 use crate::exec::ExecError;
 use crate::manifest::Problem;
+use crate::sandbox::SandboxError;
 use crate::source::change::ChangeError;
 use crate::source::github::GitHubError;
 use crate::sql::SqlError;
@@ -216,7 +217,15 @@ impl From<ExecError> for ApiError {
 impl From<&ExecError> for ApiError {
     fn from(e: &ExecError) -> Self {
         match e {
-            ExecError::Busy(_) => ApiError::busy(1, format!("{e}; retry in a second")),
+            ExecError::Busy(_) | ExecError::EndpointBusy { .. } => {
+                ApiError::busy(1, format!("{e}; retry in a second"))
+            }
+            ExecError::Sandbox(SandboxError::Unavailable(_)) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sandbox_unavailable",
+                e.to_string(),
+            ),
+            ExecError::Sandbox(SandboxError::Setup(_)) => ApiError::internal(e),
             ExecError::ShuttingDown => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",

@@ -203,22 +203,69 @@ pub(crate) async fn commit_as(
     ops: Vec<Op>,
     mode: Option<&str>,
 ) -> Result<Applied, ApiError> {
+    // dynapi.yaml grants tokens and sets the sandbox: changing it is an admin's
+    // call, whatever else the token may write.
+    let settings = ops
+        .iter()
+        .flat_map(Op::paths)
+        .any(|p| app.workspace.normalize(p).is_ok_and(|p| p == SETTINGS_FILE));
+    if settings && !caller.scopes.contains(Scope::Admin) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{SETTINGS_FILE} grants tokens and sets the sandbox, so changing it needs the `admin` scope; the token `{}` has: {}",
+                caller.token_name,
+                caller.scopes.names().join(", ")
+            ),
+        ));
+    }
     let policy = app.syncer.registry().settings.files_by_pull_request;
     let delivery = delivery(app, mode, policy)?;
-    let applied = app
-        .writer
-        .apply_as(
-            Change {
-                message,
-                author: author_for(caller),
-                ops,
-                validation: Validation::NoNewProblems,
-            },
-            delivery,
-        )
-        .await?;
+    let change = Change {
+        message,
+        author: author_for(caller),
+        ops,
+        validation: Validation::NoNewProblems,
+    };
+    let applied = apply(app, caller, change, delivery).await?;
     settle(app, &applied).await;
     Ok(applied)
+}
+
+/// Applies `change` through the writer and records it in the audit log, whether
+/// it was taken or refused.
+pub(crate) async fn apply(
+    app: &App,
+    caller: &Caller,
+    change: Change,
+    delivery: Delivery,
+) -> Result<Applied, ApiError> {
+    let started = std::time::Instant::now();
+    let target = change
+        .ops
+        .iter()
+        .flat_map(Op::paths)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let result = app
+        .writer
+        .apply_as(change, delivery)
+        .await
+        .map_err(ApiError::from);
+    app.audit.record(&crate::audit::Entry {
+        token: &caller.token_name,
+        operation: "write",
+        target: &target,
+        commit: result.as_ref().ok().map(|a| a.commit.as_str()),
+        duration: started.elapsed(),
+        outcome: match &result {
+            Ok(a) if a.pull_request.is_some() => "pull_request",
+            Ok(_) => "ok",
+            Err(e) => e.code,
+        },
+    });
+    result
 }
 
 /// How a write reaches the branch: the request's `mode` (`commit` or

@@ -40,7 +40,14 @@ use crate::App;
 pub type McpService = StreamableHttpService<Mcp, LocalSessionManager>;
 
 /// Catalogue operations that are not tools: meta routes, and raw bytes.
-pub const NOT_TOOLS: &[&str] = &["root", "healthz", "readyz", "openapi", "downloadFile"];
+pub const NOT_TOOLS: &[&str] = &[
+    "root",
+    "healthz",
+    "readyz",
+    "openapi",
+    "downloadFile",
+    "metrics",
+];
 
 /// What a client is told at `initialize`.
 const INSTRUCTIONS: &str = "Tools to work on a software project kept in git. Read before you write: readFile gives an etag; pass it as if_match when you write or edit that file. Prefer editFile (exact text) to writeFile for existing files. Every write is a commit: say what and why in message. The project's own endpoints are tools too (listEndpoints describes them); addEndpoint adds one. A long run answers a job_id: read it with getJob. When an answer says truncated, ask again with offset = next_offset.";

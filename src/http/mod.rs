@@ -55,10 +55,11 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(meta::routes(app.clone()))
         .unify()
-        .or(endpoints::routes(app))
+        .or(endpoints::routes(app.clone()))
         .unify()
         .recover(error::handle_rejection)
         .unify();
+    let observed = app.clone();
     request_id()
         .and(api)
         .map(|id: String, mut response: Response| {
@@ -67,7 +68,17 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
             }
             response
         })
-        .with(warp::log::custom(|info| {
+        .with(warp::log::custom(move |info| {
+            let registry = observed.syncer.registry();
+            let route = observed
+                .metrics
+                .route(info.method().as_str(), info.path(), &registry);
+            observed.metrics.request(
+                route,
+                info.method().as_str(),
+                info.status().as_u16(),
+                info.elapsed().as_secs_f64(),
+            );
             tracing::info!(
                 target: "dynapi::request",
                 method = %info.method(),

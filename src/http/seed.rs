@@ -9,9 +9,10 @@ use serde_json::json;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use super::{auth, parse_json, respond, with_app, with_body, ApiError, Auth};
+use super::{auth, endpoints, parse_json, respond, with_app, with_body, ApiError, Auth};
 use crate::auth::{Caller, Scope};
-use crate::exec::{Exit, Job};
+use crate::exec::{Exit, Job, Tag};
+use crate::registry;
 use crate::source::change::ChangeError;
 use crate::source::repo::Author;
 use crate::source::sync::Trigger;
@@ -78,7 +79,7 @@ fn run_script(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
         .then(|auth: Auth, app: Arc<App>, body| async move {
             respond(
                 async {
-                    auth.require(Scope::Run)?;
+                    let caller = auth.require(Scope::Run)?;
                     let req: RunScript = parse_json(body)?;
                     if req.script_name.is_empty() {
                         return Err(ApiError::bad_request(
@@ -99,16 +100,27 @@ fn run_script(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
                             req.script_name
                         )));
                     }
-                    let timeout = app.syncer.registry().settings.default_timeout;
+                    let registry = app.syncer.registry();
+                    let settings = &registry.settings;
+                    // A script without a manifest gets a manifest's defaults.
+                    let sandbox =
+                        endpoints::policy(&app, settings.sandbox, &registry::Sandbox::default())?;
                     let finished = app
                         .exec
                         .run(Job {
+                            tag: Tag {
+                                token: caller.token_name.clone(),
+                                name: format!("scripts/{}", req.script_name),
+                                commit: registry.commit.clone(),
+                            },
                             program,
                             args: req.args,
                             env: Vec::new(),
                             stdin: Vec::new(),
                             cwd: app.workspace.root().to_path_buf(),
-                            timeout,
+                            timeout: settings.default_timeout,
+                            sandbox,
+                            concurrency: None,
                         })
                         .await?;
                     let return_code = match finished.exit {

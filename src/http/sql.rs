@@ -109,7 +109,22 @@ fn run(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> +
                             .unwrap_or(TIMEOUT)
                             .clamp(Duration::from_millis(10), TIMEOUT),
                     };
-                    let answer = app.sql.run(&app.workspace, &name, &db, request).await?;
+                    let target = format!("{name}: {}", request.query);
+                    let started = std::time::Instant::now();
+                    let answer = app
+                        .sql
+                        .run(&app.workspace, &name, &db, request)
+                        .await
+                        .map_err(ApiError::from);
+                    app.audit.record(&crate::audit::Entry {
+                        token: &caller.token_name,
+                        operation: "sql",
+                        target: &target,
+                        commit: None,
+                        duration: started.elapsed(),
+                        outcome: answer.as_ref().map_or_else(|e| e.code, |_| "ok"),
+                    });
+                    let answer = answer?;
                     let mut response = Response::new(answer.to_json().into());
                     response
                         .headers_mut()

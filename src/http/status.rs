@@ -10,6 +10,7 @@ use warp::{Filter, Rejection};
 
 use super::{auth, respond, with_app, ApiError, Auth};
 use crate::auth::Scope;
+use crate::sandbox;
 use crate::source::sync::Trigger;
 use crate::App;
 
@@ -21,8 +22,28 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
         .unify()
         .or(status(app.clone()))
         .unify()
-        .or(sync(app))
+        .or(sync(app.clone()))
         .unify()
+        .or(metrics(app))
+        .unify()
+}
+
+/// GET /metrics — Prometheus metrics (OpenMetrics text); needs a `read` token,
+/// which a scraper sends with `authorization: {credentials: ...}`.
+fn metrics(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("metrics")
+        .and(warp::get())
+        .and(auth(app.clone()))
+        .and(with_app(app))
+        .map(|auth: Auth, app: Arc<App>| {
+            respond(auth.require(Scope::Read).map(|_| {
+                warp::reply::with_header(
+                    app.metrics.render(),
+                    "content-type",
+                    crate::metrics::CONTENT_TYPE,
+                )
+            }))
+        })
 }
 
 /// GET / — public: what is running, and which commit it serves.
@@ -93,10 +114,40 @@ fn status(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
                         "sync_failures": status.failures,
                         "scripts_running": app.exec.running(),
                     },
+                    "sandbox": sandbox_status(&app, registry.settings.sandbox),
                     "uptime_seconds": app.started.elapsed().as_secs(),
                 }))
             }))
         })
+}
+
+/// What the kernel offers the sandbox, what `dynapi.yaml` asks for, and so what
+/// is enforced on every script.
+fn sandbox_status(app: &App, mode: sandbox::Mode) -> serde_json::Value {
+    let sandbox = app.exec.sandbox();
+    let support = sandbox.support();
+    let limits = sandbox.limits();
+    let on = mode != sandbox::Mode::Off;
+    json!({
+        "mode": mode,
+        "scripts_run": sandbox.check(mode).is_ok(),
+        "landlock_abi": support.landlock_abi,
+        "enforced": {
+            "filesystem": on && support.filesystem,
+            "network": on && support.network,
+            "signals": on && support.scopes,
+            "processes": on && support.processes,
+            "memory": on,
+            "file_size": on,
+            "no_new_privs": on,
+        },
+        "limits": {
+            "memory_bytes": limits.memory,
+            "file_size_bytes": limits.file_size,
+            "processes": limits.processes,
+        },
+        "missing": if on { support.missing.clone() } else { vec!["`sandbox: off` in dynapi.yaml".to_string()] },
+    })
 }
 
 /// POST /sync — fetch and reload now; answers the commit served and any problems.

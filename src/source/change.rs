@@ -63,6 +63,16 @@ pub enum Op {
 }
 
 impl Op {
+    /// The paths this operation writes, as the request named them.
+    pub fn paths(&self) -> Vec<&str> {
+        match self {
+            Op::Write { path, .. } | Op::Edit { path, .. } | Op::Delete { path, .. } => {
+                vec![path]
+            }
+            Op::Move { from, to, .. } => vec![from, to],
+        }
+    }
+
     /// The same operation with its paths confined and normalized (`./a//b` is `a/b`).
     fn normalized(&self, ws: &Workspace) -> Result<Op, PathError> {
         let mut op = self.clone();

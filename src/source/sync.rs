@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::github::GitHub;
 use super::repo::{Repo, RepoError};
 use crate::manifest::Problem;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::workspace::Workspace;
 
@@ -88,6 +89,7 @@ pub struct SyncReport {
 pub struct Syncer {
     repo: Repo,
     remote: Option<Remote>,
+    metrics: Arc<Metrics>,
     registry: ArcSwap<Registry>,
     /// Shared with the tasks that post commit statuses after a sync.
     status: Arc<Mutex<SyncStatus>>,
@@ -105,10 +107,11 @@ pub fn now_rfc3339() -> String {
 }
 
 impl Syncer {
-    pub fn new(repo: Repo, remote: Option<Remote>) -> Syncer {
+    pub fn new(repo: Repo, remote: Option<Remote>, metrics: Arc<Metrics>) -> Syncer {
         Syncer {
             repo,
             remote,
+            metrics,
             registry: ArcSwap::from_pointee(Registry::empty()),
             status: Arc::default(),
             running: tokio::sync::Mutex::new(()),
@@ -234,6 +237,14 @@ impl Syncer {
             });
             (commit, outcome, problems, error)
         };
+        self.metrics.sync(match outcome {
+            "invalid" | "failed" => outcome,
+            _ => "ok",
+        });
+        let served = self.registry().commit.clone();
+        if !served.is_empty() {
+            self.metrics.serving(&served);
+        }
         // The status goes out after the answer: GitHub's pacing of writes must
         // not hold up serving (or the write that is waiting for this sync).
         if let (Some(remote), Some((sha, verdict))) = (&self.remote, verdict) {

@@ -1,10 +1,9 @@
 //! The binary itself: `check`, `init`, `token new`, and serve with graceful shutdown.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::git;
+use crate::support::{self, git};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dynapi");
 
@@ -85,30 +84,9 @@ fn token_new_prints_a_token_and_its_hash_line() {
 
 /// Starts `dynapi serve` on a free port in `dir`; returns the child and its URL and token.
 fn spawn_serve(dir: &std::path::Path, extra: &[&str]) -> (std::process::Child, String, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .current_dir(dir)
-        .env_remove("DYNAPI_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut url, mut token) = (String::new(), String::new());
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let (Some(i), true) = (line.find("http://"), url.is_empty()) {
-            url = line[i..].to_string();
-        }
-        if line.trim().starts_with("dynapi_") {
-            token = line.trim().to_string();
-        }
-        if line.starts_with("Try:") {
-            break;
-        }
-    }
-    (child, url, token)
+    let mut command = Command::new(BIN);
+    command.current_dir(dir);
+    support::serve(command, extra)
 }
 
 #[tokio::test]

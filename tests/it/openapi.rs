@@ -217,7 +217,7 @@ fn example(id: &str, head: &str, job: &str) -> Option<Call> {
             Some(json!({"query": "select 1 as one"})),
         ),
         "sqlSchema" | "listEndpoints" | "listScripts" | "status" | "root" | "healthz"
-        | "readyz" => (none(), String::new(), None),
+        | "readyz" | "metrics" => (none(), String::new(), None),
         "addEndpoint" => (
             none(),
             String::new(),

@@ -92,3 +92,42 @@ async fn request_ids_are_kept_or_made_and_bodies_are_bounded() {
     assert_eq!(a.status, 400);
     assert_eq!(a.json["error"]["code"], json!("bad_request"));
 }
+
+#[tokio::test]
+async fn only_an_admin_token_may_change_dynapi_yaml() {
+    let d = Daemon::start().await;
+    d.grant_reader("writer-secret", "read, write, run").await;
+    let commits = d.commits();
+    let settings = std::fs::read_to_string(d.workspace.join("dynapi.yaml")).unwrap();
+    let escalate = json!({"content": format!("{settings}\nsandbox: off\n")});
+    let a = d
+        .request(
+            "PUT",
+            "/files/dynapi.yaml",
+            Some(escalate.clone()),
+            Some("writer-secret"),
+        )
+        .await;
+    assert_eq!(a.status, 403, "{}", a.json);
+    assert!(a.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("admin"));
+    let moved = json!({"from": "dynapi.yaml", "to": "settings.yaml"});
+    let a = d
+        .request("POST", "/files/move", Some(moved), Some("writer-secret"))
+        .await;
+    assert_eq!(a.status, 403, "{}", a.json);
+    assert_eq!(d.commits(), commits, "a refused change was committed");
+    // The same token writes other files, and an admin writes this one.
+    let a = d
+        .request(
+            "PUT",
+            "/files/notes.md",
+            Some(json!({"content": "hi\n"})),
+            Some("writer-secret"),
+        )
+        .await;
+    assert!(a.status < 300, "{}", a.json);
+    assert!(d.put("/files/dynapi.yaml", escalate).await.status < 300);
+}

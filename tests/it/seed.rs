@@ -75,6 +75,9 @@ async fn run_script_answers_the_seed_shape_for_success_and_failure() {
 #[tokio::test]
 async fn git_sync_commits_what_a_script_wrote_and_skips_ignored_files() {
     let d = Daemon::start().await;
+    // Scripts cannot make top-level folders (the sandbox keeps `.git` out of
+    // their reach); the folder is there, as a human made it.
+    std::fs::create_dir(d.workspace.join("reports")).unwrap();
     std::fs::write(d.workspace.join("scripts/report.sh"), "#!/bin/sh\nmkdir -p reports data\necho done > reports/today.txt\necho scratch > data/cache.txt\n").unwrap();
     std::process::Command::new("chmod")
         .args(["+x", "scripts/report.sh"])

@@ -249,6 +249,36 @@ pub fn template_repo(branch: &str, extra: &[(String, String)]) -> tempfile::Temp
     dir
 }
 
+/// Runs `command` (the dynapi binary, with its folder and user) as `serve` with
+/// `flags` on a free port with a generated token; returns the child, its URL and
+/// the token it printed.
+pub fn serve(mut command: Command, flags: &[&str]) -> (std::process::Child, String, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(flags)
+        .env_remove("DYNAPI_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut url, mut token) = (String::new(), String::new());
+    for line in lines {
+        let line = line.unwrap();
+        if let (Some(i), true) = (line.find("http://"), url.is_empty()) {
+            url = line[i..].to_string();
+        }
+        if line.trim().starts_with("dynapi_") {
+            token = line.trim().to_string();
+        }
+        if line.starts_with("Try:") {
+            break;
+        }
+    }
+    (child, url, token)
+}
+
 /// A manifest for an endpoint `name` at POST /name running scripts/<name>.sh.
 pub fn endpoint_body(name: &str, script: &str) -> Value {
     serde_json::json!({
