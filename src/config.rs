@@ -262,7 +262,7 @@ impl Config {
 
     pub fn from_args(args: &ServeArgs) -> Config {
         let mut config = Config::new(args.workspace.clone());
-        config.public_url = args.public_url.clone();
+        config.public_url = args.public_url.clone().filter(|u| !u.is_empty());
         config.branch = args.branch.clone();
         config.limits.max_running = args.max_scripts.max(1);
         config.limits.sandbox = crate::sandbox::Limits {
@@ -274,13 +274,18 @@ impl Config {
         config.job_after = args.job_after;
         config.job_keep = args.job_keep;
         config.token = std::env::var("DYNAPI_TOKEN").ok().filter(|t| !t.is_empty());
-        config.remote = args.remote.clone().map(|url| Remote {
-            url,
-            api_url: args.github_api_url.clone(),
-            token: std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.is_empty()),
-            poll: args.poll,
-            write_interval: args.github_write_interval,
-        });
+        // An empty variable (as compose files pass an unset one) means unset.
+        config.remote = args
+            .remote
+            .clone()
+            .filter(|r| !r.is_empty())
+            .map(|url| Remote {
+                url,
+                api_url: args.github_api_url.clone(),
+                token: std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.is_empty()),
+                poll: args.poll,
+                write_interval: args.github_write_interval,
+            });
         config.webhook_secret = std::env::var("DYNAPI_WEBHOOK_SECRET")
             .ok()
             .filter(|t| !t.is_empty());

@@ -2,10 +2,10 @@
 //!
 //! A script is started with duct, never through a shell: the program and its argv
 //! come from a checked `Invocation`. Each run gets a scrubbed environment, the
-//! workspace as its working directory, its own temporary folder (`TMPDIR` and
-//! `HOME`, removed after the run), its own process group (so a timeout kills the
-//! script and every child it started), the sandbox (`sandbox.rs`, entered between
-//! fork and exec), stdout and stderr each capped, and a slot from a global limit
+//! workspace as its working directory, its own process group (so a timeout kills
+//! the script and every child it started), the sandbox (`sandbox.rs`, entered
+//! between fork and exec, with a temporary folder of its own as `TMPDIR` and
+//! `HOME`, removed after the run), stdout and stderr each capped, and a slot from a global limit
 //! and from its endpoint's; callers that find no free slot within a short wait are
 //! told to come back later instead of queueing without bound.
 //!
@@ -344,11 +344,17 @@ fn kill_group(pgid: i32) {
     }
 }
 
-fn base_env(job: &Job, tmp: &Path) -> Vec<(String, String)> {
+/// The environment a script starts with; `tmp` is its own temporary folder
+/// (sandboxed runs), else `HOME` is the workspace and `TMPDIR` the system's.
+fn base_env(job: &Job, tmp: Option<&Path>) -> Vec<(String, String)> {
+    let (home, tmp) = match tmp {
+        Some(tmp) => (tmp.to_path_buf(), tmp.to_path_buf()),
+        None => (job.cwd.clone(), std::env::temp_dir()),
+    };
     let tmp = tmp.to_string_lossy().into_owned();
     let mut env = vec![
         ("PATH".to_string(), SCRIPT_PATH.to_string()),
-        ("HOME".to_string(), tmp.clone()),
+        ("HOME".to_string(), home.to_string_lossy().into_owned()),
         ("LANG".to_string(), "C.UTF-8".to_string()),
         ("TMPDIR".to_string(), tmp),
         (
@@ -393,8 +399,14 @@ fn run_blocking(
         program: job.program.to_string_lossy().into_owned(),
         source,
     };
-    let tmp = TempDir::new().map_err(spawn_error)?;
-    let prepared = sandbox.prepare(&job.sandbox, &job.cwd, &tmp.0, job.timeout)?;
+    // Sandboxed runs get a temporary folder of their own (the only place
+    // outside the workspace they may write).
+    let tmp = match job.sandbox.mode {
+        sandbox::Mode::Off => None,
+        _ => Some(TempDir::new().map_err(spawn_error)?),
+    };
+    let tmp_path = tmp.as_ref().map(|t| t.0.as_path());
+    let prepared = sandbox.prepare(&job.sandbox, &job.cwd, tmp_path, job.timeout)?;
     let enter = prepared.enter();
     let (out_read, out_write) = os_pipe::pipe().map_err(spawn_error)?;
     let (err_read, err_write) = os_pipe::pipe().map_err(spawn_error)?;
@@ -413,16 +425,19 @@ fn run_blocking(
         };
         let expression = expression
             .dir(&job.cwd)
-            .full_env(base_env(&job, &tmp.0))
+            .full_env(base_env(&job, tmp_path))
             .stdout_file(out_write)
             .stderr_file(err_write)
             .unchecked()
             .before_spawn(move |cmd| {
                 cmd.process_group(0);
-                let enter = enter.clone();
-                // SAFETY: `apply` makes only async-signal-safe system calls and
-                // allocates nothing (the clone above happens before the fork).
-                unsafe { cmd.pre_exec(move || enter.apply()) };
+                // A hook between fork and exec costs the fast spawn (std falls
+                // back from posix_spawn to fork): only when there is a sandbox.
+                if let Some(enter) = enter.clone() {
+                    // SAFETY: `apply` makes only async-signal-safe system calls
+                    // and allocates nothing (the clone above is before the fork).
+                    unsafe { cmd.pre_exec(move || enter.apply()) };
+                }
                 Ok(())
             });
         let handle = expression.start().map_err(spawn_error)?;

@@ -259,18 +259,18 @@ impl Sandbox {
     }
 
     /// Builds what the child needs for `policy` in `workspace`, with `tmp` as the
-    /// run's own temporary folder. Fails with `Unavailable` when the mode is
+    /// run's own temporary folder (none: nothing to enter). Fails with `Unavailable` when the mode is
     /// `required` and something is missing.
     pub fn prepare(
         &self,
         policy: &Policy,
         workspace: &Path,
-        tmp: &Path,
+        tmp: Option<&Path>,
         timeout: Duration,
     ) -> Result<Prepared, SandboxError> {
-        if policy.mode == Mode::Off {
+        let Some(tmp) = tmp.filter(|_| policy.mode != Mode::Off) else {
             return Ok(Prepared::none());
-        }
+        };
         self.check(policy.mode)?;
         let ruleset = if self.support.filesystem {
             Some(self.ruleset(policy, workspace, tmp)?)
@@ -414,15 +414,20 @@ impl Prepared {
         }
     }
 
-    /// The values for the child. `self` must outlive the spawn: it owns the
-    /// ruleset's descriptor, which the child uses by number.
-    pub fn enter(&self) -> Enter {
-        Enter {
+    /// The values for the child, or `None` when there is nothing to enter
+    /// (`sandbox: off`), so that the spawn needs no hook. `self` must outlive the
+    /// spawn: it owns the ruleset's descriptor, which the child uses by number.
+    pub fn enter(&self) -> Option<Enter> {
+        let nothing = self.ruleset.is_none()
+            && self.limits.is_empty()
+            && !self.drop_capabilities
+            && !self.no_new_privs;
+        (!nothing).then(|| Enter {
             ruleset: self.ruleset.as_ref().map(|fd| fd.as_raw_fd()),
             limits: self.limits.clone(),
             drop_capabilities: self.drop_capabilities,
             no_new_privs: self.no_new_privs,
-        }
+        })
     }
 }
 
