@@ -99,8 +99,7 @@ impl Default for Limits {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub mode: Mode,
-    /// Absolute paths inside the workspace the script may write, or `None` for
-    /// `.` (every top-level entry but `.git`).
+    /// What in the workspace the script may write.
     pub writable: Vec<Writable>,
     pub network: bool,
 }
@@ -259,8 +258,9 @@ impl Sandbox {
     }
 
     /// Builds what the child needs for `policy` in `workspace`, with `tmp` as the
-    /// run's own temporary folder (none: nothing to enter). Fails with `Unavailable` when the mode is
-    /// `required` and something is missing.
+    /// run's own temporary folder (none, or `sandbox: off`: nothing to enter).
+    /// Fails with `Unavailable` when the mode is `required` and something is
+    /// missing.
     pub fn prepare(
         &self,
         policy: &Policy,
