@@ -723,6 +723,13 @@ impl Check<'_> {
                         "`{w}` must be a path inside the workspace (relative, no `..`), or `.`"
                     ),
                 );
+            } else if w == SETTINGS_FILE {
+                self.at(
+                    &format!("sandbox.writable.{i}"),
+                    format!(
+                        "scripts may not write `{SETTINGS_FILE}`; only an admin token changes it"
+                    ),
+                );
             }
         }
         let mut env = Vec::new();

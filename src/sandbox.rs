@@ -13,7 +13,7 @@
 //!   `.git/dynapi`, where the daemon keeps its token, audit log and grants (names
 //!   there can be listed, contents not);
 //! - write its manifest's `writable` paths (`.` is every top-level entry of the
-//!   workspace but `.git`; none may create top-level entries), its own temporary
+//!   workspace but `.git` and `dynapi.yaml`; none may create top-level entries), its own temporary
 //!   folder (`TMPDIR` and `HOME`, removed after the run) and `/dev/null`;
 //! - open no TCP connection and bind no TCP port unless `network: true`;
 //! - signal and connect to abstract sockets only inside its own sandbox;
@@ -347,6 +347,8 @@ impl Sandbox {
         // The workspace: listing everywhere, reading all but `.git/dynapi`.
         rules.push((workspace.to_path_buf(), AccessFs::ReadDir.into()));
         let git = workspace.join(".git");
+        // Only an admin token may change dynapi.yaml; scripts never.
+        let settings = workspace.join(crate::registry::SETTINGS_FILE);
         for entry in children(workspace) {
             if entry != git {
                 rules.push((entry, read));
@@ -361,7 +363,7 @@ impl Sandbox {
             match w {
                 Writable::Workspace => {
                     for entry in children(workspace) {
-                        if entry != git {
+                        if entry != git && entry != settings {
                             rules.push((entry, all));
                         }
                     }

@@ -203,23 +203,6 @@ pub(crate) async fn commit_as(
     ops: Vec<Op>,
     mode: Option<&str>,
 ) -> Result<Applied, ApiError> {
-    // dynapi.yaml grants tokens and sets the sandbox: changing it is an admin's
-    // call, whatever else the token may write.
-    let settings = ops
-        .iter()
-        .flat_map(Op::paths)
-        .any(|p| app.workspace.normalize(p).is_ok_and(|p| p == SETTINGS_FILE));
-    if settings && !caller.scopes.contains(Scope::Admin) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "{SETTINGS_FILE} grants tokens and sets the sandbox, so changing it needs the `admin` scope; the token `{}` has: {}",
-                caller.token_name,
-                caller.scopes.names().join(", ")
-            ),
-        ));
-    }
     let policy = app.syncer.registry().settings.files_by_pull_request;
     let delivery = delivery(app, mode, policy)?;
     let change = Change {
@@ -234,13 +217,30 @@ pub(crate) async fn commit_as(
 }
 
 /// Applies `change` through the writer and records it in the audit log, whether
-/// it was taken or refused.
+/// it was taken or refused. Every write a request makes comes through here.
 pub(crate) async fn apply(
     app: &App,
     caller: &Caller,
     change: Change,
     delivery: Delivery,
 ) -> Result<Applied, ApiError> {
+    // dynapi.yaml grants tokens and sets the sandbox: changing it is an admin's
+    // call, whatever else the token may write.
+    let settings = change
+        .ops
+        .iter()
+        .flat_map(Op::paths)
+        .any(|p| app.workspace.normalize(p).is_ok_and(|p| p == SETTINGS_FILE));
+    if settings {
+        super::require(caller, Scope::Admin).map_err(|e| {
+            e.with(
+                "reason",
+                json!(format!(
+                    "{SETTINGS_FILE} grants tokens and sets the sandbox"
+                )),
+            )
+        })?;
+    }
     let started = std::time::Instant::now();
     let target = change
         .ops

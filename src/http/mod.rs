@@ -128,20 +128,25 @@ impl Auth {
     /// The caller, if their token has `scope`; else the 401/403 answer.
     pub fn require(self, scope: Scope) -> Result<Caller, ApiError> {
         let caller = self.0?;
-        if caller.scopes.contains(scope) {
-            Ok(caller)
-        } else {
-            Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!(
-                    "this needs the `{scope}` scope; the token `{}` has: {}",
-                    caller.token_name,
-                    caller.scopes.names().join(", ")
-                ),
-            ))
-        }
+        require(&caller, scope)?;
+        Ok(caller)
     }
+}
+
+/// Whether `caller`'s token has `scope`; else the 403 answer naming what it has.
+pub(crate) fn require(caller: &Caller, scope: Scope) -> Result<(), ApiError> {
+    if caller.scopes.contains(scope) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "this needs the `{scope}` scope; the token `{}` has: {}",
+            caller.token_name,
+            caller.scopes.names().join(", ")
+        ),
+    ))
 }
 
 /// Checks `Authorization: Bearer <token>` against the daemon's tokens and those the

@@ -165,11 +165,27 @@ fn git_sync(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejecti
                         .message
                         .filter(|m| !m.trim().is_empty())
                         .unwrap_or_else(|| "Sync the workspace".into());
-                    let committed = match app
+                    let started = std::time::Instant::now();
+                    let result = app
                         .writer
                         .commit_worktree(message, author_for(&caller))
-                        .await
-                    {
+                        .await;
+                    let target = match &result {
+                        Ok(applied) => applied.files.keys().cloned().collect::<Vec<_>>().join(", "),
+                        Err(_) => String::new(),
+                    };
+                    app.audit.record(&crate::audit::Entry {
+                        token: &caller.token_name,
+                        operation: "write",
+                        target: &target,
+                        commit: result.as_ref().ok().map(|a| a.commit.as_str()),
+                        duration: started.elapsed(),
+                        outcome: match &result {
+                            Ok(_) | Err(ChangeError::Empty) => "ok",
+                            Err(_) => "failed",
+                        },
+                    });
+                    let committed = match result {
                         Ok(applied) => applied.new_commit,
                         Err(ChangeError::Empty) => false,
                         Err(e) => return Err(ApiError::from(e)),

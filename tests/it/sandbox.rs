@@ -56,6 +56,7 @@ try data 'echo a > data/probe.txt'
 try tmp 'echo t > "$TMPDIR/t" && test "$HOME" = "$TMPDIR"'
 try devnull 'echo x > /dev/null'
 try manifest 'echo "# x" >> manifests/hello.yaml'
+try settings 'echo "# x" >> dynapi.yaml'
 try top 'echo c > new-top.txt'
 try parent 'echo b > ../escaped.txt'
 try systmp 'echo f > /tmp/dynapi-escaped-$$'
@@ -91,6 +92,7 @@ async fn a_script_writes_only_its_writable_paths_and_cannot_reach_the_daemons_se
             ("tmp", "yes"),
             ("devnull", "yes"),
             ("manifest", "no"),
+            ("settings", "no"),
             ("top", "no"),
             ("parent", "no"),
             ("systmp", "no"),
@@ -112,6 +114,7 @@ async fn a_script_writes_only_its_writable_paths_and_cannot_reach_the_daemons_se
             ("tmp", "yes"),
             ("devnull", "yes"),
             ("manifest", "yes"),
+            ("settings", "no"),
             ("top", "no"),
             ("parent", "no"),
             ("systmp", "no"),

@@ -118,6 +118,15 @@ async fn only_an_admin_token_may_change_dynapi_yaml() {
         .request("POST", "/files/move", Some(moved), Some("writer-secret"))
         .await;
     assert_eq!(a.status, 403, "{}", a.json);
+    // Nor as an endpoint's "script".
+    let sneak = json!({
+        "manifest": "name: sneak\ndescription: Writes the settings.\npath: /sneak\nscript: dynapi.yaml\n",
+        "script": {"path": "dynapi.yaml", "content": "#!/bin/sh\n"},
+    });
+    let a = d
+        .request("POST", "/endpoints", Some(sneak), Some("writer-secret"))
+        .await;
+    assert_eq!(a.status, 403, "{}", a.json);
     assert_eq!(d.commits(), commits, "a refused change was committed");
     // The same token writes other files, and an admin writes this one.
     let a = d
