@@ -253,19 +253,34 @@ pub(crate) async fn apply(
         .apply_as(change, delivery)
         .await
         .map_err(ApiError::from);
+    let outcome = match &result {
+        Ok(a) if a.pull_request.is_some() => "pull_request",
+        Ok(_) => "ok",
+        Err(e) => e.code,
+    };
+    let commit = result.as_ref().ok().map(|a| a.commit.as_str());
+    audit_write(app, caller, &target, commit, outcome, started);
+    result
+}
+
+/// One write in the audit log: what `caller` changed (`target`), the commit it
+/// made, and how it ended.
+pub(crate) fn audit_write(
+    app: &App,
+    caller: &Caller,
+    target: &str,
+    commit: Option<&str>,
+    outcome: &str,
+    started: std::time::Instant,
+) {
     app.audit.record(&crate::audit::Entry {
         token: &caller.token_name,
         operation: "write",
-        target: &target,
-        commit: result.as_ref().ok().map(|a| a.commit.as_str()),
+        target,
+        commit,
         duration: started.elapsed(),
-        outcome: match &result {
-            Ok(a) if a.pull_request.is_some() => "pull_request",
-            Ok(_) => "ok",
-            Err(e) => e.code,
-        },
+        outcome,
     });
-    result
 }
 
 /// How a write reaches the branch: the request's `mode` (`commit` or

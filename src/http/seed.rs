@@ -174,17 +174,12 @@ fn git_sync(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejecti
                         Ok(applied) => applied.files.keys().cloned().collect::<Vec<_>>().join(", "),
                         Err(_) => String::new(),
                     };
-                    app.audit.record(&crate::audit::Entry {
-                        token: &caller.token_name,
-                        operation: "write",
-                        target: &target,
-                        commit: result.as_ref().ok().map(|a| a.commit.as_str()),
-                        duration: started.elapsed(),
-                        outcome: match &result {
-                            Ok(_) | Err(ChangeError::Empty) => "ok",
-                            Err(_) => "failed",
-                        },
-                    });
+                    let outcome = match &result {
+                        Ok(_) | Err(ChangeError::Empty) => "ok",
+                        Err(_) => "failed",
+                    };
+                    let commit = result.as_ref().ok().map(|a| a.commit.as_str());
+                    super::files::audit_write(&app, &caller, &target, commit, outcome, started);
                     let committed = match result {
                         Ok(applied) => applied.new_commit,
                         Err(ChangeError::Empty) => false,
