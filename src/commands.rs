@@ -1,4 +1,6 @@
-//! The one-shot commands: `dynapi check`, `dynapi init` and `dynapi token new`.
+//! The one-shot commands: `dynapi check`, `dynapi init`, `dynapi token new` and
+//! `dynapi oauth` (clients and grants, in the workspace's OAuth store, which a
+//! running daemon shares).
 //! They print to stdout/stderr and return an exit code; `main.rs` only dispatches.
 
 use std::path::Path;
@@ -142,4 +144,193 @@ pub fn token_new(scopes: &str, name: &str) -> i32 {
     println!("    sha256: {hash}");
     println!("    scopes: [{}]", scopes.names().join(", "));
     0
+}
+
+/// The OAuth store of the workspace at `dir`, which must exist.
+fn oauth_at(dir: &Path, command: &str) -> Option<crate::oauth::OAuth> {
+    if !dir.join(".git").is_dir() {
+        eprintln!(
+            "dynapi {command}: no workspace at {}; pass --workspace (or DYNAPI_WORKSPACE) as `dynapi serve` has it",
+            dir.display()
+        );
+        return None;
+    }
+    match crate::oauth::Store::open(&dir.join(".git").join("dynapi")) {
+        Ok(store) => Some(crate::oauth::OAuth::new(
+            store,
+            std::time::Duration::from_secs(3600),
+        )),
+        Err(e) => {
+            eprintln!("dynapi {command}: {e}");
+            None
+        }
+    }
+}
+
+/// `dynapi oauth client new`: a confidential client for GPT Actions' OAuth settings.
+pub fn oauth_client_new(
+    dir: &Path,
+    name: &str,
+    redirect_uris: Vec<String>,
+    scopes: &str,
+    public_url: &str,
+) -> i32 {
+    let command = "oauth client new";
+    let scopes = match Scopes::parse_list(scopes) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dynapi {command}: {e}");
+            return 2;
+        }
+    };
+    let Some(oauth) = oauth_at(dir, command) else {
+        return 1;
+    };
+    let (client, secret) = match oauth.add_owner_client(name, redirect_uris, scopes) {
+        Ok(made) => made,
+        Err(e) => {
+            eprintln!("dynapi {command}: {}", e.description);
+            return 2;
+        }
+    };
+    let base = public_url.trim_end_matches('/');
+    println!(
+        "Client \"{}\" (confidential; the secret is shown once, only its hash is kept):",
+        client.name
+    );
+    println!();
+    println!("  Client ID:          {}", client.id);
+    println!("  Client Secret:      {secret}");
+    println!("  Authorization URL:  {base}/oauth/authorize");
+    println!("  Token URL:          {base}/oauth/token");
+    println!(
+        "  Scope:              {}",
+        crate::oauth::scope_string(scopes)
+    );
+    println!("  Token exchange:     either (POST request or Basic authorization header)");
+    println!();
+    if client.redirect_uris.is_empty() {
+        println!(
+            "No redirect URI yet. Paste the above into the GPT's Actions (Authentication: OAuth),"
+        );
+        println!("save, copy the callback URL the GPT editor shows, then run:");
+        println!(
+            "  dynapi oauth client allow-redirect {} <callback URL>",
+            client.id
+        );
+    } else {
+        println!("Redirect URIs: {}", client.redirect_uris.join(" "));
+    }
+    0
+}
+
+/// `dynapi oauth client allow-redirect`: adds an exact redirect URI.
+pub fn oauth_allow_redirect(dir: &Path, id: &str, uri: &str) -> i32 {
+    let command = "oauth client allow-redirect";
+    let Some(oauth) = oauth_at(dir, command) else {
+        return 1;
+    };
+    match oauth.allow_redirect(id, uri) {
+        Ok(client) => {
+            println!(
+                "{} now redirects to: {}",
+                client.id,
+                client.redirect_uris.join(" ")
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("dynapi {command}: {}", e.description);
+            2
+        }
+    }
+}
+
+/// `dynapi oauth list`: every client and every grant.
+pub fn oauth_list(dir: &Path) -> i32 {
+    let command = "oauth list";
+    let Some(oauth) = oauth_at(dir, command) else {
+        return 1;
+    };
+    let (clients, grants) = match (oauth.store.clients(), oauth.store.grants()) {
+        (Ok(c), Ok(g)) => (c, g),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("dynapi {command}: {e}");
+            return 1;
+        }
+    };
+    let when = |t: i64| {
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64),
+        )
+        .to_string()
+    };
+    println!("Clients ({}):", clients.len());
+    for c in &clients {
+        println!(
+            "  {}  {}  [{}{}]  created {}  redirect: {}",
+            c.id,
+            c.name,
+            c.kind.as_str(),
+            if c.secret_hash.is_some() {
+                ", secret"
+            } else {
+                ", public"
+            },
+            when(c.created),
+            if c.redirect_uris.is_empty() {
+                "(none)".to_string()
+            } else {
+                c.redirect_uris.join(" ")
+            }
+        );
+    }
+    println!("Grants ({}):", grants.len());
+    for g in &grants {
+        println!(
+            "  {}  client {} ({})  scopes: {}  for: {}  approved by {} {}  refreshed {}  refresh token until {}",
+            g.id,
+            g.client_id,
+            g.client_name,
+            g.scope,
+            g.resource.as_deref().unwrap_or(g.audience.as_str()),
+            g.approved_by,
+            when(g.created),
+            g.refreshed.map(when).unwrap_or_else(|| "never".into()),
+            when(g.refresh_expires)
+        );
+    }
+    0
+}
+
+/// `dynapi oauth revoke ID`: a grant, or a client with its grants.
+pub fn oauth_revoke(dir: &Path, id: &str) -> i32 {
+    let command = "oauth revoke";
+    let Some(oauth) = oauth_at(dir, command) else {
+        return 1;
+    };
+    let revoked = if id.starts_with("g_") {
+        oauth.store.revoke_grant(id).map(|found| (found, "grant"))
+    } else {
+        oauth
+            .store
+            .remove_client(id)
+            .map(|found| (found, "client and its grants"))
+    };
+    match revoked {
+        Ok((true, what)) => {
+            println!("Revoked the {what} {id}; its tokens stop working on the next request.");
+            0
+        }
+        Ok((false, _)) => {
+            eprintln!(
+                "dynapi {command}: no grant or client `{id}`; `dynapi oauth list` shows them"
+            );
+            2
+        }
+        Err(e) => {
+            eprintln!("dynapi {command}: {e}");
+            1
+        }
+    }
 }

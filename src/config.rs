@@ -58,6 +58,60 @@ pub enum Command {
     /// Manage tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// OAuth sign-in for MCP connectors and GPT Actions: clients and grants.
+    #[command(subcommand)]
+    Oauth(OauthCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OauthCommand {
+    /// Make or change the clients the owner creates (GPT Actions' OAuth settings).
+    #[command(subcommand)]
+    Client(OauthClientCommand),
+    /// List clients and grants.
+    List {
+        #[arg(long, env = "DYNAPI_WORKSPACE", default_value = "workspace")]
+        workspace: PathBuf,
+    },
+    /// Revoke a grant (`g_...`), or remove a client with all its grants.
+    Revoke {
+        /// A grant id or a client id, as `dynapi oauth list` shows them.
+        id: String,
+        #[arg(long, env = "DYNAPI_WORKSPACE", default_value = "workspace")]
+        workspace: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OauthClientCommand {
+    /// A confidential client: prints its id and secret (once) and the URLs to paste.
+    New {
+        /// The name the owner sees on the consent page.
+        #[arg(long, default_value = "Custom GPT")]
+        name: String,
+        /// An exact redirect URI (repeat for more); GPT Actions show theirs after saving.
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
+        /// The scopes it asks for: comma-separated (read, write, run, sql-write, admin) or `all`.
+        #[arg(long, default_value = "read,write,run")]
+        scopes: String,
+        /// The URL the daemon is reached at, for the URLs printed.
+        #[arg(
+            long,
+            env = "DYNAPI_PUBLIC_URL",
+            default_value = "http://127.0.0.1:8000"
+        )]
+        public_url: String,
+        #[arg(long, env = "DYNAPI_WORKSPACE", default_value = "workspace")]
+        workspace: PathBuf,
+    },
+    /// Add a redirect URI to a client made with `client new`.
+    AllowRedirect {
+        id: String,
+        uri: String,
+        #[arg(long, env = "DYNAPI_WORKSPACE", default_value = "workspace")]
+        workspace: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,6 +187,9 @@ pub struct ServeArgs {
     /// GitHub mode: least time between two content-creating API requests (GitHub asks for 1s).
     #[arg(long, env = "DYNAPI_GITHUB_WRITE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub github_write_interval: Duration,
+    /// How long an OAuth access token lives; clients refresh it with their refresh token.
+    #[arg(long, env = "DYNAPI_OAUTH_ACCESS_LIFETIME", default_value = "1h", value_parser = parse_duration)]
+    pub oauth_access_lifetime: Duration,
 }
 
 /// Durations are written `500ms`, `30s`, `5m`, `1h`.
@@ -184,6 +241,8 @@ pub struct Config {
     pub watch_local: bool,
     /// GitHub mode, when set.
     pub remote: Option<Remote>,
+    /// How long an OAuth access token lives (its refresh token gets another).
+    pub oauth_access_lifetime: Duration,
 }
 
 /// Where GitHub mode's repository is.
@@ -257,6 +316,7 @@ impl Config {
             webhook_secret: None,
             watch_local: true,
             remote: None,
+            oauth_access_lifetime: Duration::from_secs(3600),
         }
     }
 
@@ -273,6 +333,7 @@ impl Config {
         config.shutdown_grace = args.shutdown_grace;
         config.job_after = args.job_after;
         config.job_keep = args.job_keep;
+        config.oauth_access_lifetime = args.oauth_access_lifetime.max(Duration::from_secs(1));
         config.token = std::env::var("DYNAPI_TOKEN").ok().filter(|t| !t.is_empty());
         // An empty variable (as compose files pass an unset one) means unset.
         config.remote = args

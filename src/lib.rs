@@ -7,6 +7,8 @@
 //! - `manifest`: the YAML as written (raw types) and located `Problem`s.
 //! - `registry`: the checked endpoints of one commit; routing and parameter binding.
 //! - `auth`: tokens, scopes, constant-time checks.
+//! - `oauth`: the built-in OAuth 2.1 authorization server (clients, consent,
+//!   codes with PKCE, rotating refresh tokens), its store outside git.
 //! - `workspace`: path confinement, files, search, combine, archives, atomic
 //!   writes, the bundled template.
 //! - `exec`: running scripts (the only module that starts processes).
@@ -16,7 +18,7 @@
 //!   unless allowed.
 //! - `webhook`: GitHub webhook signatures, replays, and payloads.
 //! - `http`: the warp routes, the only module that knows HTTP.
-//! - `commands`: the one-shot commands `check`, `init` and `token new`.
+//! - `commands`: the one-shot commands `check`, `init`, `token new` and `oauth`.
 //!
 //! `serve` takes a bound listener and a shutdown token, so tests run the real
 //! daemon on `127.0.0.1:0`.
@@ -30,6 +32,7 @@ pub mod http;
 pub mod jobs;
 pub mod manifest;
 pub mod metrics;
+pub mod oauth;
 pub mod openapi;
 pub mod registry;
 pub mod sandbox;
@@ -69,6 +72,8 @@ pub struct App {
     pub deliveries: webhook::Deliveries,
     /// Tokens that do not come from the repository: `DYNAPI_TOKEN` or the generated one.
     pub tokens: Vec<TokenEntry>,
+    /// The authorization server, and the access tokens it issued.
+    pub oauth: oauth::OAuth,
     /// Every write, script run and SQL statement, one JSON line each.
     pub audit: Arc<audit::Audit>,
     pub metrics: Arc<metrics::Metrics>,
@@ -199,7 +204,12 @@ impl App {
                 config.branch
             );
         }
+        let oauth = oauth::OAuth::new(
+            oauth::Store::open(&workspace.state_dir())?,
+            config.oauth_access_lifetime,
+        );
         let app = Arc::new(App {
+            oauth,
             exec: Exec::new(config.limits.clone())
                 .observed(observe_runs(audit.clone(), metrics.clone())),
             audit,

@@ -4,7 +4,9 @@
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use dynapi::config::{Cli, Command, Config, LogFormat, TokenCommand};
+use dynapi::config::{
+    Cli, Command, Config, LogFormat, OauthClientCommand, OauthCommand, TokenCommand,
+};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -18,6 +20,30 @@ fn main() -> std::process::ExitCode {
         } => dynapi::commands::openapi(&dir, &profile, &public_url),
         Command::Token(TokenCommand::New { scopes, name }) => {
             dynapi::commands::token_new(&scopes, &name)
+        }
+        Command::Oauth(OauthCommand::Client(OauthClientCommand::New {
+            name,
+            redirect_uris,
+            scopes,
+            public_url,
+            workspace,
+        })) => dynapi::commands::oauth_client_new(
+            &workspace,
+            &name,
+            redirect_uris,
+            &scopes,
+            &public_url,
+        ),
+        Command::Oauth(OauthCommand::Client(OauthClientCommand::AllowRedirect {
+            id,
+            uri,
+            workspace,
+        })) => dynapi::commands::oauth_allow_redirect(&workspace, &id, &uri),
+        Command::Oauth(OauthCommand::List { workspace }) => {
+            dynapi::commands::oauth_list(&workspace)
+        }
+        Command::Oauth(OauthCommand::Revoke { id, workspace }) => {
+            dynapi::commands::oauth_revoke(&workspace, &id)
         }
         Command::Serve(args) => {
             init_tracing(args.log_format);

@@ -25,6 +25,8 @@ pub struct ApiError {
     pub message: String,
     pub details: Map<String, Value>,
     pub retry_after: Option<u64>,
+    /// A 401's `WWW-Authenticate` challenge, when it says more than the realm.
+    pub challenge: Option<String>,
 }
 
 impl ApiError {
@@ -35,6 +37,7 @@ impl ApiError {
             message: message.into(),
             details: Map::new(),
             retry_after: None,
+            challenge: None,
         }
     }
 
@@ -95,10 +98,12 @@ impl Reply for ApiError {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if self.status == StatusCode::UNAUTHORIZED {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"dynapi\""),
-            );
+            let challenge = self
+                .challenge
+                .as_deref()
+                .and_then(|c| HeaderValue::from_str(c).ok())
+                .unwrap_or(HeaderValue::from_static("Bearer realm=\"dynapi\""));
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
         }
         response
     }

@@ -21,6 +21,7 @@ use warp::reply::Reply;
 use super::error::ApiError;
 use super::mcp::McpService;
 use super::{bearer, new_request_id};
+use crate::oauth::Audience;
 use crate::App;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -65,7 +66,11 @@ impl Front {
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let mut response = match bearer(&self.app, header) {
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok());
+        let mut response = match bearer(&self.app, header, host, Audience::Mcp) {
             Ok(caller) => {
                 req.extensions_mut().insert(caller);
                 let mut r = match self.mcp.call(req).await {

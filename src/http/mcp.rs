@@ -202,6 +202,8 @@ impl Mcp {
         if let Some(auth) = authorization {
             request = request.header(header::AUTHORIZATION, auth);
         }
+        // The token was presented at /mcp; the route checks it as such.
+        request = request.extension(super::FromMcp);
         let request = request.body(Full::new(Bytes::from(bytes))).map_err(|e| {
             McpError::invalid_params(format!("cannot build the request: {e}"), None)
         })?;

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use super::{catalog, parse_query, raw_query, respond, with_app, ApiError};
+use super::{base_url, catalog, parse_query, raw_query, respond, with_app, ApiError};
 use crate::openapi::{self, Profile};
 use crate::App;
 
@@ -34,15 +34,12 @@ fn document(app: &App, query: &str, host: Option<String>) -> Result<serde_json::
     let profile = Profile::parse(q.profile.as_deref().unwrap_or("full"))
         .ok_or_else(|| ApiError::bad_request("`profile` is `full` or `gpt`"))?;
     // The public URL when set; else where this request came to.
-    let server =
-        app.config.public_url.clone().unwrap_or_else(|| {
-            format!("http://{}", host.unwrap_or_else(|| "127.0.0.1:8000".into()))
-        });
+    let server = base_url(app, host.as_deref());
     let registry = app.syncer.registry();
     Ok(openapi::document(
         &catalog::operations(),
         &registry,
         profile,
-        server.trim_end_matches('/'),
+        &server,
     ))
 }

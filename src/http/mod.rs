@@ -14,6 +14,7 @@ mod history;
 mod jobs;
 pub mod mcp;
 mod meta;
+mod oauth;
 mod project;
 mod seed;
 mod sql;
@@ -34,6 +35,7 @@ use warp::Filter;
 pub use error::ApiError;
 
 use crate::auth::{self, Caller, Scope};
+use crate::oauth::{Audience, Denied, ACCESS_PREFIX};
 use crate::App;
 
 /// Every route, with errors in the JSON shape and an `X-Request-Id` on every answer.
@@ -54,6 +56,8 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .or(webhook::routes(app.clone()))
         .unify()
         .or(meta::routes(app.clone()))
+        .unify()
+        .or(oauth::routes(app.clone()))
         .unify()
         .or(endpoints::routes(app.clone()))
         .unify()
@@ -149,41 +153,99 @@ pub(crate) fn require(caller: &Caller, scope: Scope) -> Result<(), ApiError> {
     ))
 }
 
-/// Checks `Authorization: Bearer <token>` against the daemon's tokens and those the
-/// served commit's `dynapi.yaml` grants.
+/// Marks a request the MCP handler forwarded to a route in-process: its token
+/// is checked as one presented at `/mcp` (an extension, which no request from
+/// the network can carry).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FromMcp;
+
+/// Checks `Authorization: Bearer <token>` against the daemon's tokens, those the
+/// served commit's `dynapi.yaml` grants, and the OAuth access tokens issued.
 pub(crate) fn auth(
     app: Arc<App>,
 ) -> impl Filter<Extract = (Auth,), Error = warp::Rejection> + Clone {
     warp::header::optional::<String>("authorization")
-        .map(move |header: Option<String>| Auth(bearer(&app, header.as_deref())))
+        .and(warp::header::optional::<String>("host"))
+        .and(warp::ext::optional::<FromMcp>())
+        .map(
+            move |header: Option<String>, host: Option<String>, mcp: Option<FromMcp>| {
+                let at = if mcp.is_some() {
+                    Audience::Mcp
+                } else {
+                    Audience::Api
+                };
+                Auth(bearer(&app, header.as_deref(), host.as_deref(), at))
+            },
+        )
 }
 
-/// The caller whose token the `Authorization` header carries, or the 401 answer.
-pub(crate) fn bearer(app: &App, header: Option<&str>) -> Result<Caller, ApiError> {
+/// The caller whose token the `Authorization` header carries, or the 401 answer
+/// with the `WWW-Authenticate` challenge that points OAuth clients at the
+/// resource's metadata (RFC 9728 5.1).
+pub(crate) fn bearer(
+    app: &App,
+    header: Option<&str>,
+    host: Option<&str>,
+    at: Audience,
+) -> Result<Caller, ApiError> {
+    let base = base_url(app, host);
+    let metadata = match at {
+        Audience::Api => format!("{base}/.well-known/oauth-protected-resource"),
+        Audience::Mcp => format!("{base}/.well-known/oauth-protected-resource/mcp"),
+    };
+    let refuse = |message: &str, invalid: bool| {
+        let mut challenge = format!("Bearer resource_metadata=\"{metadata}\"");
+        if invalid {
+            challenge.push_str(&format!(
+                ", error=\"invalid_token\", error_description=\"{message}\""
+            ));
+        }
+        let mut e = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+        e.challenge = Some(challenge);
+        e
+    };
     let Some(header) = header else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "send `Authorization: Bearer <token>`",
-        ));
+        return Err(refuse("send `Authorization: Bearer <token>`", false));
     };
     let token = header
         .strip_prefix("Bearer ")
         .or_else(|| header.strip_prefix("bearer "))
         .unwrap_or("")
         .trim();
+    if token.is_empty() {
+        return Err(refuse("send `Authorization: Bearer <token>`", false));
+    }
     let registry = app.syncer.registry();
-    match auth::verify(
+    if let Some(caller) = auth::verify(
         token,
         app.tokens.iter().chain(registry.settings.tokens.iter()),
     ) {
-        Some(caller) if !token.is_empty() => Ok(caller),
-        _ => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the bearer token is not valid",
-        )),
+        return Ok(caller);
     }
+    if token.starts_with(ACCESS_PREFIX) {
+        return app
+            .oauth
+            .verify(token, &base, at)
+            .map_err(|denied| match denied {
+                Denied::Expired => refuse("the access token expired; use the refresh token", true),
+                Denied::ElseWhere(resource) => refuse(
+                    &format!("the access token was issued for {resource}, not this resource"),
+                    true,
+                ),
+                Denied::Unknown => refuse("the bearer token is not valid", true),
+            });
+    }
+    Err(refuse("the bearer token is not valid", true))
+}
+
+/// The URL this daemon is reached at, without a trailing slash: `--public-url`
+/// when set, else `http://` and the request's `Host`.
+pub(crate) fn base_url(app: &App, host: Option<&str>) -> String {
+    let base = match &app.config.public_url {
+        Some(url) => url.clone(),
+        None => format!("http://{}", host.unwrap_or("127.0.0.1:8000")),
+    };
+    base.trim_end_matches('/').to_string()
 }
 
 /// What a route with a body needs: the caller's token, the app, and the body

@@ -11,6 +11,7 @@ mod github;
 mod gitops;
 mod jobs;
 mod mcp;
+mod oauth;
 mod openapi;
 mod operate;
 mod project;

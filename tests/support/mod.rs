@@ -22,6 +22,7 @@ pub struct Daemon {
     pub client: reqwest::Client,
     pub app: Arc<dynapi::App>,
     shutdown: CancellationToken,
+    config: Config,
     _dir: tempfile::TempDir,
 }
 
@@ -46,23 +47,27 @@ impl Daemon {
         config.token = Some(TOKEN.into());
         config.shutdown_grace = Duration::from_millis(500);
         adjust(&mut config);
-        let started = dynapi::App::start(config).await.expect("the daemon starts");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let shutdown = CancellationToken::new();
-        tokio::spawn(dynapi::serve(
-            listener,
-            started.app.clone(),
-            shutdown.clone(),
-        ));
+        let (url, app, shutdown) = launch(config.clone()).await;
         Daemon {
             url,
             workspace,
             client: reqwest::Client::new(),
-            app: started.app,
+            app,
             shutdown,
+            config,
             _dir: dir,
         }
+    }
+
+    /// Stops the daemon and starts it again on the same workspace and
+    /// configuration (at a new address), as an operator's restart would.
+    pub async fn restart(&mut self) {
+        self.shutdown.cancel();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (url, app, shutdown) = launch(self.config.clone()).await;
+        self.url = url;
+        self.app = app;
+        self.shutdown = shutdown;
     }
 
     pub async fn request(
@@ -200,6 +205,19 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+async fn launch(config: Config) -> (String, Arc<dynapi::App>, CancellationToken) {
+    let started = dynapi::App::start(config).await.expect("the daemon starts");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(dynapi::serve(
+        listener,
+        started.app.clone(),
+        shutdown.clone(),
+    ));
+    (url, started.app, shutdown)
 }
 
 pub fn git(dir: &Path, args: &[&str]) -> String {
