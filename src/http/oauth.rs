@@ -325,7 +325,7 @@ fn consent(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejectio
                     }
                 };
                 match app.oauth.check_authorize(&base, &params).await {
-                    Ok(approval) => page(StatusCode::OK, &consent_html(&params, &approval, None)),
+                    Ok(approval) => page(StatusCode::OK, &consent_html(&base, &params, &approval, None)),
                     Err(Refused::Page(e)) => refusal_page(&e, html),
                     Err(Refused::Redirect(url)) => redirect(StatusCode::FOUND, &url),
                 }
@@ -381,6 +381,20 @@ fn decide(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
                     audit(&app, "-", &format!("deny client {}", approval.client.id));
                     return redirect(StatusCode::SEE_OTHER, &app.oauth.deny(&base, &approval));
                 }
+                if let Some(wait) = app.oauth.owner_locked_for() {
+                    let message = format!(
+                        "Too many wrong tokens were tried here; try again in {} s.",
+                        wait.as_secs() + 1
+                    );
+                    let mut response = page(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        &consent_html(&base, &params, &approval, Some(&message)),
+                    );
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs() + 1));
+                    return response;
+                }
                 let token = field("owner_token").unwrap_or_default();
                 let registry = app.syncer.registry();
                 let owner = auth::verify(
@@ -389,8 +403,9 @@ fn decide(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
                 )
                 .filter(|_| !token.trim().is_empty());
                 let Some(owner) = owner else {
+                    app.oauth.owner_guessed_wrong();
                     audit(&app, "-", &format!("approve client {}: wrong token", approval.client.id));
-                    let html = consent_html(&params, &approval, Some("That token is not one of this daemon's tokens."));
+                    let html = consent_html(&base, &params, &approval, Some("That token is not one of this daemon's tokens."));
                     return page(StatusCode::UNAUTHORIZED, &html);
                 };
                 if !owner.scopes.contains(Scope::Admin) {
@@ -398,7 +413,7 @@ fn decide(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
                         "The token `{}` does not have the admin scope; only an owner's admin token approves.",
                         owner.token_name
                     );
-                    return page(StatusCode::FORBIDDEN, &consent_html(&params, &approval, Some(&message)));
+                    return page(StatusCode::FORBIDDEN, &consent_html(&base, &params, &approval, Some(&message)));
                 }
                 let ticked: Scopes = fields
                     .iter()
@@ -411,7 +426,7 @@ fn decide(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
                     .filter(|s| ticked.contains(*s) && owner.scopes.contains(*s))
                     .collect();
                 if granted == Scopes::default() {
-                    let html = consent_html(&params, &approval, Some("Tick at least one scope, or deny."));
+                    let html = consent_html(&base, &params, &approval, Some("Tick at least one scope, or deny."));
                     return page(StatusCode::BAD_REQUEST, &html);
                 }
                 match app.oauth.approve(&base, &approval, granted, &owner) {
@@ -520,7 +535,7 @@ const SCOPE_HELP: [(Scope, &str); 5] = [
     (Scope::Admin, "sync, revert, settings (dynapi.yaml)"),
 ];
 
-fn consent_html(params: &AuthorizeParams, a: &Approval, error: Option<&str>) -> String {
+fn consent_html(base: &str, params: &AuthorizeParams, a: &Approval, error: Option<&str>) -> String {
     let mut html = String::new();
     html.push_str(&format!(
         "<h1>Allow {} to use this dynapi?</h1>",
@@ -541,7 +556,10 @@ fn consent_html(params: &AuthorizeParams, a: &Approval, error: Option<&str>) -> 
     if let Some(error) = error {
         html.push_str(&format!("<p class=\"error\">{}</p>", escape(error)));
     }
-    html.push_str("<form method=\"post\" action=\"/oauth/authorize\">");
+    html.push_str(&format!(
+        "<form method=\"post\" action=\"{}/oauth/authorize\">",
+        escape(base)
+    ));
     let hidden = [
         ("response_type", &params.response_type),
         ("client_id", &params.client_id),

@@ -127,11 +127,21 @@ pub enum Denied {
     ElseWhere(String),
 }
 
+/// Wrong owner tokens accepted on the consent page within `GUESS_WINDOW`,
+/// from anyone, before it refuses every attempt until the window has passed.
+/// Tokens the daemon makes cannot be guessed, but `dynapi.yaml` may hash a
+/// weak one; this bounds the guesses at the cost of locking the owner out for
+/// a while when someone tries.
+const MAX_GUESSES: usize = 20;
+const GUESS_WINDOW: Duration = Duration::from_secs(600);
+
 /// The authorization server's state: the store and how long tokens live.
 pub struct OAuth {
     pub store: Store,
     http: reqwest::Client,
     access_lifetime: Duration,
+    /// When recent wrong owner tokens were given, oldest first.
+    guesses: std::sync::Mutex<std::collections::VecDeque<std::time::Instant>>,
 }
 
 /// An authorization request's parameters (RFC 6749 4.1.1, RFC 7636, RFC 8707),
@@ -242,7 +252,30 @@ impl OAuth {
             store,
             http,
             access_lifetime,
+            guesses: Default::default(),
         }
+    }
+
+    /// How long until the consent page takes an owner token again, if it is
+    /// refusing them after too many wrong ones.
+    pub fn owner_locked_for(&self) -> Option<Duration> {
+        let mut guesses = self.guesses.lock().unwrap_or_else(|p| p.into_inner());
+        while guesses.front().is_some_and(|t| t.elapsed() >= GUESS_WINDOW) {
+            guesses.pop_front();
+        }
+        (guesses.len() >= MAX_GUESSES)
+            .then(|| {
+                guesses
+                    .front()
+                    .map(|t| GUESS_WINDOW.saturating_sub(t.elapsed()))
+            })
+            .flatten()
+    }
+
+    /// Counts a wrong owner token.
+    pub fn owner_guessed_wrong(&self) {
+        let mut guesses = self.guesses.lock().unwrap_or_else(|p| p.into_inner());
+        guesses.push_back(std::time::Instant::now());
     }
 
     // ----- registration -------------------------------------------------

@@ -17,32 +17,38 @@ use tokio::process::{Child, ChildStdout, Command};
 
 use crate::support::{Daemon, TOKEN};
 
-/// The client, started against `d`'s /mcp as `token`, and its output lines.
-struct Client {
+/// A client script of tests/mcp, running, and its output lines.
+pub(crate) struct Client {
     child: Child,
     lines: Lines<BufReader<ChildStdout>>,
 }
 
 impl Client {
+    /// tests/mcp/client.py against `d`'s /mcp as `token`.
     fn start(d: &Daemon, token: &str, args: &[&str]) -> Client {
+        let mut all = vec![format!("{}/mcp", d.url), token.to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        Client::script("client.py", &all)
+    }
+
+    /// tests/mcp/`name` with `args`.
+    pub(crate) fn script(name: &str, args: &[String]) -> Client {
         let python = std::env::var("DYNAPI_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/client.py");
+        let script = format!("{}/tests/mcp/{name}", env!("CARGO_MANIFEST_DIR"));
         let mut child = Command::new(&python)
-            .arg(script)
-            .arg(format!("{}/mcp", d.url))
-            .arg(token)
+            .arg(&script)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .unwrap_or_else(|e| panic!("{python} runs tests/mcp/client.py: {e}"));
+            .unwrap_or_else(|e| panic!("{python} runs {script}: {e}"));
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
         Client { child, lines }
     }
 
     /// The next step the client prints; its `step` must be `step`.
-    async fn step(&mut self, step: &str) -> Value {
+    pub(crate) async fn step(&mut self, step: &str) -> Value {
         let line = tokio::time::timeout(Duration::from_secs(60), self.lines.next_line())
             .await
             .unwrap_or_else(|_| panic!("no `{step}` from the MCP client within 60 s"))
@@ -57,7 +63,7 @@ impl Client {
     }
 
     /// Waits for the client to exit and checks it succeeded.
-    async fn finish(mut self) {
+    pub(crate) async fn finish(mut self) {
         let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .expect("the MCP client exits")

@@ -428,6 +428,40 @@ async fn an_mcp_client_signs_in_with_oauth_calls_mcp_refreshes_and_revokes() {
     assert!(!log.contains(&refresh) && !log.contains(&access));
 }
 
+/// The official MCP Python SDK's OAuth client, as ChatGPT's connectors sign in:
+/// from the 401 to tools, with only the scopes the owner ticked.
+#[tokio::test]
+async fn the_mcp_python_sdk_signs_in_with_oauth_and_gets_what_the_owner_granted() {
+    let d = Daemon::start().await;
+    let mut sdk = crate::mcp::Client::script(
+        "oauth_client.py",
+        &[format!("{}/mcp", d.url), TOKEN.to_string()],
+    );
+    let consent = sdk.step("consent").await;
+    assert_eq!(consent["status"], json!(200), "{consent}");
+    assert_eq!(consent["has_form"], json!(true));
+    let signed_in = sdk.step("signed-in").await;
+    sdk.finish().await;
+    assert_eq!(signed_in["scope"], json!("read run"), "{signed_in}");
+    let tools: Vec<&str> = signed_in["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(
+        tools.contains(&"listFiles") && !tools.contains(&"writeFile"),
+        "{tools:?}"
+    );
+    assert_eq!(signed_in["listed"]["is_error"], json!(false), "{signed_in}");
+    assert!(signed_in["listed"].to_string().contains("hello.yaml"));
+    assert_eq!(signed_in["write"]["is_error"], json!(true));
+    assert!(!d.workspace.join("x.md").exists());
+    // The SDK registered itself; the owner sees it.
+    let client = signed_in["client"].as_str().unwrap();
+    assert!(cli(&d, &["list"]).contains(client));
+}
+
 #[tokio::test]
 async fn oauth_refusals_carry_the_errors_the_rfcs_name() {
     let d = Daemon::start().await;
@@ -666,6 +700,20 @@ async fn oauth_refusals_carry_the_errors_the_rfcs_name() {
     )
     .await;
     assert_eq!(json_body.json["error"], json!("invalid_request"));
+
+    // Guessing owner tokens is bounded: after 20 wrong ones the page refuses
+    // every token for a while, the right one too.
+    let page_params = with(&[]);
+    let page_params: Vec<(&str, &str)> =
+        page_params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for _ in 0..20 {
+        let guess = b.decide(&page_params, "guess", &["read"], "approve").await;
+        assert_eq!(guess.status, 401);
+    }
+    let locked = b.decide(&page_params, TOKEN, &["read"], "approve").await;
+    assert_eq!(locked.status, 429, "{}", locked.text);
+    assert!(locked.headers.contains_key("retry-after"));
+    assert!(locked.location().is_empty());
 
     // Registration refusals (RFC 7591 3.2.2).
     for (metadata, error) in [
