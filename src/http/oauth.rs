@@ -34,22 +34,33 @@ use crate::App;
 const BODY_LIMIT: u64 = 64 * 1024;
 
 pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    // CORS is wrapped inside each path prefix: warp's CORS filter answers a
+    // preflight before the routes it wraps are matched, so wrapped around
+    // everything it would answer preflights for every path of the API.
     let cors = warp::cors()
         .allow_any_origin()
         .allow_methods(["GET", "POST"])
         .allow_headers(["authorization", "content-type", "mcp-protocol-version"]);
-    let open = server_metadata(app.clone())
-        .or(resource_metadata(app.clone()))
+    let well_known = warp::path(".well-known").and(
+        server_metadata(app.clone())
+            .or(resource_metadata(app.clone()))
+            .unify()
+            .with(cors.clone())
+            .map(Reply::into_response),
+    );
+    let oauth = warp::path("oauth").and(
+        register(app.clone())
+            .or(token(app.clone()))
+            .unify()
+            .or(revoke(app.clone()))
+            .unify()
+            .with(cors)
+            .map(Reply::into_response),
+    );
+    well_known
+        .or(oauth)
         .unify()
-        .or(register(app.clone()))
-        .unify()
-        .or(token(app.clone()))
-        .unify()
-        .or(revoke(app.clone()))
-        .unify()
-        .with(cors)
-        .map(Reply::into_response);
-    open.or(consent(app.clone()))
+        .or(consent(app.clone()))
         .unify()
         .or(decide(app))
         .unify()
@@ -62,7 +73,7 @@ fn host() -> impl Filter<Extract = (Option<String>,), Error = Rejection> + Clone
 
 /// `GET /.well-known/oauth-authorization-server`: RFC 8414 metadata.
 fn server_metadata(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!(".well-known" / "oauth-authorization-server")
+    warp::path!("oauth-authorization-server")
         .and(warp::get())
         .and(host())
         .and(with_app(app))
@@ -95,9 +106,8 @@ fn server_metadata(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = 
 fn resource_metadata(
     app: Arc<App>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let api = warp::path!(".well-known" / "oauth-protected-resource").map(|| oauth::Audience::Api);
-    let mcp = warp::path!(".well-known" / "oauth-protected-resource" / "mcp")
-        .map(|| oauth::Audience::Mcp);
+    let api = warp::path!("oauth-protected-resource").map(|| oauth::Audience::Api);
+    let mcp = warp::path!("oauth-protected-resource" / "mcp").map(|| oauth::Audience::Mcp);
     api.or(mcp)
         .unify()
         .and(warp::get())
@@ -121,7 +131,7 @@ fn resource_metadata(
 /// `POST /oauth/register`: RFC 7591 dynamic registration, open to anyone (a
 /// registration grants nothing; the owner's approval does).
 fn register(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("oauth" / "register")
+    warp::path!("register")
         .and(warp::post())
         .and(with_app(app))
         .and(body(BODY_LIMIT))
@@ -177,7 +187,7 @@ fn register(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejecti
 
 /// `POST /oauth/token`: RFC 6749 section 4.1.3 and 6.
 fn token(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("oauth" / "token")
+    warp::path!("token")
         .and(warp::post())
         .and(host())
         .and(form_request(app))
@@ -195,7 +205,7 @@ fn token(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection>
 
 /// `POST /oauth/revoke`: RFC 7009. Unknown tokens are answered 200 too (2.2).
 fn revoke(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("oauth" / "revoke")
+    warp::path!("revoke")
         .and(warp::post())
         .and(form_request(app))
         .map(|(app, basic, body): FormRequest| {

@@ -3,7 +3,8 @@
 //! an https URL names a JSON document of its metadata, which the server reads.
 //!
 //! Reading a URL a stranger names is a server-side request, so it is kept small:
-//! https only (http only to a loopback address, for clients on the same machine),
+//! https only (http to a loopback address only when the daemon itself is served
+//! on one, for clients on the same machine),
 //! no credentials in the URL, no redirects followed, a short timeout, and at most
 //! `MAX_BYTES` read. Nothing read is shown to the requester but the client's name
 //! and redirect URIs, and only after the document proved it names itself.
@@ -16,14 +17,14 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BYTES: usize = 16 * 1024;
 
 /// Whether a client id is a metadata document's URL: https with a path, or
-/// http to a loopback address.
-pub fn is_document_id(id: &str) -> bool {
+/// (when `loopback` allows it) http to a loopback address.
+pub fn is_document_id(id: &str, loopback: bool) -> bool {
     let Ok(url) = url::Url::parse(id) else {
         return false;
     };
     let scheme_ok = match url.scheme() {
         "https" => true,
-        "http" => super::is_loopback(&url),
+        "http" => loopback && super::is_loopback(&url),
         _ => false,
     };
     scheme_ok
@@ -72,4 +73,23 @@ pub async fn fetch(http: &reqwest::Client, url: &str) -> Result<ClientMetadata, 
         ));
     }
     Ok(meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_document_id;
+
+    #[test]
+    fn only_https_urls_with_a_path_name_documents_and_loopback_only_when_local() {
+        assert!(is_document_id(
+            "https://app.example/oauth/client.json",
+            false
+        ));
+        assert!(!is_document_id("https://app.example/", false));
+        assert!(!is_document_id("https://user:pw@app.example/c.json", false));
+        assert!(!is_document_id("dyn_0123", true));
+        assert!(!is_document_id("http://app.example/c.json", true));
+        assert!(!is_document_id("http://127.0.0.1:8080/c.json", false));
+        assert!(is_document_id("http://127.0.0.1:8080/c.json", true));
+    }
 }

@@ -374,10 +374,14 @@ impl OAuth {
     }
 
     /// The client `id` names: a stored one, or a metadata document read (again,
-    /// once an hour) when the id is its URL.
-    async fn client(&self, id: &str) -> Result<Option<Client>, OAuthError> {
+    /// once an hour) when the id is its URL. A document on a loopback address
+    /// is read only when the daemon itself is reached on one (everything on one
+    /// machine, as in development); a public daemon never reads its own host's
+    /// plain-http services for a stranger.
+    async fn client(&self, base: &str, id: &str) -> Result<Option<Client>, OAuthError> {
         let known = self.store.client(id)?;
-        let is_document = document::is_document_id(id);
+        let local = url::Url::parse(base).is_ok_and(|b| b.scheme() == "http" && is_loopback(&b));
+        let is_document = document::is_document_id(id, local);
         match known {
             Some(c) if c.kind != ClientKind::Document => return Ok(Some(c)),
             Some(c) if c.fetched.unwrap_or(0) + DOCUMENT_FRESH > store::now() => {
@@ -418,7 +422,7 @@ impl OAuth {
         let Some(client_id) = p.client_id.as_deref().filter(|s| !s.is_empty()) else {
             return Err(page("invalid_request", "client_id is missing"));
         };
-        let client = match self.client(client_id).await {
+        let client = match self.client(base, client_id).await {
             Ok(Some(c)) => c,
             Ok(None) => return Err(page("invalid_client", "the client is not registered here")),
             Err(e) => return Err(Refused::Page(e)),

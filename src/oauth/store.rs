@@ -4,6 +4,10 @@
 //! locking makes that safe; a revocation on the command line takes effect on the
 //! next request). Only SHA-256 hashes of secrets, codes and tokens are stored.
 //!
+//! Only this module's connection may open the file in the daemon's process:
+//! SQLite's locks are POSIX record locks, which belong to the process, so
+//! closing any other descriptor of the file would silently drop them.
+//!
 //! This module knows rows, not flows: `oauth/mod.rs` decides what a request may
 //! do. Every call takes the connection's std `Mutex` for a few statements on an
 //! indexed table; that is microseconds, so the async threads call it directly

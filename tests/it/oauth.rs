@@ -260,6 +260,26 @@ async fn an_mcp_client_signs_in_with_oauth_calls_mcp_refreshes_and_revokes() {
     assert_eq!(server["code_challenge_methods_supported"], json!(["S256"]));
     assert_eq!(server["client_id_metadata_document_supported"], json!(true));
 
+    // Browser-based clients may call the token endpoint from another origin;
+    // the rest of the API is not opened to them.
+    let preflight = |path: &str| {
+        b.http
+            .request(reqwest::Method::OPTIONS, format!("{}{path}", d.url))
+            .header("origin", "https://inspector.example")
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    let allowed = preflight("/oauth/token").await.unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://inspector.example"
+    );
+    let refused = preflight("/files/x.md").await.unwrap();
+    assert!(!refused
+        .headers()
+        .contains_key("access-control-allow-origin"));
+
     // 2. Registration (RFC 7591): a public client.
     let reg = b
         .register(json!({
@@ -807,6 +827,26 @@ fn cli(d: &Daemon, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Checks that no file in the state folder (the store, its write-ahead log,
+/// the audit log) contains `secret`. grep reads them, in its own process:
+/// closing a descriptor of the store in this one would drop the locks SQLite
+/// holds on it for the daemon (POSIX record locks belong to the process).
+fn assert_no_file_holds(d: &Daemon, secret: &str) {
+    let dir = d.workspace.join(".git/dynapi");
+    assert!(dir.join("oauth.db").exists());
+    let found = std::process::Command::new("grep")
+        .args(["-rlaF", "--", secret])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(
+        found.status.code(),
+        Some(1),
+        "grep found a secret in: {}",
+        String::from_utf8_lossy(&found.stdout)
+    );
+}
+
 fn field(text: &str, label: &str) -> String {
     text.lines()
         .find_map(|l| l.trim().strip_prefix(label))
@@ -829,9 +869,15 @@ async fn a_gpt_actions_client_made_on_the_command_line_signs_in_and_is_revoked_t
         field(&made, "Authorization URL:"),
         format!("{}/oauth/authorize", d.url)
     );
-    // Only the hash is kept.
-    let store = std::fs::read(d.workspace.join(".git/dynapi/oauth.db")).unwrap();
-    assert!(!String::from_utf8_lossy(&store).contains(&secret));
+    // Only hashes are kept: no file of the daemon's state holds the secret.
+    assert_no_file_holds(&d, &secret);
+    // (The same search does find what is kept in the clear, the client id.)
+    let found = std::process::Command::new("grep")
+        .args(["-rlaF", "--", &id])
+        .arg(d.workspace.join(".git/dynapi"))
+        .status()
+        .unwrap();
+    assert!(found.success());
 
     // GPT Actions' callback is known once the action is saved.
     let callback = "https://chatgpt.com/aip/g-0123456789abcdef/oauth/callback";
@@ -896,10 +942,8 @@ async fn a_gpt_actions_client_made_on_the_command_line_signs_in_and_is_revoked_t
     let refresh = tokens.json["refresh_token"].as_str().unwrap().to_string();
     d.restart().await;
     let b = Browser::new(&d);
-    assert_eq!(
-        d.request("GET", "/files", None, Some(&access)).await.status,
-        200
-    );
+    let after_restart = d.request("GET", "/files", None, Some(&access)).await;
+    assert_eq!(after_restart.status, 200, "{}", after_restart.json);
     let refreshed = b
         .form(
             "/oauth/token",
@@ -924,6 +968,8 @@ async fn a_gpt_actions_client_made_on_the_command_line_signs_in_and_is_revoked_t
     cli(&d, &["revoke", &grant]);
     let after = d.request("GET", "/files", None, Some(&access)).await;
     assert_eq!(after.status, 401);
+    assert_no_file_holds(&d, &access);
+    assert_no_file_holds(&d, &refresh);
     // Removing the client ends everything it had.
     cli(&d, &["revoke", &id]);
     assert!(!cli(&d, &["list"]).contains(&id));
