@@ -146,19 +146,20 @@ fn register(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejecti
                         )
                     })
                 })
-                .and_then(|meta| app.oauth.register(meta));
+                .and_then(|meta| {
+                    let method = meta.token_endpoint_auth_method.clone();
+                    Ok((app.oauth.register(meta)?, method))
+                });
             match registered {
-                Ok((client, secret)) => {
+                Ok(((client, secret), asked)) => {
                     audit(
                         &app,
                         "-",
                         &format!("register client {} ({})", client.id, client.name),
                     );
-                    let method = if secret.is_none() {
-                        "none"
-                    } else {
-                        "client_secret_basic"
-                    };
+                    // The method asked for (both secret methods are taken alike),
+                    // else RFC 7591's default.
+                    let method = asked.unwrap_or_else(|| "client_secret_basic".into());
                     let mut answer = json!({
                         "client_id": client.id,
                         "client_id_issued_at": client.created,

@@ -295,15 +295,7 @@ impl OAuth {
             ));
         }
         check_metadata(&meta)?;
-        let left = self
-            .store
-            .prune_registered(store::now() - UNUSED_CLIENT_KEPT)?;
-        if left >= MAX_REGISTERED {
-            return Err(OAuthError::new(
-                "temporarily_unavailable",
-                format!("{MAX_REGISTERED} registered clients are kept at most; revoke some with `dynapi oauth revoke`"),
-            ));
-        }
+        self.room_for_a_stranger()?;
         let secret = (method != "none").then(|| new_secret(SECRET_PREFIX));
         let client = Client {
             id: format!("dyn_{}", random_hex(12)),
@@ -317,6 +309,20 @@ impl OAuth {
         };
         self.store.add_client(&client)?;
         Ok((client, secret))
+    }
+
+    /// Whether another client may come by itself (`MAX_REGISTERED`).
+    fn room_for_a_stranger(&self) -> Result<(), OAuthError> {
+        let left = self
+            .store
+            .prune_strangers(store::now() - UNUSED_CLIENT_KEPT)?;
+        if left >= MAX_REGISTERED {
+            return Err(OAuthError::new(
+                "temporarily_unavailable",
+                format!("{MAX_REGISTERED} self-made clients are kept at most; revoke some with `dynapi oauth revoke`"),
+            ));
+        }
+        Ok(())
     }
 
     /// A confidential client made by the owner (`dynapi oauth client new`), as GPT
@@ -384,11 +390,12 @@ impl OAuth {
         let is_document = document::is_document_id(id, local);
         match known {
             Some(c) if c.kind != ClientKind::Document => return Ok(Some(c)),
+            _ if !is_document => return Ok(None),
             Some(c) if c.fetched.unwrap_or(0) + DOCUMENT_FRESH > store::now() => {
                 return Ok(Some(c))
             }
-            _ if !is_document => return Ok(None),
-            _ => {}
+            Some(_) => {}
+            None => self.room_for_a_stranger()?,
         }
         let meta = document::fetch(&self.http, id)
             .await

@@ -271,18 +271,19 @@ impl Store {
         })
     }
 
-    /// Registered clients that never got a grant and are older than `before`
-    /// are forgotten: registration is open, so what it leaves behind is bounded.
-    /// Answers how many registered clients are left.
-    pub fn prune_registered(&self, before: i64) -> Result<usize, StoreError> {
+    /// Clients that came by themselves (registered, or named by a metadata
+    /// document) and never got a grant are forgotten once older than
+    /// `before`: anyone may make them, so what they leave behind is bounded.
+    /// Answers how many such clients are left.
+    pub fn prune_strangers(&self, before: i64) -> Result<usize, StoreError> {
         self.with(|db| {
             db.execute(
-                "DELETE FROM clients WHERE kind = 'registered' AND created < ?1
+                "DELETE FROM clients WHERE kind IN ('registered', 'document') AND created < ?1
                  AND id NOT IN (SELECT client_id FROM grants)",
                 [before],
             )?;
             db.query_row(
-                "SELECT count(*) FROM clients WHERE kind = 'registered'",
+                "SELECT count(*) FROM clients WHERE kind IN ('registered', 'document')",
                 [],
                 |r| r.get::<_, i64>(0),
             )

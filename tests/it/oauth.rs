@@ -735,6 +735,21 @@ async fn oauth_refusals_carry_the_errors_the_rfcs_name() {
     assert!(locked.headers.contains_key("retry-after"));
     assert!(locked.location().is_empty());
 
+    // A client asking for a secret gets one, with the method it named.
+    let confidential = b
+        .register(json!({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "client_secret_post"}))
+        .await;
+    assert_eq!(confidential.status, 201, "{}", confidential.text);
+    assert_eq!(
+        confidential.json["token_endpoint_auth_method"],
+        json!("client_secret_post")
+    );
+    assert!(confidential.json["client_secret"]
+        .as_str()
+        .unwrap()
+        .starts_with("dynapi_cs_"));
+    assert_eq!(confidential.json["client_secret_expires_at"], json!(0));
+
     // Registration refusals (RFC 7591 3.2.2).
     for (metadata, error) in [
         (
