@@ -188,12 +188,12 @@ pub(crate) fn bearer(
     host: Option<&str>,
     at: Audience,
 ) -> Result<Caller, ApiError> {
-    let base = base_url(app, host);
-    let metadata = match at {
-        Audience::Api => format!("{base}/.well-known/oauth-protected-resource"),
-        Audience::Mcp => format!("{base}/.well-known/oauth-protected-resource/mcp"),
-    };
+    let base = || base_url(app, host);
     let refuse = |message: &str, invalid: bool| {
+        let metadata = match at {
+            Audience::Api => format!("{}/.well-known/oauth-protected-resource", base()),
+            Audience::Mcp => format!("{}/.well-known/oauth-protected-resource/mcp", base()),
+        };
         let mut challenge = format!("Bearer resource_metadata=\"{metadata}\"");
         if invalid {
             challenge.push_str(&format!(
@@ -225,7 +225,7 @@ pub(crate) fn bearer(
     if token.starts_with(ACCESS_PREFIX) {
         return app
             .oauth
-            .verify(token, &base, at)
+            .verify(token, &base(), at)
             .map_err(|denied| match denied {
                 Denied::Expired => refuse("the access token expired; use the refresh token", true),
                 Denied::ElseWhere(resource) => refuse(
