@@ -9,6 +9,7 @@
 //! `MAX_BYTES` read. Nothing read is shown to the requester but the client's name
 //! and redirect URIs, and only after the document proved it names itself.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::ClientMetadata;
@@ -17,10 +18,17 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BYTES: usize = 16 * 1024;
 
 /// Whether a client id is a metadata document's URL: https with a path, or
-/// (when `loopback` allows it) http to a loopback address.
+/// (when `loopback` allows it, for a daemon on loopback itself) http to a
+/// loopback address. Otherwise an address written in the URL must be public.
 pub fn is_document_id(id: &str, loopback: bool) -> bool {
     let Ok(url) = url::Url::parse(id) else {
         return false;
+    };
+    let address_ok = match url.host() {
+        Some(url::Host::Ipv4(ip)) => loopback || is_public(ip.into()),
+        Some(url::Host::Ipv6(ip)) => loopback || is_public(ip.into()),
+        Some(url::Host::Domain(_)) => true,
+        None => false,
     };
     let scheme_ok = match url.scheme() {
         "https" => true,
@@ -28,10 +36,60 @@ pub fn is_document_id(id: &str, loopback: bool) -> bool {
         _ => false,
     };
     scheme_ok
+        && address_ok
         && url.username().is_empty()
         && url.password().is_none()
         && url.fragment().is_none()
         && url.path() != "/"
+}
+
+/// Resolves names as the system does, keeping only public addresses.
+pub struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| is_public(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!("{host} has no public address").into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Whether `ip` is an address on the public internet: not private, loopback,
+/// link-local (cloud metadata lives there), shared (CGNAT), unspecified,
+/// broadcast, documentation, reserved, or IPv6 unique-local.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || (a == 100 && (b & 0xc0) == 64)
+                || a == 0
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
+        }
+    }
 }
 
 /// Reads and checks the document at `url`.
@@ -77,7 +135,44 @@ pub async fn fetch(http: &reqwest::Client, url: &str) -> Result<ClientMetadata, 
 
 #[cfg(test)]
 mod tests {
-    use super::is_document_id;
+    use super::*;
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        for private in [
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "127.0.0.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in ["1.1.1.1", "140.82.112.3", "2606:4700::1111"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+        assert!(!is_document_id(
+            "https://169.254.169.254/latest/meta-data",
+            false
+        ));
+        assert!(!is_document_id("https://[fd00::1]/c.json", false));
+        assert!(is_document_id("https://140.82.112.3/c.json", false));
+    }
+
+    #[tokio::test]
+    async fn names_resolving_only_to_private_addresses_are_refused() {
+        use reqwest::dns::Resolve;
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        let refused = PublicOnly.resolve(name).await;
+        assert!(refused.is_err());
+    }
 
     #[test]
     fn only_https_urls_with_a_path_name_documents_and_loopback_only_when_local() {

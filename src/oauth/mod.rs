@@ -138,7 +138,10 @@ const GUESS_WINDOW: Duration = Duration::from_secs(600);
 /// The authorization server's state: the store and how long tokens live.
 pub struct OAuth {
     pub store: Store,
-    http: reqwest::Client,
+    /// Reads metadata documents for a daemon served on loopback (anywhere).
+    http_local: reqwest::Client,
+    /// Reads them for any other daemon (public addresses only).
+    http_public: reqwest::Client,
     access_lifetime: Duration,
     /// When recent wrong owner tokens were given, oldest first.
     guesses: std::sync::Mutex<std::collections::VecDeque<std::time::Instant>>,
@@ -242,15 +245,23 @@ pub struct ClientMetadata {
 
 impl OAuth {
     pub fn new(store: Store, access_lifetime: Duration) -> OAuth {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(document::FETCH_TIMEOUT)
-            .user_agent(concat!("dynapi/", env!("CARGO_PKG_VERSION")))
+        let builder = || {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(document::FETCH_TIMEOUT)
+                .user_agent(concat!("dynapi/", env!("CARGO_PKG_VERSION")))
+        };
+        // Building fails only without a TLS backend, which is compiled in; a
+        // default client instead would drop the public-only resolver.
+        let http_local = builder().build().expect("an HTTP client builds");
+        let http_public = builder()
+            .dns_resolver(std::sync::Arc::new(document::PublicOnly))
             .build()
-            .unwrap_or_default();
+            .expect("an HTTP client builds");
         OAuth {
             store,
-            http,
+            http_local,
+            http_public,
             access_lifetime,
             guesses: Default::default(),
         }
@@ -397,7 +408,12 @@ impl OAuth {
             Some(_) => {}
             None => self.room_for_a_stranger()?,
         }
-        let meta = document::fetch(&self.http, id)
+        let http = if local {
+            &self.http_local
+        } else {
+            &self.http_public
+        };
+        let meta = document::fetch(http, id)
             .await
             .map_err(|e| OAuthError::new("invalid_client", e))?;
         check_metadata(&meta)?;

@@ -1051,6 +1051,22 @@ async fn a_client_named_by_its_metadata_document_signs_in_without_registering() 
         200
     );
 
+    // A daemon served at a public URL does not read its own machine's
+    // plain-http services for a stranger: the same document is refused there.
+    let public = Daemon::start_with(|c| c.public_url = Some("https://dynapi.example".into())).await;
+    let there = Browser::new(&public);
+    let refused = seen(
+        there
+            .http
+            .get(there.authorize_url(&params))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(refused.status, 400, "{}", refused.text);
+    assert_eq!(refused.json["error"]["code"], json!("invalid_client"));
+
     // A document that names another client id is not believed; nor is an
     // address that does not answer.
     for bad in [
