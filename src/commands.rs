@@ -147,24 +147,20 @@ pub fn token_new(scopes: &str, name: &str) -> i32 {
 }
 
 /// The OAuth store of the workspace at `dir`, which must exist.
-fn oauth_at(dir: &Path, command: &str) -> Option<crate::oauth::OAuth> {
-    if !dir.join(".git").is_dir() {
-        eprintln!(
-            "dynapi {command}: no workspace at {}; pass --workspace (or DYNAPI_WORKSPACE) as `dynapi serve` has it",
-            dir.display()
-        );
-        return None;
-    }
-    match crate::oauth::Store::open(&dir.join(".git").join("dynapi")) {
-        Ok(store) => Some(crate::oauth::OAuth::new(
-            store,
-            std::time::Duration::from_secs(3600),
-        )),
-        Err(e) => {
-            eprintln!("dynapi {command}: {e}");
-            None
+fn oauth_store(dir: &Path, command: &str) -> Option<crate::oauth::Store> {
+    let workspace = match workspace::Workspace::open(dir) {
+        Ok(w) if dir.join(".git").is_dir() => w,
+        _ => {
+            eprintln!(
+                "dynapi {command}: no workspace at {}; pass --workspace (or DYNAPI_WORKSPACE) as `dynapi serve` has it",
+                dir.display()
+            );
+            return None;
         }
-    }
+    };
+    crate::oauth::Store::open(&workspace.state_dir())
+        .map_err(|e| eprintln!("dynapi {command}: {e}"))
+        .ok()
 }
 
 /// `dynapi oauth client new`: a confidential client for GPT Actions' OAuth settings.
@@ -183,10 +179,11 @@ pub fn oauth_client_new(
             return 2;
         }
     };
-    let Some(oauth) = oauth_at(dir, command) else {
+    let Some(store) = oauth_store(dir, command) else {
         return 1;
     };
-    let (client, secret) = match oauth.add_owner_client(name, redirect_uris, scopes) {
+    let (client, secret) = match crate::oauth::add_owner_client(&store, name, redirect_uris, scopes)
+    {
         Ok(made) => made,
         Err(e) => {
             eprintln!("dynapi {command}: {}", e.description);
@@ -227,10 +224,10 @@ pub fn oauth_client_new(
 /// `dynapi oauth client allow-redirect`: adds an exact redirect URI.
 pub fn oauth_allow_redirect(dir: &Path, id: &str, uri: &str) -> i32 {
     let command = "oauth client allow-redirect";
-    let Some(oauth) = oauth_at(dir, command) else {
+    let Some(store) = oauth_store(dir, command) else {
         return 1;
     };
-    match oauth.allow_redirect(id, uri) {
+    match crate::oauth::allow_redirect(&store, id, uri) {
         Ok(client) => {
             println!(
                 "{} now redirects to: {}",
@@ -249,10 +246,10 @@ pub fn oauth_allow_redirect(dir: &Path, id: &str, uri: &str) -> i32 {
 /// `dynapi oauth list`: every client and every grant.
 pub fn oauth_list(dir: &Path) -> i32 {
     let command = "oauth list";
-    let Some(oauth) = oauth_at(dir, command) else {
+    let Some(store) = oauth_store(dir, command) else {
         return 1;
     };
-    let (clients, grants) = match (oauth.store.clients(), oauth.store.grants()) {
+    let (clients, grants) = match (store.clients(), store.grants()) {
         (Ok(c), Ok(g)) => (c, g),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("dynapi {command}: {e}");
@@ -306,14 +303,13 @@ pub fn oauth_list(dir: &Path) -> i32 {
 /// `dynapi oauth revoke ID`: a grant, or a client with its grants.
 pub fn oauth_revoke(dir: &Path, id: &str) -> i32 {
     let command = "oauth revoke";
-    let Some(oauth) = oauth_at(dir, command) else {
+    let Some(store) = oauth_store(dir, command) else {
         return 1;
     };
     let revoked = if id.starts_with("g_") {
-        oauth.store.revoke_grant(id).map(|found| (found, "grant"))
+        store.revoke_grant(id).map(|found| (found, "grant"))
     } else {
-        oauth
-            .store
+        store
             .remove_client(id)
             .map(|found| (found, "client and its grants"))
     };

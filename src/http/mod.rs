@@ -223,17 +223,17 @@ pub(crate) fn bearer(
         return Ok(caller);
     }
     if token.starts_with(ACCESS_PREFIX) {
-        return app
-            .oauth
-            .verify(token, &base(), at)
-            .map_err(|denied| match denied {
-                Denied::Expired => refuse("the access token expired; use the refresh token", true),
-                Denied::ElseWhere(resource) => refuse(
+        return app.oauth.verify(token, at).map_err(|denied| match denied {
+            Denied::Expired => refuse("the access token expired; use the refresh token", true),
+            Denied::ElseWhere(resource) => {
+                let resource = resource.unwrap_or_else(|| Audience::Mcp.resource(&base()));
+                refuse(
                     &format!("the access token was issued for {resource}, not this resource"),
                     true,
-                ),
-                Denied::Unknown => refuse("the bearer token is not valid", true),
-            });
+                )
+            }
+            Denied::Unknown => refuse("the bearer token is not valid", true),
+        });
     }
     Err(refuse("the bearer token is not valid", true))
 }

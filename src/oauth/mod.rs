@@ -123,8 +123,8 @@ impl From<StoreError> for OAuthError {
 pub enum Denied {
     Unknown,
     Expired,
-    /// Issued for another resource (RFC 8707): the one it names.
-    ElseWhere(String),
+    /// Issued for `/mcp` only (RFC 8707): the resource it names, if it named one.
+    ElseWhere(Option<String>),
 }
 
 /// Wrong owner tokens accepted on the consent page within `GUESS_WINDOW`,
@@ -336,60 +336,6 @@ impl OAuth {
         Ok(())
     }
 
-    /// A confidential client made by the owner (`dynapi oauth client new`), as GPT
-    /// Actions' OAuth settings take one. It may skip PKCE, which GPT Actions do
-    /// not send; when it does send a challenge, the challenge is enforced.
-    pub fn add_owner_client(
-        &self,
-        name: &str,
-        redirect_uris: Vec<String>,
-        scopes: Scopes,
-    ) -> Result<(Client, String), OAuthError> {
-        for uri in &redirect_uris {
-            check_redirect_uri(uri).map_err(|e| OAuthError::new("invalid_redirect_uri", e))?;
-        }
-        let secret = new_secret(SECRET_PREFIX);
-        let client = Client {
-            id: format!("dynapi_client_{}", random_hex(12)),
-            name: client_name(Some(name)),
-            kind: ClientKind::Owner,
-            secret_hash: Some(hash(&secret)),
-            redirect_uris,
-            scope: Some(scope_string(scopes)),
-            created: store::now(),
-            fetched: None,
-        };
-        self.store.add_client(&client)?;
-        Ok((client, secret))
-    }
-
-    /// Adds a redirect URI to an owner's client (GPT Actions show their callback
-    /// URL only once the action is saved).
-    pub fn allow_redirect(&self, client_id: &str, uri: &str) -> Result<Client, OAuthError> {
-        check_redirect_uri(uri).map_err(|e| OAuthError::new("invalid_redirect_uri", e))?;
-        let mut client = self
-            .store
-            .client(client_id)?
-            .ok_or_else(|| OAuthError::new("invalid_client", format!("no client `{client_id}`")))?;
-        if client.kind != ClientKind::Owner {
-            return Err(OAuthError::new(
-                "invalid_client",
-                "only clients made with `dynapi oauth client new` are changed here; others register their own redirect URIs",
-            ));
-        }
-        if !client.redirect_uris.iter().any(|u| u == uri) {
-            if client.redirect_uris.len() >= MAX_REDIRECT_URIS {
-                return Err(OAuthError::new(
-                    "invalid_redirect_uri",
-                    format!("a client has at most {MAX_REDIRECT_URIS} redirect URIs"),
-                ));
-            }
-            client.redirect_uris.push(uri.to_string());
-            self.store.add_client(&client)?;
-        }
-        Ok(client)
-    }
-
     /// The client `id` names: a stored one, or a metadata document read (again,
     /// once an hour) when the id is its URL. A document on a loopback address
     /// is read only when the daemon itself is reached on one (everything on one
@@ -474,14 +420,11 @@ impl OAuth {
             }
         };
         let back = |error, d: &str| {
-            Refused::Redirect(redirect_url(
+            Refused::Redirect(back_to_client(
                 &redirect_uri,
-                &[
-                    ("error", error),
-                    ("error_description", d),
-                    ("state", p.state.as_deref().unwrap_or("")),
-                    ("iss", base),
-                ],
+                vec![("error", error), ("error_description", d)],
+                p.state.as_deref(),
+                base,
             ))
         };
         if p.response_type.as_deref() != Some("code") {
@@ -581,25 +524,25 @@ impl OAuth {
                 grant_id: None,
             },
         )?;
-        let mut pairs = vec![("code", code.as_str())];
-        if let Some(state) = a.state.as_deref() {
-            pairs.push(("state", state));
-        }
-        pairs.push(("iss", base));
-        Ok(redirect_url(&a.redirect_uri, &pairs))
+        Ok(back_to_client(
+            &a.redirect_uri,
+            vec![("code", code.as_str())],
+            a.state.as_deref(),
+            base,
+        ))
     }
 
     /// The owner said no (RFC 6749 4.1.2.1 `access_denied`).
     pub fn deny(&self, base: &str, a: &Approval) -> String {
-        let mut pairs = vec![
-            ("error", "access_denied"),
-            ("error_description", "the owner did not approve"),
-        ];
-        if let Some(state) = a.state.as_deref() {
-            pairs.push(("state", state));
-        }
-        pairs.push(("iss", base));
-        redirect_url(&a.redirect_uri, &pairs)
+        back_to_client(
+            &a.redirect_uri,
+            vec![
+                ("error", "access_denied"),
+                ("error_description", "the owner did not approve"),
+            ],
+            a.state.as_deref(),
+            base,
+        )
     }
 
     // ----- tokens -----------------------------------------------------------
@@ -887,7 +830,7 @@ impl OAuth {
     }
 
     /// The caller an access token stands for, if it is live and meant for `at`.
-    pub fn verify(&self, token: &str, base: &str, at: Audience) -> Result<Caller, Denied> {
+    pub fn verify(&self, token: &str, at: Audience) -> Result<Caller, Denied> {
         let access = match self.store.access(&hash(token)) {
             Ok(Some(a)) => a,
             Ok(None) => return Err(Denied::Unknown),
@@ -901,15 +844,69 @@ impl OAuth {
         }
         let audience = Audience::parse(&access.audience);
         if audience == Audience::Mcp && at != Audience::Mcp {
-            return Err(Denied::ElseWhere(
-                access.resource.unwrap_or_else(|| audience.resource(base)),
-            ));
+            return Err(Denied::ElseWhere(access.resource));
         }
         Ok(Caller {
             token_name: format!("oauth:{}/{}", access.client_name, access.grant_id),
             scopes: parse_scope(&access.scope),
         })
     }
+}
+
+// ----- the owner's clients ---------------------------------------------------
+
+/// A confidential client made by the owner (`dynapi oauth client new`), as GPT
+/// Actions' OAuth settings take one. It may skip PKCE, which GPT Actions do
+/// not send; when it does send a challenge, the challenge is enforced. Only the
+/// command line makes them, on the store alone: no server is needed.
+pub fn add_owner_client(
+    store: &Store,
+    name: &str,
+    redirect_uris: Vec<String>,
+    scopes: Scopes,
+) -> Result<(Client, String), OAuthError> {
+    for uri in &redirect_uris {
+        check_redirect_uri(uri).map_err(|e| OAuthError::new("invalid_redirect_uri", e))?;
+    }
+    let secret = new_secret(SECRET_PREFIX);
+    let client = Client {
+        id: format!("dynapi_client_{}", random_hex(12)),
+        name: client_name(Some(name)),
+        kind: ClientKind::Owner,
+        secret_hash: Some(hash(&secret)),
+        redirect_uris,
+        scope: Some(scope_string(scopes)),
+        created: store::now(),
+        fetched: None,
+    };
+    store.add_client(&client)?;
+    Ok((client, secret))
+}
+
+/// Adds a redirect URI to an owner's client (GPT Actions show their callback
+/// URL only once the action is saved).
+pub fn allow_redirect(store: &Store, client_id: &str, uri: &str) -> Result<Client, OAuthError> {
+    check_redirect_uri(uri).map_err(|e| OAuthError::new("invalid_redirect_uri", e))?;
+    let mut client = store
+        .client(client_id)?
+        .ok_or_else(|| OAuthError::new("invalid_client", format!("no client `{client_id}`")))?;
+    if client.kind != ClientKind::Owner {
+        return Err(OAuthError::new(
+            "invalid_client",
+            "only clients made with `dynapi oauth client new` are changed here; others register their own redirect URIs",
+        ));
+    }
+    if !client.redirect_uris.iter().any(|u| u == uri) {
+        if client.redirect_uris.len() >= MAX_REDIRECT_URIS {
+            return Err(OAuthError::new(
+                "invalid_redirect_uri",
+                format!("a client has at most {MAX_REDIRECT_URIS} redirect URIs"),
+            ));
+        }
+        client.redirect_uris.push(uri.to_string());
+        store.add_client(&client)?;
+    }
+    Ok(client)
 }
 
 // ----- checks and small helpers ---------------------------------------------
@@ -1070,9 +1067,20 @@ fn same_resource(
     Ok(())
 }
 
-/// `uri` with `pairs` added to its query.
-fn redirect_url(uri: &str, pairs: &[(&str, &str)]) -> String {
-    let encoded = serde_urlencoded::to_string(pairs).unwrap_or_default();
+/// Where an authorization answer sends the browser: `uri` with `pairs`, the
+/// client's `state` when it sent one (RFC 6749 4.1.2) and `iss` (RFC 9207)
+/// added to its query.
+fn back_to_client<'a>(
+    uri: &str,
+    mut pairs: Vec<(&str, &'a str)>,
+    state: Option<&'a str>,
+    iss: &'a str,
+) -> String {
+    if let Some(state) = state {
+        pairs.push(("state", state));
+    }
+    pairs.push(("iss", iss));
+    let encoded = serde_urlencoded::to_string(&pairs).unwrap_or_default();
     let sep = if uri.contains('?') { '&' } else { '?' };
     format!("{uri}{sep}{encoded}")
 }

@@ -18,7 +18,6 @@ Errors end it with a non-zero exit and the reason on stderr.
 """
 
 import asyncio
-import json
 import sys
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -28,18 +27,10 @@ from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
 
+# The other client's way of printing steps and results (same folder).
+from client import result, say
+
 REDIRECT = "http://127.0.0.1:9/callback"
-
-
-def say(**fields):
-    print(json.dumps(fields), flush=True)
-
-
-def result(r):
-    return {
-        "is_error": bool(r.is_error),
-        "structured": r.structured_content,
-    }
 
 
 class Memory:
