@@ -191,28 +191,29 @@ fn token(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection>
     warp::path!("token")
         .and(warp::post())
         .and(host())
-        .and(form_request(app))
-        .map(|host: Option<String>, (app, basic, body): FormRequest| {
-            let base = base_url(&app, host.as_deref());
-            let answer = basic
-                .and_then(|basic| Ok((basic, form::<TokenParams>(body)?)))
-                .and_then(|(basic, params)| app.oauth.token(&base, params, basic));
-            match answer {
-                Ok(tokens) => no_store(warp::reply::json(&tokens)),
-                Err(e) => oauth_error(&e),
-            }
-        })
+        .and(with_app(app))
+        .and(form_request::<TokenParams>())
+        .map(
+            |host: Option<String>, app: Arc<App>, request: FormRequest<TokenParams>| {
+                let base = base_url(&app, host.as_deref());
+                let answer =
+                    request.and_then(|(basic, params)| app.oauth.token(&base, params, basic));
+                match answer {
+                    Ok(tokens) => no_store(warp::reply::json(&tokens)),
+                    Err(e) => oauth_error(&e),
+                }
+            },
+        )
 }
 
 /// `POST /oauth/revoke`: RFC 7009. Unknown tokens are answered 200 too (2.2).
 fn revoke(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("revoke")
         .and(warp::post())
-        .and(form_request(app))
-        .map(|(app, basic, body): FormRequest| {
-            let answer = basic
-                .and_then(|basic| Ok((basic, form::<RevokeParams>(body)?)))
-                .and_then(|(basic, params)| app.oauth.revoke(&params, basic));
+        .and(with_app(app))
+        .and(form_request::<RevokeParams>())
+        .map(|app: Arc<App>, request: FormRequest<RevokeParams>| {
+            let answer = request.and_then(|(basic, params)| app.oauth.revoke(&params, basic));
             match answer {
                 Ok(()) => no_store(warp::reply::json(&json!({}))),
                 Err(e) => oauth_error(&e),
@@ -220,22 +221,20 @@ fn revoke(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
         })
 }
 
-type FormRequest = (
-    Arc<App>,
-    Result<Option<(String, String)>, OAuthError>,
-    Result<Bytes, OAuthError>,
-);
+/// The HTTP Basic client credentials (if any) and the parameters of a token
+/// or revocation request, or why they cannot be read.
+type FormRequest<T> = Result<(Option<(String, String)>, T), OAuthError>;
 
 /// What the token and revocation endpoints read: HTTP Basic client
-/// credentials, and a form body (RFC 6749 3.2: `application/x-www-form-urlencoded`).
-fn form_request(app: Arc<App>) -> impl Filter<Extract = (FormRequest,), Error = Rejection> + Clone {
-    with_app(app)
-        .and(warp::header::optional::<String>("authorization"))
+/// credentials, and a form body (RFC 6749 3.2: `application/x-www-form-urlencoded`;
+/// a parameter sent twice is refused).
+fn form_request<T: serde::de::DeserializeOwned + Send>(
+) -> impl Filter<Extract = (FormRequest<T>,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
         .and(warp::header::optional::<String>("content-type"))
         .and(body(BODY_LIMIT))
         .map(
-            |app: Arc<App>,
-             authorization: Option<String>,
+            |authorization: Option<String>,
              content_type: Option<String>,
              body: Result<Bytes, ApiError>| {
                 let is_form = content_type.as_deref().is_some_and(|t| {
@@ -244,15 +243,18 @@ fn form_request(app: Arc<App>) -> impl Filter<Extract = (FormRequest,), Error = 
                             .eq_ignore_ascii_case("application/x-www-form-urlencoded")
                     })
                 });
-                let body = match body {
-                    Err(e) => Err(OAuthError::new("invalid_request", e.message)),
-                    Ok(_) if !is_form => Err(OAuthError::new(
+                let basic = basic_credentials(authorization.as_deref())?;
+                let body = body.map_err(|e| OAuthError::new("invalid_request", e.message))?;
+                if !is_form {
+                    return Err(OAuthError::new(
                         "invalid_request",
                         "send the parameters as application/x-www-form-urlencoded",
-                    )),
-                    Ok(b) => Ok(b),
-                };
-                (app, basic_credentials(authorization.as_deref()), body)
+                    ));
+                }
+                let params = serde_urlencoded::from_bytes(&body).map_err(|e| {
+                    OAuthError::new("invalid_request", format!("the form cannot be read: {e}"))
+                })?;
+                Ok((basic, params))
             },
         )
 }
@@ -279,13 +281,6 @@ fn basic_credentials(header: Option<&str>) -> Result<Option<(String, String)>, O
             .map_err(|_| bad())
     };
     Ok(Some((decode(id)?, decode(secret)?)))
-}
-
-fn form<T: serde::de::DeserializeOwned>(body: Result<Bytes, OAuthError>) -> Result<T, OAuthError> {
-    serde_urlencoded::from_bytes(&body?).map_err(|e| {
-        // Duplicate parameters land here too (RFC 6749 3.2: sent at most once).
-        OAuthError::new("invalid_request", format!("the form cannot be read: {e}"))
-    })
 }
 
 /// RFC 6749 5.2's error body, never cached.
