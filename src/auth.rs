@@ -85,6 +85,16 @@ impl Scopes {
         list.split(',').map(|s| s.trim().parse::<Scope>()).collect()
     }
 
+    /// Whether every scope of `other` is in this set.
+    pub fn covers(self, other: Scopes) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The scopes of the set, in `Scope::ALL`'s order.
+    pub fn iter(self) -> impl Iterator<Item = Scope> {
+        Scope::ALL.into_iter().filter(move |s| self.contains(*s))
+    }
+
     pub fn names(self) -> Vec<&'static str> {
         Scope::ALL
             .into_iter()

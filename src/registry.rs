@@ -197,6 +197,14 @@ pub struct Endpoint {
     pub file: String,
 }
 
+impl Endpoint {
+    /// The scopes a token needs to run this endpoint: `run`, always, and the
+    /// manifest's `scope:` on top of it (a manifest can only ask for more).
+    pub fn needs(&self) -> Scopes {
+        [Scope::Run, self.scope].into_iter().collect()
+    }
+}
+
 /// Repository settings from `dynapi.yaml`, resolved.
 #[derive(Debug, Clone)]
 pub struct Settings {

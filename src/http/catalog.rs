@@ -91,6 +91,35 @@ fn job_view() -> Value {
     ])
 }
 
+/// The scope each built-in route needs, by method and path, taken from
+/// `operations()`: the documents and the check read the same line, so a route
+/// cannot need one scope and be documented with another.
+pub struct Scopes(matchit::Router<Option<Scope>>);
+
+impl Scopes {
+    fn new() -> Scopes {
+        let mut router = matchit::Router::new();
+        for op in operations() {
+            // `{path}` holds slashes: a catch-all for the router.
+            let pattern = op.path.replace("{path}", "{*path}");
+            let _ = router.insert(format!("/{}{pattern}", op.method.as_str()), op.scope);
+        }
+        Scopes(router)
+    }
+
+    /// The documented scope of `method path`: `None` when no built-in
+    /// operation is documented there (an endpoint's route, or nothing),
+    /// `Some(None)` for a route that needs no token.
+    pub fn of(method: &str, path: &str) -> Option<Option<Scope>> {
+        static TABLE: std::sync::LazyLock<Scopes> = std::sync::LazyLock::new(Scopes::new);
+        TABLE
+            .0
+            .at(&format!("/{method}{path}"))
+            .ok()
+            .map(|found| *found.value)
+    }
+}
+
 /// The built-in operations, in the order the documents list them.
 pub fn operations() -> Vec<Operation> {
     let op = |id, method, path, summary, scope| Operation {

@@ -32,7 +32,6 @@ use super::{
     auth, parse_json, parse_query, raw_query, respond, with_app, with_body, ApiError, Auth,
 };
 use crate::auth::Caller;
-use crate::auth::Scope;
 use crate::exec::{ExecError, Exit, Finished, Job, Tag};
 use crate::jobs;
 use crate::manifest::{self, RawManifest};
@@ -81,7 +80,7 @@ fn list(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> 
         .and(auth(app.clone()))
         .and(with_app(app))
         .map(|auth: Auth, app: Arc<App>| {
-            respond(auth.require(Scope::Read).map(|_| {
+            respond(auth.check().map(|_| {
                 let registry = app.syncer.registry();
                 let endpoints: Vec<Value> =
                     registry.endpoints().iter().map(|e| describe(e)).collect();
@@ -130,7 +129,7 @@ async fn add_endpoint(
     app: Arc<App>,
     body: Result<Bytes, ApiError>,
 ) -> Result<Response, ApiError> {
-    let caller = auth.require(Scope::Write)?;
+    let caller = auth.check()?;
     let req: AddEndpoint = parse_json(body)?;
     let delivery = endpoint_delivery(&app, req.mode.as_deref())?;
     let text = match req.manifest {
@@ -199,6 +198,7 @@ async fn add_endpoint(
         author: author_for(&caller),
         ops,
         validation: Validation::Strict,
+        may_change_settings: false,
     };
     let (committed, report) = match apply_and_serve(&app, &caller, change, delivery).await? {
         Ok(served) => served,
@@ -235,7 +235,7 @@ fn delete(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
             |name: String, query: String, auth: Auth, app: Arc<App>| async move {
                 respond(
                     async {
-                        let caller = auth.require(Scope::Write)?;
+                        let caller = auth.check()?;
                         let q: RemoveQuery = parse_query(&query)?;
                         let delivery = endpoint_delivery(&app, q.mode.as_deref())?;
                         let registry = app.syncer.registry();
@@ -263,6 +263,7 @@ fn delete(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
                             author: author_for(&caller),
                             ops,
                             validation: Validation::NoNewProblems,
+                            may_change_settings: false,
                         };
                         let (committed, report) =
                             match apply_and_serve(&app, &caller, change, delivery).await? {
@@ -341,7 +342,7 @@ fn call(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> 
                                 "no endpoint named `{name}`; GET /endpoints lists them"
                             ))
                         })?;
-                        let caller = auth.require(endpoint.scope)?;
+                        let caller = auth.require_all(endpoint.needs())?;
                         let run_async = parse_query::<CallQuery>(&query)?.is_async;
                         let params: Map<String, Value> = match parse_json::<Option<Value>>(body)? {
                             None => Map::new(),
@@ -420,7 +421,7 @@ async fn dispatch(
         )));
     };
     let endpoint = matched.endpoint;
-    let caller = auth.require(endpoint.scope)?;
+    let caller = auth.require_all(endpoint.needs())?;
 
     let mut params = Map::new();
     let mut put = |key: String, value: Value| -> Result<(), ApiError> {
@@ -579,7 +580,7 @@ pub(super) fn policy(
         }
         let path = app.workspace.resolve(w)?;
         if !path.exists() {
-            std::fs::create_dir_all(&path).map_err(|e| {
+            app.workspace.create_dir_all(&path).map_err(|e| {
                 ApiError::internal(format!("could not make the writable folder `{w}`: {e}"))
             })?;
         }

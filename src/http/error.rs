@@ -137,6 +137,12 @@ impl From<ChangeError> for ApiError {
             ChangeError::Conflict(_) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
+            ChangeError::Settings => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this needs the `admin` scope: dynapi.yaml grants tokens and sets the sandbox",
+            )
+            .with("reason", serde_json::json!(e.to_string())),
             ChangeError::TooLarge(_) => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
             }

@@ -96,7 +96,7 @@ async fn read_file(
     auth: Auth,
     app: Arc<App>,
 ) -> Result<Response, ApiError> {
-    auth.require(Scope::Read)?;
+    auth.check()?;
     let q: ReadQuery = match path? {
         p if p.is_empty() => parse_query(&query)?,
         p => {
@@ -115,7 +115,7 @@ async fn read_file(
     blocking(move || {
         let rel = ws.normalize(&path)?;
         let target = ws.resolve(&rel)?;
-        let meta = std::fs::metadata(&target).map_err(FsError::io(&rel))?;
+        let meta = ws.metadata(&target).map_err(FsError::io(&rel))?;
         if meta.is_dir() {
             let depth = q.depth.unwrap_or(1).clamp(1, 10);
             let max = (q.limit.unwrap_or(limits.list_entries as u64) as usize)
@@ -124,6 +124,7 @@ async fn read_file(
             return Ok(warp::reply::json(&listing).into_response());
         }
         let page = files::read_page(
+            &ws,
             &target,
             &rel,
             PageRequest {
@@ -210,6 +211,8 @@ pub(crate) async fn commit_as(
         author: author_for(caller),
         ops,
         validation: Validation::NoNewProblems,
+        // Granted by `apply`, for admins only.
+        may_change_settings: false,
     };
     let applied = apply(app, caller, change, delivery).await?;
     settle(app, &applied).await;
@@ -224,23 +227,10 @@ pub(crate) async fn apply(
     change: Change,
     delivery: Delivery,
 ) -> Result<Applied, ApiError> {
-    // dynapi.yaml grants tokens and sets the sandbox: changing it is an admin's
-    // call, whatever else the token may write.
-    let settings = change
-        .ops
-        .iter()
-        .flat_map(Op::paths)
-        .any(|p| app.workspace.normalize(p).is_ok_and(|p| p == SETTINGS_FILE));
-    if settings {
-        super::require(caller, Scope::Admin).map_err(|e| {
-            e.with(
-                "reason",
-                json!(format!(
-                    "{SETTINGS_FILE} grants tokens and sets the sandbox"
-                )),
-            )
-        })?;
-    }
+    // The writer refuses `dynapi.yaml` unless the caller is an admin; this is
+    // where the caller's token becomes that permission.
+    let mut change = change;
+    change.may_change_settings = caller.scopes.contains(Scope::Admin);
     let started = std::time::Instant::now();
     let target = change
         .ops
@@ -369,7 +359,7 @@ fn put(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> +
              body: Result<Bytes, ApiError>| async move {
                 respond(
                     async {
-                        let caller = auth.require(Scope::Write)?;
+                        let caller = auth.check()?;
                         let path = app.workspace.normalize(&path?)?;
                         let req: PutFile = parse_json(body)?;
                         let content = req.content.ok_or_else(|| {
@@ -445,7 +435,7 @@ fn patch(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection>
              body: Result<Bytes, ApiError>| async move {
                 respond(
                     async {
-                        let caller = auth.require(Scope::Write)?;
+                        let caller = auth.check()?;
                         let path = app.workspace.normalize(&path?)?;
                         let req: PatchFile = parse_json(body)?;
                         if req.edits.is_empty() {
@@ -514,7 +504,7 @@ fn delete(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
              app: Arc<App>| async move {
                 respond(
                     async {
-                        let caller = auth.require(Scope::Write)?;
+                        let caller = auth.check()?;
                         let path = app.workspace.normalize(&path?)?;
                         let q: DeleteQuery = parse_query(&query)?;
                         if app.workspace.resolve(&path)?.is_dir() {
@@ -574,7 +564,7 @@ fn move_files(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
              body: Result<Bytes, ApiError>| async move {
                 respond(
                     async {
-                        let caller = auth.require(Scope::Write)?;
+                        let caller = auth.check()?;
                         let req: MoveFiles = parse_json(body)?;
                         let (Some(from), Some(to)) = (req.from, req.to) else {
                             return Err(ApiError::bad_request("`from` and `to` are required"));
@@ -693,20 +683,23 @@ fn download(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejecti
             |path: Result<String, ApiError>, auth: Auth, app: Arc<App>| async move {
                 respond(
                     async {
-                        auth.require(Scope::Read)?;
+                        auth.check()?;
                         let ws = app.workspace.clone();
                         let path = ws.normalize(&path?)?;
                         let rel = path.clone();
                         let (file, size, etag) = blocking(move || {
                             let target = ws.resolve(&rel)?;
-                            let file = std::fs::File::open(&target).map_err(FsError::io(&rel))?;
+                            let mut file =
+                                ws.open_file(&target).map_err(|e| match e.raw_os_error() {
+                                    Some(libc::EISDIR) => FsError::IsFolder(rel.clone()),
+                                    _ => FsError::io(&rel)(e),
+                                })?;
                             let meta = file.metadata().map_err(FsError::io(&rel))?;
-                            if meta.is_dir() {
-                                return Err(FsError::IsFolder(rel).into());
-                            }
-                            let (etag, _) = files::file_state(&target)
-                                .map_err(FsError::io(&rel))?
-                                .ok_or_else(|| FsError::NotFound(rel.clone()))?;
+                            // The ETag of the very bytes sent: hashed from the
+                            // same descriptor, then read again from the start.
+                            let (etag, _) =
+                                files::state_of(&mut file).map_err(FsError::io(&rel))?;
+                            std::io::Seek::rewind(&mut file).map_err(FsError::io(&rel))?;
                             Ok((file, meta.len(), etag.to_string()))
                         })
                         .await?;

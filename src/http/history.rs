@@ -17,7 +17,6 @@ use super::{
     auth, blocking, parse_json, parse_query, raw_query, respond, with_app, with_body, ApiError,
     Auth,
 };
-use crate::auth::Scope;
 use crate::source::change::{self, ChangeError};
 use crate::source::repo::Lookup;
 use crate::App;
@@ -51,7 +50,7 @@ fn history(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejectio
         .then(|query: String, auth: Auth, app: Arc<App>| async move {
             respond(
                 async {
-                    auth.require(Scope::Read)?;
+                    auth.check()?;
                     let q: HistoryQuery = parse_query(&query)?;
                     let path = match q.path.as_deref() {
                         Some(p) => Some(app.workspace.normalize(p)?).filter(|p| !p.is_empty()),
@@ -116,7 +115,7 @@ fn revert(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
         .then(|auth: Auth, app: Arc<App>, body: Result<Bytes, ApiError>| async move {
             respond(
                 async {
-                    let caller = auth.require(Scope::Admin)?;
+                    let caller = auth.check()?;
                     let req: RevertRequest = parse_json(body)?;
                     let wanted = req.commit.unwrap_or_default().trim().to_ascii_lowercase();
                     if wanted.len() < 4

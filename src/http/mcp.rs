@@ -178,7 +178,7 @@ impl Mcp {
         tools.extend(
             endpoint_tools(&registry, &shared.builtins)
                 .into_iter()
-                .filter(|(_, e)| allowed(Some(e.scope)))
+                .filter(|(_, e)| caller.scopes.covers(e.needs()))
                 .map(|(tool, _)| tool),
         );
         tools

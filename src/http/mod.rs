@@ -34,7 +34,7 @@ use warp::Filter;
 
 pub use error::ApiError;
 
-use crate::auth::{self, Caller, Scope};
+use crate::auth::{self, Caller, Scope, Scopes};
 use crate::oauth::{Audience, Denied, ACCESS_PREFIX};
 use crate::App;
 
@@ -125,14 +125,40 @@ pub(crate) fn with_app(
     warp::any().map(move || app.clone())
 }
 
-/// The outcome of checking the `Authorization` header; handlers ask it for a scope.
-pub(crate) struct Auth(Result<Caller, ApiError>);
+/// The outcome of checking the `Authorization` header, with the scope the
+/// catalogue documents for the route it came to.
+pub(crate) struct Auth {
+    caller: Result<Caller, ApiError>,
+    /// `None`: no built-in operation is documented at this method and path.
+    documented: Option<Option<Scope>>,
+}
 
 impl Auth {
-    /// The caller, if their token has `scope`; else the 401/403 answer.
-    pub fn require(self, scope: Scope) -> Result<Caller, ApiError> {
-        let caller = self.0?;
-        require(&caller, scope)?;
+    /// The caller, if their token has the scope `http/catalog.rs` documents for
+    /// this route: the one place a built-in route's scope is written. A route
+    /// documented nowhere is refused, so a new route cannot go unchecked.
+    pub fn check(self) -> Result<Caller, ApiError> {
+        let caller = self.caller?;
+        match self.documented {
+            Some(Some(scope)) => require(&caller, scope)?,
+            Some(None) => {}
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "this route documents no scope, so no token may use it",
+                ))
+            }
+        }
+        Ok(caller)
+    }
+
+    /// The caller, if their token has every scope of `needs`: for an
+    /// endpoint's own route, which the catalogue does not know
+    /// (`Endpoint::needs`).
+    pub fn require_all(self, needs: Scopes) -> Result<Caller, ApiError> {
+        let caller = self.caller?;
+        require_all(&caller, needs)?;
         Ok(caller)
     }
 }
@@ -153,6 +179,12 @@ pub(crate) fn require(caller: &Caller, scope: Scope) -> Result<(), ApiError> {
     ))
 }
 
+/// Whether `caller`'s token has every scope of `needs`; else the 403 answer
+/// naming the first one missing.
+pub(crate) fn require_all(caller: &Caller, needs: Scopes) -> Result<(), ApiError> {
+    needs.iter().try_for_each(|scope| require(caller, scope))
+}
+
 /// Marks a request the MCP handler forwarded to a route in-process: its token
 /// is checked as one presented at `/mcp` (an extension, which no request from
 /// the network can carry).
@@ -164,17 +196,26 @@ pub(crate) struct FromMcp;
 pub(crate) fn auth(
     app: Arc<App>,
 ) -> impl Filter<Extract = (Auth,), Error = warp::Rejection> + Clone {
-    warp::header::optional::<String>("authorization")
+    warp::method()
+        .and(warp::path::full())
+        .and(warp::header::optional::<String>("authorization"))
         .and(warp::header::optional::<String>("host"))
         .and(warp::ext::optional::<FromMcp>())
         .map(
-            move |header: Option<String>, host: Option<String>, mcp: Option<FromMcp>| {
+            move |method: warp::http::Method,
+                  path: warp::path::FullPath,
+                  header: Option<String>,
+                  host: Option<String>,
+                  mcp: Option<FromMcp>| {
                 let at = if mcp.is_some() {
                     Audience::Mcp
                 } else {
                     Audience::Api
                 };
-                Auth(bearer(&app, header.as_deref(), host.as_deref(), at))
+                Auth {
+                    caller: bearer(&app, header.as_deref(), host.as_deref(), at),
+                    documented: catalog::Scopes::of(method.as_str(), path.as_str()),
+                }
             },
         )
 }

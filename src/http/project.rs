@@ -69,7 +69,7 @@ fn search_route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rej
         .then(|query: String, auth: Auth, app: Arc<App>| async move {
             respond(
                 async {
-                    auth.require(Scope::Read)?;
+                    auth.check()?;
                     let q: SearchQuery = parse_query(&query)?;
                     let pattern = q.q.filter(|p| !p.is_empty()).ok_or_else(|| {
                         ApiError::bad_request(
@@ -130,7 +130,7 @@ fn combine_route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Re
         .then(|auth: Auth, app: Arc<App>, body: Result<Bytes, ApiError>| async move {
             respond(
                 async {
-                    let caller = auth.require(Scope::Read)?;
+                    let caller = auth.check()?;
                     let req: CombineRequest = parse_json(body)?;
                     if req.paths.is_empty() && req.globs.is_empty() {
                         return Err(ApiError::bad_request(
@@ -247,7 +247,7 @@ fn archive_route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Re
             |auth: Auth, app: Arc<App>, body: Result<Bytes, ApiError>| async move {
                 respond(
                     async {
-                        let caller = auth.require(Scope::Write)?;
+                        let caller = auth.check()?;
                         let req: ArchiveRequest = parse_json(body)?;
                         let format_name = req.format.as_deref().unwrap_or("zip");
                         let format = Format::parse(format_name).ok_or_else(|| {

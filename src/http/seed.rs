@@ -6,13 +6,14 @@ use std::sync::Arc;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
+use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use super::{auth, endpoints, parse_json, respond, with_app, with_body, ApiError, Auth};
-use crate::auth::{Caller, Scope};
+use crate::auth::{Caller, Scope, Scopes};
 use crate::exec::{Exit, Job, Tag};
-use crate::registry;
+use crate::registry::{self, Endpoint, Registry};
 use crate::source::change::ChangeError;
 use crate::source::repo::Author;
 use crate::source::sync::Trigger;
@@ -42,13 +43,13 @@ fn list_scripts(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rej
         .and(auth(app.clone()))
         .and(with_app(app))
         .map(|auth: Auth, app: Arc<App>| {
-            respond(auth.require(Scope::Read).and_then(|_| {
+            respond(auth.check().and_then(|_| {
                 let dir = app.workspace.resolve("scripts")?;
-                let mut scripts: Vec<String> = match std::fs::read_dir(&dir) {
+                let mut scripts: Vec<String> = match app.workspace.read_dir(&dir) {
                     Ok(entries) => entries
-                        .filter_map(|e| e.ok())
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .into_iter()
+                        .filter(|(_, meta)| meta.is_file())
+                        .map(|(name, _)| name.to_string_lossy().into_owned())
                         .filter(|n| !n.starts_with(".dynapi-tmp-"))
                         .collect(),
                     Err(_) => Vec::new(),
@@ -79,7 +80,7 @@ fn run_script(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
         .then(|auth: Auth, app: Arc<App>, body| async move {
             respond(
                 async {
-                    let caller = auth.require(Scope::Run)?;
+                    let caller = auth.check()?;
                     let req: RunScript = parse_json(body)?;
                     if req.script_name.is_empty() {
                         return Err(ApiError::bad_request(
@@ -101,26 +102,33 @@ fn run_script(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
                         )));
                     }
                     let registry = app.syncer.registry();
-                    let settings = &registry.settings;
-                    // A script without a manifest gets a manifest's defaults.
-                    let sandbox =
-                        endpoints::policy(&app, settings.sandbox, &registry::Sandbox::default())?;
+                    let rules = rules_for(&app, &registry, &program, &req.script_name)?;
+                    super::require_all(&caller, rules.needs)?;
+                    if let Some(dashed) = req.args.iter().find(|a| a.starts_with('-')) {
+                        return Err(ApiError::bad_request(format!(
+                            "the argument `{dashed}` begins with `-`, which a script would take for an option; give the script an endpoint whose parameter says `allow_leading_dash: true`"
+                        )));
+                    }
                     let finished = app
                         .exec
                         .run(Job {
                             tag: Tag {
                                 token: caller.token_name.clone(),
-                                name: format!("scripts/{}", req.script_name),
+                                name: rules.name,
                                 commit: registry.commit.clone(),
                             },
                             program,
                             args: req.args,
-                            env: Vec::new(),
+                            env: rules.env,
                             stdin: Vec::new(),
                             cwd: app.workspace.root().to_path_buf(),
-                            timeout: settings.default_timeout,
-                            sandbox,
-                            concurrency: None,
+                            timeout: rules.timeout,
+                            sandbox: endpoints::policy(
+                                &app,
+                                registry.settings.sandbox,
+                                &rules.sandbox,
+                            )?,
+                            concurrency: rules.concurrency,
                         })
                         .await?;
                     let return_code = match finished.exit {
@@ -142,6 +150,76 @@ fn run_script(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
         })
 }
 
+/// The rules a script runs under through `POST /run-script`.
+struct Rules {
+    /// What the run is called in the audit log, metrics and jobs.
+    name: String,
+    needs: Scopes,
+    sandbox: registry::Sandbox,
+    timeout: std::time::Duration,
+    env: Vec<(String, String)>,
+    concurrency: Option<(String, usize)>,
+}
+
+/// A script an endpoint serves runs under that endpoint's rules, whichever
+/// route runs it: its scopes (`run` and the manifest's `scope:`), sandbox,
+/// timeout, environment and concurrency. A script no manifest serves runs as if
+/// a manifest with nothing but defaults served it: `run`, the workspace
+/// writable but `dynapi.yaml` and `.git` (so the seed's "run a script, then
+/// `/git-sync` what it wrote" keeps working), no network, the default timeout.
+/// A script several endpoints serve is refused: their rules differ, so the
+/// caller names one with `POST /call/{name}`.
+fn rules_for(
+    app: &App,
+    registry: &Registry,
+    program: &std::path::Path,
+    script_name: &str,
+) -> Result<Rules, ApiError> {
+    // Compared on disk, so `./x.sh` or a link to a served script is the script.
+    let real = |p: &std::path::Path| p.canonicalize().ok();
+    let program = real(program);
+    let serving: Vec<&Arc<Endpoint>> = registry
+        .endpoints()
+        .iter()
+        .filter(|e| {
+            app.workspace
+                .resolve(&e.script)
+                .ok()
+                .is_some_and(|p| real(&p) == program)
+        })
+        .collect();
+    match serving.as_slice() {
+        [] => Ok(Rules {
+            name: format!("scripts/{script_name}"),
+            needs: [Scope::Run].into_iter().collect(),
+            sandbox: registry::Sandbox::default(),
+            timeout: registry.settings.default_timeout,
+            env: Vec::new(),
+            concurrency: None,
+        }),
+        [endpoint] => Ok(Rules {
+            name: endpoint.name.clone(),
+            needs: endpoint.needs(),
+            sandbox: endpoint.sandbox.clone(),
+            timeout: endpoint.timeout,
+            env: endpoint.env.clone(),
+            concurrency: Some((endpoint.name.clone(), endpoint.concurrency)),
+        }),
+        several => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "`{script_name}` is served by the endpoints {}, each with its own rules; call one with POST /call/{{name}}",
+                several
+                    .iter()
+                    .map(|e| format!("`{}`", e.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct GitSync {
@@ -159,7 +237,7 @@ fn git_sync(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejecti
         .then(|auth: Auth, app: Arc<App>, body| async move {
             respond(
                 async {
-                    let caller = auth.require(Scope::Write)?;
+                    let caller = auth.check()?;
                     let req: GitSync = parse_json(body)?;
                     let message = req
                         .message
@@ -168,7 +246,11 @@ fn git_sync(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejecti
                     let started = std::time::Instant::now();
                     let result = app
                         .writer
-                        .commit_worktree(message, author_for(&caller))
+                        .commit_worktree(
+                            message,
+                            author_for(&caller),
+                            caller.scopes.contains(Scope::Admin),
+                        )
                         .await;
                     let target = match &result {
                         Ok(applied) => applied.files.keys().cloned().collect::<Vec<_>>().join(", "),

@@ -78,7 +78,7 @@ fn run(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> +
         .then(|auth: Auth, app: Arc<App>, body: Result<Bytes, ApiError>| async move {
             respond(
                 async {
-                    let caller = auth.require(Scope::Read)?;
+                    let caller = auth.check()?;
                     let req: SqlRequest = parse_json(body)?;
                     let query = req.query.filter(|q| !q.trim().is_empty()).ok_or_else(|| {
                         ApiError::bad_request("`query` is required: one SQL statement")
@@ -154,7 +154,7 @@ fn schema(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
         .then(|query: String, auth: Auth, app: Arc<App>| async move {
             respond(
                 async {
-                    auth.require(Scope::Read)?;
+                    auth.check()?;
                     let q: SchemaQuery = parse_query(&query)?;
                     let (name, db) = database(&app, q.database.as_deref())?;
                     let kind = crate::sql::kind(&db);

@@ -9,7 +9,6 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use super::{auth, respond, with_app, ApiError, Auth};
-use crate::auth::Scope;
 use crate::sandbox;
 use crate::source::sync::Trigger;
 use crate::App;
@@ -36,7 +35,7 @@ fn metrics(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejectio
         .and(auth(app.clone()))
         .and(with_app(app))
         .map(|auth: Auth, app: Arc<App>| {
-            respond(auth.require(Scope::Read).map(|_| {
+            respond(auth.check().map(|_| {
                 warp::reply::with_header(
                     app.metrics.render(),
                     "content-type",
@@ -95,7 +94,7 @@ fn status(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
         .and(auth(app.clone()))
         .and(with_app(app))
         .map(|auth: Auth, app: Arc<App>| {
-            respond(auth.require(Scope::Read).map(|_| {
+            respond(auth.check().map(|_| {
                 let registry = app.syncer.registry();
                 let status = app.syncer.status();
                 let repository = app.syncer.github_repository();
@@ -157,7 +156,7 @@ fn sync(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> 
         .and(auth(app.clone()))
         .and(with_app(app))
         .then(|auth: Auth, app: Arc<App>| async move {
-            if let Err(e) = auth.require(Scope::Admin) {
+            if let Err(e) = auth.check() {
                 return respond(Err::<warp::reply::Json, _>(e));
             }
             let report = app.syncer.sync(Trigger::Api).await;

@@ -105,6 +105,10 @@ pub struct Change {
     pub author: Author,
     pub ops: Vec<Op>,
     pub validation: Validation,
+    /// Whether the change may touch `dynapi.yaml`, which grants tokens and sets
+    /// the sandbox: only for a caller with the `admin` scope. The writer checks
+    /// it on every change, whichever route made it, so no route can forget.
+    pub may_change_settings: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +127,10 @@ pub enum ChangeError {
     NotText(String),
     #[error("{0}")]
     Conflict(String),
+    #[error(
+        "{SETTINGS_FILE} grants tokens and sets the sandbox: changing it needs the `admin` scope"
+    )]
+    Settings,
     #[error("{0}")]
     TooLarge(String),
     #[error("the manifests would be invalid")]
@@ -207,6 +215,27 @@ impl Writer {
         delivery: Delivery,
     ) -> Result<Applied, ChangeError> {
         let _serial = self.lock.lock().await;
+        self.apply_locked(change, delivery).await
+    }
+
+    /// `apply_as` once the writer's lock is held: every change, from any route,
+    /// passes here, so the rule for `dynapi.yaml` is checked here.
+    async fn apply_locked(
+        &self,
+        change: Change,
+        delivery: Delivery,
+    ) -> Result<Applied, ChangeError> {
+        if !change.may_change_settings {
+            for path in change.ops.iter().flat_map(Op::paths) {
+                if self
+                    .workspace
+                    .normalize(path)
+                    .is_ok_and(|p| p == SETTINGS_FILE)
+                {
+                    return Err(ChangeError::Settings);
+                }
+            }
+        }
         if let Some(github) = &self.github {
             return self.apply_remote(github, change, delivery).await;
         }
@@ -265,7 +294,7 @@ impl Writer {
                         .filter(|path| staged.uncommitted.contains(path) || commit.is_none())
                         .collect();
                     let changed = staged.new_commit || !disk.is_empty();
-                    write_worktree(&p.plan, &disk)?;
+                    write_worktree(&ws, &p.plan, &disk)?;
                     let at = match &commit {
                         Some(c) => ObjectId::from_hex(c.as_bytes())
                             .map_err(|e| RepoError::Git(e.to_string()))?,
@@ -333,13 +362,13 @@ impl Writer {
                     new_commit: true,
                     ..staged
                 };
-                let p = prepared.clone();
+                let (p, ws) = (prepared.clone(), self.workspace.clone());
                 let mut answer = blocking(move || {
                     let disk: Vec<String> = changed_on_disk(&p.plan)?
                         .into_iter()
                         .filter(|path| uncommitted_only.uncommitted.contains(path))
                         .collect();
-                    write_worktree(&p.plan, &disk)?;
+                    write_worktree(&ws, &p.plan, &disk)?;
                     let id = ObjectId::from_hex(commit.as_bytes())
                         .map_err(|e| RepoError::Git(e.to_string()))?;
                     applied(&p, uncommitted_only, id, true)
@@ -364,6 +393,7 @@ impl Writer {
         &self,
         message: String,
         author: Author,
+        may_change_settings: bool,
     ) -> Result<Applied, ChangeError> {
         let _serial = self.lock.lock().await;
         let (repo, workspace) = (self.repo.clone(), self.workspace.clone());
@@ -376,12 +406,9 @@ impl Writer {
             author,
             ops,
             validation: Validation::NoNewProblems,
+            may_change_settings,
         };
-        if let Some(github) = &self.github {
-            return self.apply_remote(github, change, Delivery::Commit).await;
-        }
-        let (repo, workspace) = (self.repo.clone(), self.workspace.clone());
-        blocking(move || apply_blocking(&repo, &workspace, change)).await
+        self.apply_locked(change, Delivery::Commit).await
     }
 }
 
@@ -413,7 +440,7 @@ impl Plan {
             Ok(m) if m.is_dir() => {
                 return Err(ChangeError::Conflict(format!("`{path}` is a folder")))
             }
-            _ => files::file_state(&target).map_err(RepoError::from)?,
+            _ => files::file_state(ws, &target).map_err(fs_error(path))?,
         };
         self.order.push(path.to_string());
         self.before.insert(path.to_string(), state);
@@ -448,13 +475,19 @@ impl Plan {
             return Ok(None);
         };
         let target = &self.targets[path];
-        let size = std::fs::metadata(target).map_err(RepoError::from)?.len();
+        let file = ws.open_file(target).map_err(fs_error(path))?;
+        let size = file.metadata().map_err(RepoError::from)?.len();
         if size > MAX_EDIT_BYTES {
             return Err(ChangeError::TooLarge(format!(
                 "`{path}` is larger than {MAX_EDIT_BYTES} bytes, the most an edit or a move reads"
             )));
         }
-        let bytes = std::fs::read(target).map_err(RepoError::from)?;
+        let mut bytes = Vec::with_capacity(size as usize);
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(file, MAX_EDIT_BYTES + 1),
+            &mut bytes,
+        )
+        .map_err(RepoError::from)?;
         Ok(Some((bytes, exec)))
     }
 
@@ -757,7 +790,7 @@ fn apply_blocking(
                 .unwrap_or_else(|| ObjectId::null(gix::hash::Kind::Sha1))
         };
         let changed = staged.new_commit || !disk_changes.is_empty();
-        write_worktree(&prepared.plan, &disk_changes)?;
+        write_worktree(workspace, &prepared.plan, &disk_changes)?;
         repo.update_index(workspace.root(), &staged.edits)?;
         return applied(&prepared, staged, commit, changed);
     }
@@ -815,32 +848,44 @@ fn check_manifests(
 
 /// Writes the planned files (writes first, then removals, so a move never loses
 /// its file), and removes folders a removal left empty.
-fn write_worktree(plan: &Plan, changed: &[String]) -> Result<(), ChangeError> {
+fn write_worktree(ws: &Workspace, plan: &Plan, changed: &[String]) -> Result<(), ChangeError> {
     for path in changed {
         if let Some(Some((contents, executable))) = plan.after.get(path) {
-            workspace::write_atomic(&plan.targets[path], contents, *executable)
-                .map_err(RepoError::from)?;
+            ws.write_atomic(&plan.targets[path], contents, *executable)
+                .map_err(fs_error(path))?;
         }
     }
     for path in changed {
         if let Some(None) = plan.after.get(path) {
             let target = &plan.targets[path];
-            match std::fs::remove_file(target) {
-                Ok(()) => remove_empty_parents(target),
+            match ws.remove_file(target) {
+                Ok(()) => remove_empty_parents(ws, target),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(RepoError::from(e).into()),
+                Err(e) => return Err(fs_error(path)(e)),
             }
         }
     }
     Ok(())
 }
 
+/// An I/O error on the working-tree file `path`: one that met a symlink or left
+/// the workspace (`workspace::beneath`) is the path's fault, not the commit's.
+fn fs_error(path: &str) -> impl FnOnce(std::io::Error) -> ChangeError + '_ {
+    move |e| {
+        if workspace::beneath::is_escape(&e) {
+            ChangeError::Path(PathError::Escapes(path.to_string()))
+        } else {
+            ChangeError::Repo(RepoError::from(e))
+        }
+    }
+}
+
 /// Removes the folders above `file` that are now empty, as git does; stops at the
 /// first one that is not (the workspace root never is: it holds `.git`).
-fn remove_empty_parents(file: &Path) {
+fn remove_empty_parents(ws: &Workspace, file: &Path) {
     let mut dir = file.parent();
     while let Some(d) = dir {
-        if std::fs::remove_dir(d).is_err() {
+        if d == ws.root() || ws.remove_dir(d).is_err() {
             break;
         }
         dir = d.parent();
@@ -924,16 +969,22 @@ fn worktree_changes(repo: &Repo, workspace: &Workspace) -> Result<Vec<Op>, Chang
             continue;
         };
         let rel = rel.to_string_lossy().into_owned();
-        let Some((id, executable)) = files::file_state(entry.path()).map_err(RepoError::from)?
-        else {
-            continue;
+        let mut file = match workspace.open_file(entry.path()) {
+            Ok(file) => file,
+            // Gone since the walk saw it, or now behind a symlink: not ours.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if workspace::beneath::is_escape(&e) => continue,
+            Err(e) => return Err(RepoError::from(e).into()),
         };
+        let (id, executable) = files::state_of(&mut file).map_err(RepoError::from)?;
         seen.insert(rel.clone());
         let unchanged = head_files
             .get(&rel)
             .is_some_and(|f| f.id == id && f.executable == executable);
         if !unchanged {
-            let contents = std::fs::read(entry.path()).map_err(RepoError::from)?;
+            let mut contents = Vec::new();
+            std::io::Seek::rewind(&mut file).map_err(RepoError::from)?;
+            std::io::Read::read_to_end(&mut file, &mut contents).map_err(RepoError::from)?;
             ops.push(Op::Write {
                 path: rel,
                 contents,

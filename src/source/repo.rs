@@ -103,8 +103,9 @@ impl Repo {
                 executable: f.executable,
             })
             .collect();
+        let ws = crate::workspace::Workspace::open(dir)?;
         for f in files {
-            crate::workspace::write_atomic(&dir.join(&f.path), &f.contents, f.executable)?;
+            ws.write_atomic(&ws.root().join(&f.path), &f.contents, f.executable)?;
         }
         let tree = this.tree_with(None, &edits)?;
         this.commit_tree(None, tree, "Start from the dynapi template", author)?;
@@ -228,8 +229,8 @@ impl Repo {
                     contents,
                     executable,
                     ..
-                } => crate::workspace::write_atomic(&target, contents, *executable)?,
-                Edit::Delete { .. } => match std::fs::remove_file(&target) {
+                } => ws.write_atomic(&target, contents, *executable)?,
+                Edit::Delete { .. } => match ws.remove_file(&target) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
                     _ => {}
                 },

@@ -3,7 +3,7 @@
 //! path, keep the executable bit, and never include `.git`, symlinks, or the
 //! archive being written.
 
-use std::io::{Cursor, Write};
+use std::io::{Cursor, Read};
 use std::path::Path;
 
 use super::files::is_executable;
@@ -49,7 +49,7 @@ pub fn build(
     max_bytes: u64,
 ) -> Result<Built, FsError> {
     let target = ws.resolve(path)?;
-    std::fs::metadata(&target).map_err(FsError::io(path))?;
+    ws.metadata(&target).map_err(FsError::io(path))?;
     let mut files = Vec::new();
     let mut total = 0u64;
     for entry in ws.walker(&target, !include_ignored).build().flatten() {
@@ -73,8 +73,8 @@ pub fn build(
     }
     let count = files.len();
     let bytes = match format {
-        Format::Zip => zip(&files),
-        Format::TarGz => tar_gz(&files),
+        Format::Zip => zip(ws, &files),
+        Format::TarGz => tar_gz(ws, &files),
     }
     .map_err(|source| FsError::Io {
         path: path.to_string(),
@@ -88,7 +88,9 @@ pub fn build(
 
 type Files = [(std::path::PathBuf, String, bool, std::fs::Metadata)];
 
-fn zip(files: &Files) -> std::io::Result<Vec<u8>> {
+// Each file is opened by the kernel beneath the workspace (`Workspace::open_file`):
+// a folder swapped for a symlink after the walk is refused, never followed.
+fn zip(ws: &Workspace, files: &Files) -> std::io::Result<Vec<u8>> {
     let mut writer = zip::ZipWriter::new(Cursor::new(Vec::new()));
     for (abs, rel, executable, meta) in files {
         let options = zip::write::SimpleFileOptions::default()
@@ -98,12 +100,12 @@ fn zip(files: &Files) -> std::io::Result<Vec<u8>> {
         writer
             .start_file(rel.as_str(), options)
             .map_err(std::io::Error::other)?;
-        writer.write_all(&std::fs::read(abs)?)?;
+        std::io::copy(&mut ws.open_file(abs)?.take(meta.len()), &mut writer)?;
     }
     Ok(writer.finish().map_err(std::io::Error::other)?.into_inner())
 }
 
-fn tar_gz(files: &Files) -> std::io::Result<Vec<u8>> {
+fn tar_gz(ws: &Workspace, files: &Files) -> std::io::Result<Vec<u8>> {
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     let mut tar = tar::Builder::new(gz);
     for (abs, rel, executable, meta) in files {
@@ -116,8 +118,13 @@ fn tar_gz(files: &Files) -> std::io::Result<Vec<u8>> {
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_secs()),
         );
-        let file = std::fs::File::open(abs)?;
-        tar.append_data(&mut header, rel, file)?;
+        let file = ws.open_file(abs)?;
+        if file.metadata()?.len() < meta.len() {
+            return Err(std::io::Error::other(format!(
+                "`{rel}` shrank while it was archived"
+            )));
+        }
+        tar.append_data(&mut header, rel, file.take(meta.len()))?;
     }
     tar.into_inner()?.finish()
 }

@@ -43,7 +43,7 @@ pub fn combine(
     };
     for path in paths {
         let target = ws.resolve(path)?;
-        let meta = std::fs::metadata(&target).map_err(FsError::io(path))?;
+        let meta = ws.metadata(&target).map_err(FsError::io(path))?;
         if meta.is_file() {
             add(target.clone(), ws.relative(&target));
             continue;
@@ -92,11 +92,14 @@ pub fn combine(
                 "the combined text would be larger than {max_bytes} bytes; combine fewer files"
             ))
         };
-        let size = std::fs::metadata(&abs).map_err(FsError::io(&rel))?.len();
+        let file = ws.open_file(&abs).map_err(FsError::io(&rel))?;
+        let size = file.metadata().map_err(FsError::io(&rel))?.len();
         if combined.text.len() as u64 + size > max_bytes as u64 {
             return Err(too_large());
         }
-        let bytes = std::fs::read(&abs).map_err(FsError::io(&rel))?;
+        let mut bytes = Vec::with_capacity(size as usize);
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, size), &mut bytes)
+            .map_err(FsError::io(&rel))?;
         if bytes[..bytes.len().min(8000)].contains(&0) {
             combined.skipped.push(Skipped {
                 path: rel,

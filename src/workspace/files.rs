@@ -60,8 +60,8 @@ impl BlobHasher {
 
 /// The blob id and executable bit of the regular file at `path`, streamed; None
 /// when nothing is there.
-pub fn file_state(path: &Path) -> io::Result<Option<(ObjectId, bool)>> {
-    let mut file = match fs::File::open(path) {
+pub fn file_state(ws: &Workspace, path: &Path) -> io::Result<Option<(ObjectId, bool)>> {
+    let mut file = match ws.open_file(path) {
         Ok(f) => f,
         Err(e)
             if matches!(
@@ -73,6 +73,11 @@ pub fn file_state(path: &Path) -> io::Result<Option<(ObjectId, bool)>> {
         }
         Err(e) => return Err(e),
     };
+    state_of(&mut file).map(Some)
+}
+
+/// The blob id and executable bit of an open regular file, read to its end.
+pub fn state_of(file: &mut fs::File) -> io::Result<(ObjectId, bool)> {
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(io::Error::new(
@@ -89,7 +94,7 @@ pub fn file_state(path: &Path) -> io::Result<Option<(ObjectId, bool)>> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(Some((hasher.finish()?, is_executable(&meta))))
+    Ok((hasher.finish()?, is_executable(&meta)))
 }
 
 pub fn is_executable(meta: &fs::Metadata) -> bool {
@@ -129,7 +134,7 @@ pub fn list(
     max: usize,
 ) -> Result<Listing, FsError> {
     let dir = ws.resolve(request)?;
-    let meta = fs::metadata(&dir).map_err(FsError::io(request))?;
+    let meta = ws.metadata(&dir).map_err(FsError::io(request))?;
     if !meta.is_dir() {
         return Err(FsError::NotFolder(request.to_string()));
     }
@@ -158,18 +163,14 @@ fn collect_entries(
     out: &mut Vec<Entry>,
 ) -> Result<(), FsError> {
     let rel = ws.relative(dir);
-    let read = fs::read_dir(dir).map_err(FsError::io(&rel))?;
-    for item in read {
-        let item = item.map_err(FsError::io(&rel))?;
-        let name = item.file_name().to_string_lossy().into_owned();
+    let read = ws.read_dir(dir).map_err(FsError::io(&rel))?;
+    for (name, meta) in read {
+        let item = dir.join(&name);
+        let name = name.to_string_lossy().into_owned();
         if name == ".git" || name.starts_with(TEMP_PREFIX) {
             continue;
         }
-        let meta = match fs::symlink_metadata(item.path()) {
-            Ok(m) => m,
-            Err(_) => continue,
-        };
-        let path = ws.relative(&item.path());
+        let path = ws.relative(&item);
         let entry = if meta.file_type().is_symlink() {
             Entry {
                 path,
@@ -204,7 +205,7 @@ fn collect_entries(
             )));
         }
         if descend {
-            collect_entries(ws, &item.path(), depth - 1, out)?;
+            collect_entries(ws, &item, depth - 1, out)?;
         }
     }
     Ok(())
@@ -249,12 +250,17 @@ pub struct PageRequest {
 }
 
 /// Reads a page of the file at `target` (shown as `path`).
-pub fn read_page(target: &Path, path: &str, want: PageRequest) -> Result<Page, FsError> {
-    let file = fs::File::open(target).map_err(FsError::io(path))?;
+pub fn read_page(
+    ws: &Workspace,
+    target: &Path,
+    path: &str,
+    want: PageRequest,
+) -> Result<Page, FsError> {
+    let file = ws.open_file(target).map_err(|e| match e.raw_os_error() {
+        Some(libc::EISDIR) => FsError::IsFolder(path.to_string()),
+        _ => FsError::io(path)(e),
+    })?;
     let meta = file.metadata().map_err(FsError::io(path))?;
-    if meta.is_dir() {
-        return Err(FsError::IsFolder(path.to_string()));
-    }
     let mut pager = Pager::new(want);
     let mut hasher = BlobHasher::new(meta.len());
     let mut reader = BufReader::with_capacity(64 * 1024, file);

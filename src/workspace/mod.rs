@@ -13,6 +13,7 @@
 //! writer (`source::change`), which uses `resolve` and `write_atomic` from here.
 
 pub mod archive;
+pub mod beneath;
 pub mod combine;
 pub mod files;
 pub mod search;
@@ -21,9 +22,11 @@ mod template;
 pub use template::{template_files, TemplateFile};
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::io;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use beneath::Beneath;
 
 /// Why a request path was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -60,6 +63,10 @@ impl FsError {
     pub fn io(path: &str) -> impl FnOnce(io::Error) -> FsError + '_ {
         move |source| match source.kind() {
             io::ErrorKind::NotFound => FsError::NotFound(path.to_string()),
+            _ if beneath::is_escape(&source) => FsError::Path(PathError::Escapes(path.to_string())),
+            io::ErrorKind::InvalidInput => {
+                FsError::BadRequest(format!("`{path}` is not a regular file"))
+            }
             _ => FsError::Io {
                 path: path.to_string(),
                 source,
@@ -75,13 +82,17 @@ pub const TEMP_PREFIX: &str = ".dynapi-tmp-";
 #[derive(Debug, Clone)]
 pub struct Workspace {
     root: PathBuf,
+    /// The root, held open: every file operation starts from it (`beneath`).
+    dir: Arc<Beneath>,
 }
 
 impl Workspace {
     /// `root` must exist; it is canonicalized once so later checks compare real paths.
     pub fn open(root: &Path) -> io::Result<Workspace> {
+        let root = root.canonicalize()?;
         Ok(Workspace {
-            root: root.canonicalize()?,
+            dir: Arc::new(Beneath::open(&root)?),
+            root,
         })
     }
 
@@ -176,10 +187,81 @@ impl Workspace {
         Ok(candidate)
     }
 
+    /// Where `path` (from `resolve` or a walk) really is, relative to the root:
+    /// its symlinks resolved, checked again to be inside the root and outside
+    /// `.git`. The file operations below open exactly this path by the kernel,
+    /// refusing any symlink on the way, so what changed between this check and
+    /// the open cannot lead anywhere else: the open fails instead.
+    fn real(&self, path: &Path) -> io::Result<PathBuf> {
+        let full = self
+            .confine(&path.to_string_lossy(), path)
+            .map_err(|e| match e {
+                PathError::Io(_, message) => io::Error::other(message),
+                _ => beneath::escapes(),
+            })?;
+        Ok(full
+            .strip_prefix(&self.root)
+            .map_err(|_| beneath::escapes())?
+            .to_path_buf())
+    }
+
+    /// The real folder of `path` and its own name (not followed: a symlink
+    /// there is the entry itself), for operations on the entry.
+    fn entry<'p>(&self, path: &'p Path) -> io::Result<(PathBuf, &'p std::ffi::OsStr)> {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(beneath::escapes());
+        };
+        if !path.starts_with(&self.root) || path == self.root {
+            return Err(beneath::escapes());
+        }
+        Ok((self.real(parent)?, name))
+    }
+
+    /// Opens the regular file at `path` (from `resolve` or a walk) for reading.
+    pub fn open_file(&self, path: &Path) -> io::Result<fs::File> {
+        self.dir.open_read(&self.real(path)?)
+    }
+
+    /// The metadata of what is at `path`, following symlinks inside the
+    /// workspace (and refusing one that leads outside).
+    pub fn metadata(&self, path: &Path) -> io::Result<fs::Metadata> {
+        self.dir.metadata(&self.real(path)?)
+    }
+
+    /// The entries of the folder at `path`: names and metadata (symlinks as
+    /// symlinks), unsorted.
+    pub fn read_dir(&self, path: &Path) -> io::Result<Vec<(std::ffi::OsString, fs::Metadata)>> {
+        self.dir.read_dir(&self.real(path)?)
+    }
+
+    /// Writes `contents` at `path` atomically (see `Beneath::write_atomic`),
+    /// making missing folders; a symlink at `path` itself is replaced.
+    pub fn write_atomic(&self, path: &Path, contents: &[u8], executable: bool) -> io::Result<()> {
+        let (parent, name) = self.entry(path)?;
+        self.dir.write_atomic(&parent, name, contents, executable)
+    }
+
+    /// Removes the file (or symlink) at `path`.
+    pub fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let (parent, name) = self.entry(path)?;
+        self.dir.remove_file(&parent, name)
+    }
+
+    /// Removes the folder at `path` if it is empty.
+    pub fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        let (parent, name) = self.entry(path)?;
+        self.dir.remove_dir(&parent.join(name))
+    }
+
+    /// Makes the folder at `path` and the missing ones above it.
+    pub fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.dir.create_dir_all(&self.real(path)?)
+    }
+
     /// Resolves symlinks on the longest existing prefix of `candidate` (the whole
     /// path when it exists, so a final symlink is followed too) and checks that
     /// the real location is inside the root, component by component.
-    fn confine(&self, request: &str, candidate: &Path) -> Result<(), PathError> {
+    fn confine(&self, request: &str, candidate: &Path) -> Result<PathBuf, PathError> {
         let mut existing = candidate.to_path_buf();
         let mut rest = Vec::new();
         loop {
@@ -202,7 +284,7 @@ impl Workspace {
                             "it leads into `.git`",
                         ));
                     }
-                    return Ok(());
+                    return Ok(full);
                 }
                 // A missing entry, or a file where a folder would be (`a.txt/b`): look
                 // at the part of the path that exists.
@@ -230,45 +312,6 @@ impl Workspace {
             }
         }
     }
-}
-
-/// Writes `contents` to `path` through a temporary file in the same folder and a
-/// rename, so readers see the old file or the new one, never half of one.
-pub fn write_atomic(path: &Path, contents: &[u8], executable: bool) -> io::Result<()> {
-    let parent = path
-        .parent()
-        .ok_or_else(|| io::Error::other("no parent folder"))?;
-    fs::create_dir_all(parent)?;
-    let mut tmp = tempfile_in(parent)?;
-    // No fsync: like git's own default, a write is safe from a crash of the
-    // daemon (the kernel has it) but not from a power cut. The commit, the record
-    // that matters, is not fsynced by gix either; fsyncing this copy alone cost a
-    // third of the write rate (bench/writes.sh) and bought nothing.
-    tmp.1.write_all(contents)?;
-    let mode = if executable { 0o755 } else { 0o644 };
-    fs::set_permissions(&tmp.0, fs::Permissions::from_mode(mode))?;
-    fs::rename(&tmp.0, path).inspect_err(|_| {
-        let _ = fs::remove_file(&tmp.0);
-    })
-}
-
-/// A new file with a random name in `dir`, opened exclusively.
-fn tempfile_in(dir: &Path) -> io::Result<(PathBuf, fs::File)> {
-    for _ in 0..16 {
-        let mut bytes = [0u8; 8];
-        getrandom::fill(&mut bytes).map_err(|e| io::Error::other(e.to_string()))?;
-        let path = dir.join(format!("{TEMP_PREFIX}{}", hex::encode(bytes)));
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(f) => return Ok((path, f)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(io::Error::other("could not create a temporary file"))
 }
 
 #[cfg(test)]

@@ -77,7 +77,7 @@ pub fn search(ws: &Workspace, query: &Query) -> Result<Found, FsError> {
     let files = files_to_search(ws, query)?;
     // One more than asked for tells whether there is a next page.
     let needed = query.offset + query.max + 1;
-    let (per_file, timed_out) = search_files(&files, &matcher, needed, query.time_limit);
+    let (per_file, timed_out) = search_files(ws, &files, &matcher, needed, query.time_limit);
     let files_searched = per_file.len();
 
     let mut matches = Vec::new();
@@ -119,7 +119,7 @@ pub fn search(ws: &Workspace, query: &Query) -> Result<Found, FsError> {
 /// The files to search, in path order: `(path on disk, workspace-relative path)`.
 fn files_to_search(ws: &Workspace, query: &Query) -> Result<Vec<(PathBuf, String)>, FsError> {
     let target = ws.resolve(&query.path)?;
-    let meta = std::fs::metadata(&target).map_err(FsError::io(&query.path))?;
+    let meta = ws.metadata(&target).map_err(FsError::io(&query.path))?;
     if meta.is_file() {
         // A file named outright is searched even if `.gitignore` ignores it.
         return Ok(vec![(target.clone(), ws.relative(&target))]);
@@ -168,6 +168,7 @@ type FileMatches = Vec<(u64, Vec<u8>)>;
 /// prefix of `files` that was searched, in order: all files, or the first ones
 /// that together hold `needed` matches, or those done when `limit` ran out.
 fn search_files(
+    ws: &Workspace,
     files: &[(PathBuf, String)],
     matcher: &RegexMatcher,
     needed: usize,
@@ -206,7 +207,7 @@ fn search_files(
                         stop_at.fetch_min(i, Ordering::Relaxed);
                         return;
                     }
-                    let found = search_one(&mut searcher, matcher, &files[i].0, needed);
+                    let found = search_one(ws, &mut searcher, matcher, &files[i].0, needed);
                     let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
                     p.results[i] = Some(found);
                     while p.prefix < files.len() {
@@ -240,6 +241,7 @@ fn threads_for(work: usize) -> usize {
 
 /// The matches of one file (none if it is binary or cannot be read), at most `max`.
 fn search_one(
+    ws: &Workspace,
     searcher: &mut Searcher,
     matcher: &RegexMatcher,
     path: &std::path::Path,
@@ -250,7 +252,11 @@ fn search_one(
         max,
         binary: false,
     };
-    match searcher.search_path(matcher, path, &mut sink) {
+    // Opened by the kernel beneath the workspace, never through a symlink.
+    let Ok(file) = ws.open_file(path) else {
+        return Vec::new();
+    };
+    match searcher.search_file(matcher, &file, &mut sink) {
         Ok(()) if !sink.binary => sink.found,
         _ => Vec::new(),
     }

@@ -6,6 +6,7 @@ mod support;
 
 mod cli;
 mod endpoints;
+mod escalation;
 mod files;
 mod github;
 mod gitops;

@@ -11,20 +11,6 @@ use serde_json::{json, Value};
 
 use crate::support::{self, Daemon};
 
-/// Adds endpoint `name` at POST /name with `extra` manifest lines and `script`.
-async fn add(d: &Daemon, name: &str, extra: &str, script: &str) {
-    let manifest = format!(
-        "name: {name}\ndescription: Sandbox probe {name}.\npath: /{name}\nscript: scripts/{name}.sh\n{extra}"
-    );
-    let a = d
-        .post(
-            "/endpoints",
-            json!({"manifest": manifest, "script": {"path": format!("scripts/{name}.sh"), "content": script}}),
-        )
-        .await;
-    assert_eq!(a.status, 201, "{}", a.json);
-}
-
 /// Sets `sandbox:` in dynapi.yaml, through the API, as an admin.
 async fn set_mode(d: &Daemon, mode: &str) {
     let settings = std::fs::read_to_string(d.workspace.join("dynapi.yaml")).unwrap();
@@ -78,8 +64,9 @@ fn expect(answer: &Value, wanted: &[(&str, &str)]) {
 #[tokio::test]
 async fn a_script_writes_only_its_writable_paths_and_cannot_reach_the_daemons_secrets() {
     let d = Daemon::start().await;
-    add(&d, "narrow", "sandbox:\n  writable: [out]\n", PROBE).await;
-    add(&d, "wide", "", PROBE).await;
+    d.add_endpoint("narrow", "sandbox:\n  writable: [out]\n", PROBE)
+        .await;
+    d.add_endpoint("wide", "", PROBE).await;
 
     let narrow = d.post("/narrow", json!({})).await;
     assert_eq!(narrow.status, 200, "{}", narrow.json);
@@ -149,9 +136,8 @@ async fn a_script_cannot_connect_over_tcp_unless_its_manifest_allows_the_network
     let port = listener.local_addr().unwrap().port();
     let script = "#!/bin/bash\nif (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null; then echo connected; else echo refused; fi\n";
     let params = "args: [\"{port}\"]\nparams:\n  port: {type: integer, required: true}\n";
-    add(&d, "offline", params, script).await;
-    add(
-        &d,
+    d.add_endpoint("offline", params, script).await;
+    d.add_endpoint(
         "online",
         &format!("{params}sandbox:\n  network: true\n"),
         script,
@@ -172,8 +158,7 @@ async fn a_script_cannot_connect_over_tcp_unless_its_manifest_allows_the_network
 #[tokio::test]
 async fn a_script_is_killed_with_all_its_children_at_its_timeout() {
     let d = Daemon::start().await;
-    add(
-        &d,
+    d.add_endpoint(
         "linger",
         "timeout: 1s\n",
         "#!/bin/sh\n(sleep 3; echo late > data/late.txt) &\nsleep 30 &\nsleep 60\n",
@@ -194,8 +179,7 @@ async fn a_script_is_killed_with_all_its_children_at_its_timeout() {
 #[tokio::test]
 async fn an_endpoint_beyond_its_own_limit_gets_429_while_others_run() {
     let d = Daemon::start_with(|c| c.limits.queue_wait = Duration::from_millis(100)).await;
-    add(
-        &d,
+    d.add_endpoint(
         "single",
         "concurrency: 1\n",
         "#!/bin/sh\nsleep 1\necho done\n",

@@ -153,17 +153,37 @@ impl Daemon {
     /// a human would: edit, commit; then waits until that commit is served.
     pub async fn grant_reader(&self, secret: &str, scopes: &str) {
         let hash = hex::encode(dynapi::auth::hash_token(secret));
-        std::fs::write(
-            self.workspace.join("dynapi.yaml"),
-            format!("tokens:\n  - name: reader\n    sha256: {hash}\n    scopes: [{scopes}]\n"),
-        )
-        .unwrap();
-        self.git(&["commit", "-q", "-am", "Grant a reader"]);
+        self.commit_settings(&format!(
+            "tokens:\n  - name: reader\n    sha256: {hash}\n    scopes: [{scopes}]\n"
+        ))
+        .await;
+    }
+
+    /// Writes `dynapi.yaml` and commits it as a human would; then waits until
+    /// that commit is served.
+    pub async fn commit_settings(&self, yaml: &str) {
+        std::fs::write(self.workspace.join("dynapi.yaml"), yaml).unwrap();
+        self.git(&["commit", "-q", "-am", "Grant tokens"]);
         let head = self.git(&["rev-parse", "HEAD"]).trim().to_string();
         assert!(self
             .eventually(Duration::from_secs(2), |d| d.served() == head)
             .await
             .is_some());
+    }
+
+    /// Adds endpoint `name` at POST /name (as the all-scopes token) with
+    /// `extra` manifest lines and `script` at `scripts/<name>.sh`.
+    pub async fn add_endpoint(&self, name: &str, extra: &str, script: &str) {
+        let manifest = format!(
+            "name: {name}\ndescription: Probe {name}.\npath: /{name}\nscript: scripts/{name}.sh\n{extra}"
+        );
+        let a = self
+            .post(
+                "/endpoints",
+                serde_json::json!({"manifest": manifest, "script": {"path": format!("scripts/{name}.sh"), "content": script}}),
+            )
+            .await;
+        assert_eq!(a.status, 201, "{}", a.json);
     }
 
     /// How many commits the branch has.
