@@ -190,6 +190,15 @@ pub struct ServeArgs {
     /// How long an OAuth access token lives; clients refresh it with their refresh token.
     #[arg(long, env = "DYNAPI_OAUTH_ACCESS_LIFETIME", default_value = "1h", value_parser = parse_duration)]
     pub oauth_access_lifetime: Duration,
+    /// How long a client may take to send a request's headers (a new connection: to start its first request); then it is closed.
+    #[arg(long, env = "DYNAPI_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// Connections open at once, from everyone; more are answered 503 and closed.
+    #[arg(long, env = "DYNAPI_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+    /// Connections open at once from one address (an IPv6 /64); more are answered 429 and closed.
+    #[arg(long, env = "DYNAPI_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 64)]
+    pub max_connections_per_address: usize,
 }
 
 /// Durations are written `500ms`, `30s`, `5m`, `1h`.
@@ -243,6 +252,30 @@ pub struct Config {
     pub remote: Option<Remote>,
     /// How long an OAuth access token lives (its refresh token gets another).
     pub oauth_access_lifetime: Duration,
+    pub connections: ConnectionLimits,
+}
+
+/// Bounds on the connections the HTTP server holds (`http/front.rs`), so
+/// that slow or many clients cannot use up the daemon's file descriptors.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// How long a client may take to send a request's headers; on a new
+    /// connection, to start its first request (either HTTP version).
+    pub header_timeout: Duration,
+    /// Connections open at once, from everyone.
+    pub max: usize,
+    /// Connections open at once from one address (IPv6: one /64).
+    pub per_address: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> ConnectionLimits {
+        ConnectionLimits {
+            header_timeout: Duration::from_secs(10),
+            max: 512,
+            per_address: 64,
+        }
+    }
 }
 
 /// Where GitHub mode's repository is.
@@ -317,6 +350,7 @@ impl Config {
             watch_local: true,
             remote: None,
             oauth_access_lifetime: Duration::from_secs(3600),
+            connections: ConnectionLimits::default(),
         }
     }
 
@@ -334,6 +368,11 @@ impl Config {
         config.job_after = args.job_after;
         config.job_keep = args.job_keep;
         config.oauth_access_lifetime = args.oauth_access_lifetime.max(Duration::from_secs(1));
+        config.connections = ConnectionLimits {
+            header_timeout: args.header_timeout.max(Duration::from_millis(100)),
+            max: args.max_connections.max(1),
+            per_address: args.max_connections_per_address.max(1),
+        };
         config.token = std::env::var("DYNAPI_TOKEN").ok().filter(|t| !t.is_empty());
         // An empty variable (as compose files pass an unset one) means unset.
         config.remote = args
