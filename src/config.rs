@@ -230,6 +230,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub workspace: PathBuf,
+    /// The address `serve` listens on (what decides, with `public_url`,
+    /// whether the daemon is reachable from other machines).
+    pub listen: SocketAddr,
     pub public_url: Option<String>,
     pub branch: String,
     pub limits: Limits,
@@ -337,6 +340,7 @@ impl Config {
     pub fn new(workspace: PathBuf) -> Config {
         Config {
             workspace,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             public_url: None,
             branch: "main".into(),
             limits: Limits::default(),
@@ -356,6 +360,7 @@ impl Config {
 
     pub fn from_args(args: &ServeArgs) -> Config {
         let mut config = Config::new(args.workspace.clone());
+        config.listen = args.listen;
         config.public_url = args.public_url.clone().filter(|u| !u.is_empty());
         config.branch = args.branch.clone();
         config.limits.max_running = args.max_scripts.max(1);
