@@ -134,6 +134,14 @@ pub fn token_new(scopes: &str, name: &str) -> i32 {
             return 2;
         }
     };
+    // The name goes into dynapi.yaml as printed: check it by the rule that
+    // file is checked by, so what is printed is always accepted.
+    if !crate::registry::is_name(name) {
+        eprintln!(
+            "dynapi token new: --name `{name}` is not a token name; use 1 to 64 lowercase letters, digits and dashes (dynapi.yaml accepts no other)"
+        );
+        return 2;
+    }
     let token = auth::new_token();
     let hash = hex::encode(auth::hash_token(&token));
     println!("token: {token}");

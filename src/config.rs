@@ -190,6 +190,15 @@ pub struct ServeArgs {
     /// How long an OAuth access token lives; clients refresh it with their refresh token.
     #[arg(long, env = "DYNAPI_OAUTH_ACCESS_LIFETIME", default_value = "1h", value_parser = parse_duration)]
     pub oauth_access_lifetime: Duration,
+    /// How long a client may take to send a request's headers (a new connection: to start its first request); then it is closed.
+    #[arg(long, env = "DYNAPI_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// Connections open at once, from everyone; more are answered 503 and closed.
+    #[arg(long, env = "DYNAPI_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+    /// Connections open at once from one address (an IPv6 /64); more are answered 429 and closed.
+    #[arg(long, env = "DYNAPI_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 64)]
+    pub max_connections_per_address: usize,
 }
 
 /// Durations are written `500ms`, `30s`, `5m`, `1h`.
@@ -221,6 +230,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub workspace: PathBuf,
+    /// The address `serve` listens on (what decides, with `public_url`,
+    /// whether the daemon is reachable from other machines).
+    pub listen: SocketAddr,
     pub public_url: Option<String>,
     pub branch: String,
     pub limits: Limits,
@@ -243,6 +255,30 @@ pub struct Config {
     pub remote: Option<Remote>,
     /// How long an OAuth access token lives (its refresh token gets another).
     pub oauth_access_lifetime: Duration,
+    pub connections: ConnectionLimits,
+}
+
+/// Bounds on the connections the HTTP server holds (`http/front.rs`), so
+/// that slow or many clients cannot use up the daemon's file descriptors.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// How long a client may take to send a request's headers; on a new
+    /// connection, to start its first request (either HTTP version).
+    pub header_timeout: Duration,
+    /// Connections open at once, from everyone.
+    pub max: usize,
+    /// Connections open at once from one address (IPv6: one /64).
+    pub per_address: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> ConnectionLimits {
+        ConnectionLimits {
+            header_timeout: Duration::from_secs(10),
+            max: 512,
+            per_address: 64,
+        }
+    }
 }
 
 /// Where GitHub mode's repository is.
@@ -304,6 +340,7 @@ impl Config {
     pub fn new(workspace: PathBuf) -> Config {
         Config {
             workspace,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             public_url: None,
             branch: "main".into(),
             limits: Limits::default(),
@@ -317,11 +354,13 @@ impl Config {
             watch_local: true,
             remote: None,
             oauth_access_lifetime: Duration::from_secs(3600),
+            connections: ConnectionLimits::default(),
         }
     }
 
     pub fn from_args(args: &ServeArgs) -> Config {
         let mut config = Config::new(args.workspace.clone());
+        config.listen = args.listen;
         config.public_url = args.public_url.clone().filter(|u| !u.is_empty());
         config.branch = args.branch.clone();
         config.limits.max_running = args.max_scripts.max(1);
@@ -334,6 +373,11 @@ impl Config {
         config.job_after = args.job_after;
         config.job_keep = args.job_keep;
         config.oauth_access_lifetime = args.oauth_access_lifetime.max(Duration::from_secs(1));
+        config.connections = ConnectionLimits {
+            header_timeout: args.header_timeout.max(Duration::from_millis(100)),
+            max: args.max_connections.max(1),
+            per_address: args.max_connections_per_address.max(1),
+        };
         config.token = std::env::var("DYNAPI_TOKEN").ok().filter(|t| !t.is_empty());
         // An empty variable (as compose files pass an unset one) means unset.
         config.remote = args

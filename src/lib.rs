@@ -207,6 +207,7 @@ impl App {
         let oauth = oauth::OAuth::new(
             oauth::Store::open(&workspace.state_dir())?,
             config.oauth_access_lifetime,
+            oauth::documents_may_be_local(config.listen, config.public_url.as_deref()),
         );
         let app = Arc::new(App {
             oauth,

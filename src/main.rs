@@ -76,8 +76,9 @@ fn init_tracing(format: LogFormat) {
 
 async fn serve(args: dynapi::config::ServeArgs) -> anyhow::Result<()> {
     let config = Config::from_args(&args);
+    let listen = config.listen;
     let started = dynapi::App::start(config).await?;
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     if started.created_workspace {
         println!(

@@ -22,7 +22,7 @@ use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
-use super::{base_url, body, raw_query, with_app, ApiError};
+use super::{base_url, body, front, raw_query, with_app, ApiError};
 use crate::audit::Entry;
 use crate::auth::{self, Scope, Scopes};
 use crate::oauth::{
@@ -347,10 +347,11 @@ fn decide(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
         .and(warp::post())
         .and(host())
         .and(warp::header::optional::<String>("accept"))
+        .and(warp::ext::optional::<front::Peer>())
         .and(with_app(app))
         .and(body(BODY_LIMIT))
         .then(
-            |host: Option<String>, accept: Option<String>, app: Arc<App>, body: Result<Bytes, ApiError>| async move {
+            |host: Option<String>, accept: Option<String>, peer: Option<front::Peer>, app: Arc<App>, body: Result<Bytes, ApiError>| async move {
                 let base = base_url(&app, host.as_deref());
                 let html = wants_html(accept.as_deref());
                 let fields = match body.map_err(|e| e.message).and_then(|b| {
@@ -387,19 +388,11 @@ fn decide(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
                     audit(&app, "-", &format!("deny client {}", approval.client.id));
                     return redirect(StatusCode::SEE_OTHER, &app.oauth.deny(&base, &approval));
                 }
-                if let Some(wait) = app.oauth.owner_locked_for() {
-                    let message = format!(
-                        "Too many wrong tokens were tried here; try again in {} s.",
-                        wait.as_secs() + 1
-                    );
-                    let mut response = page(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        &consent_html(&base, &params, &approval, Some(&message)),
-                    );
-                    response
-                        .headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs() + 1));
-                    return response;
+                // Guesses are counted per address, so a stranger's cannot
+                // lock out an owner elsewhere.
+                let from = peer.map(|p| front::address_key(p.0.ip()));
+                if let Err(wait) = app.oauth.owner_may_try(from) {
+                    return too_many_guesses(&base, &params, &approval, wait);
                 }
                 let token = field("owner_token").unwrap_or_default();
                 let registry = app.syncer.registry();
@@ -409,8 +402,11 @@ fn decide(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
                 )
                 .filter(|_| !token.trim().is_empty());
                 let Some(owner) = owner else {
-                    app.oauth.owner_guessed_wrong();
+                    let locked = app.oauth.owner_guessed_wrong(from);
                     audit(&app, "-", &format!("approve client {}: wrong token", approval.client.id));
+                    if let Some(wait) = locked.filter(|w| !w.is_zero()) {
+                        return too_many_guesses(&base, &params, &approval, wait);
+                    }
                     let html = consent_html(&base, &params, &approval, Some("That token is not one of this daemon's tokens."));
                     return page(StatusCode::UNAUTHORIZED, &html);
                 };
@@ -453,6 +449,27 @@ fn decide(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
                 }
             },
         )
+}
+
+/// The consent page again, 429: this address gave too many wrong tokens and
+/// must wait `wait` before the next is checked.
+fn too_many_guesses(
+    base: &str,
+    params: &AuthorizeParams,
+    approval: &Approval,
+    wait: std::time::Duration,
+) -> Response {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let message =
+        format!("Too many wrong tokens were tried from this address; try again in {seconds} s.");
+    let mut response = page(
+        StatusCode::TOO_MANY_REQUESTS,
+        &consent_html(base, params, approval, Some(&message)),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
 }
 
 fn audit(app: &App, token: &str, target: &str) {

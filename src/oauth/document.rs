@@ -3,8 +3,9 @@
 //! an https URL names a JSON document of its metadata, which the server reads.
 //!
 //! Reading a URL a stranger names is a server-side request, so it is kept small:
-//! https only (http to a loopback address only when the daemon itself is served
-//! on one, for clients on the same machine),
+//! https only (http to a loopback address only when the configuration puts the
+//! daemon on loopback, for clients on the same machine; see
+//! `documents_may_be_local`),
 //! no credentials in the URL, no redirects followed, a short timeout, and at most
 //! `MAX_BYTES` read. Nothing read is shown to the requester but the client's name
 //! and redirect URIs, and only after the document proved it names itself.

@@ -127,24 +127,64 @@ pub enum Denied {
     ElseWhere(Option<String>),
 }
 
-/// Wrong owner tokens accepted on the consent page within `GUESS_WINDOW`,
-/// from anyone, before it refuses every attempt until the window has passed.
-/// Tokens the daemon makes cannot be guessed, but `dynapi.yaml` may hash a
-/// weak one; this bounds the guesses at the cost of locking the owner out for
-/// a while when someone tries.
+/// Wrong owner tokens the consent page takes from one address within
+/// `GUESS_WINDOW` before that address is locked. Tokens the daemon makes
+/// cannot be guessed, but `dynapi.yaml` may hash a weak one. Counting per
+/// address keeps a stranger from locking the owner out; a locked address
+/// still gets a token checked now and then (`LOCKED_BACKOFF`), so an owner
+/// sharing it (a proxy, a NAT) gets in, while guesses stay few.
 const MAX_GUESSES: usize = 20;
 const GUESS_WINDOW: Duration = Duration::from_secs(600);
+/// While an address is locked, its first try is checked; after each wrong one
+/// the next check waits twice as long as the last, from 1 s up to this.
+const LOCKED_BACKOFF: Duration = Duration::from_secs(60);
+/// Addresses remembered before those with no recent guess are forgotten.
+const GUESSERS_KEPT: usize = 4096;
+
+/// One address's recent wrong owner tokens.
+#[derive(Debug, Default)]
+struct Guesses {
+    /// When, oldest first, within `GUESS_WINDOW`.
+    wrong: std::collections::VecDeque<std::time::Instant>,
+    /// While locked: when the next token may be checked, and how many wrong
+    /// ones were given while locked (the backoff's exponent).
+    next_check: Option<std::time::Instant>,
+    locked_wrong: u32,
+}
+
+impl Guesses {
+    fn forget_old(&mut self) {
+        while self
+            .wrong
+            .front()
+            .is_some_and(|t| t.elapsed() >= GUESS_WINDOW)
+        {
+            self.wrong.pop_front();
+        }
+        if !self.locked() {
+            self.next_check = None;
+            self.locked_wrong = 0;
+        }
+    }
+
+    fn locked(&self) -> bool {
+        self.wrong.len() >= MAX_GUESSES
+    }
+}
 
 /// The authorization server's state: the store and how long tokens live.
 pub struct OAuth {
     pub store: Store,
-    /// Reads metadata documents for a daemon served on loopback (anywhere).
-    http_local: reqwest::Client,
-    /// Reads them for any other daemon (public addresses only).
-    http_public: reqwest::Client,
+    /// Reads metadata documents: from public addresses only, unless
+    /// `local_documents`.
+    http: reqwest::Client,
+    /// Whether documents on loopback and private addresses are read: set from
+    /// the configuration alone (`documents_may_be_local`), never from a request.
+    local_documents: bool,
     access_lifetime: Duration,
-    /// When recent wrong owner tokens were given, oldest first.
-    guesses: std::sync::Mutex<std::collections::VecDeque<std::time::Instant>>,
+    /// Recent wrong owner tokens, by the address they came from (`None`: a
+    /// request without one, as in-process).
+    guesses: std::sync::Mutex<std::collections::HashMap<Option<std::net::IpAddr>, Guesses>>,
 }
 
 /// An authorization request's parameters (RFC 6749 4.1.1, RFC 7636, RFC 8707),
@@ -243,50 +283,87 @@ pub struct ClientMetadata {
     pub client_secret: Option<String>,
 }
 
+/// Whether a daemon may read client metadata documents from loopback and
+/// private addresses: only when it listens on a loopback address and its public
+/// URL, if it has one, is loopback too (everything on one machine, as in
+/// development). A daemon anyone else can reach never reads its own machine's
+/// or network's services for a stranger. This is decided from the
+/// configuration alone: a request's `Host` header is the client's to choose.
+pub fn documents_may_be_local(listen: std::net::SocketAddr, public_url: Option<&str>) -> bool {
+    let public_is_loopback = match public_url {
+        None => true,
+        Some(url) => url::Url::parse(url).is_ok_and(|u| is_loopback(&u)),
+    };
+    listen.ip().is_loopback() && public_is_loopback
+}
+
 impl OAuth {
-    pub fn new(store: Store, access_lifetime: Duration) -> OAuth {
-        let builder = || {
-            reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(document::FETCH_TIMEOUT)
-                .user_agent(concat!("dynapi/", env!("CARGO_PKG_VERSION")))
+    /// `local_documents`: see `documents_may_be_local`.
+    pub fn new(store: Store, access_lifetime: Duration, local_documents: bool) -> OAuth {
+        let builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(document::FETCH_TIMEOUT)
+            .user_agent(concat!("dynapi/", env!("CARGO_PKG_VERSION")));
+        let builder = if local_documents {
+            builder
+        } else {
+            builder.dns_resolver(std::sync::Arc::new(document::PublicOnly))
         };
         // Building fails only without a TLS backend, which is compiled in; a
         // default client instead would drop the public-only resolver.
-        let http_local = builder().build().expect("an HTTP client builds");
-        let http_public = builder()
-            .dns_resolver(std::sync::Arc::new(document::PublicOnly))
-            .build()
-            .expect("an HTTP client builds");
+        let http = builder.build().expect("an HTTP client builds");
         OAuth {
             store,
-            http_local,
-            http_public,
+            http,
+            local_documents,
             access_lifetime,
             guesses: Default::default(),
         }
     }
 
-    /// How long until the consent page takes an owner token again, if it is
-    /// refusing them after too many wrong ones.
-    pub fn owner_locked_for(&self) -> Option<Duration> {
-        let mut guesses = self.guesses.lock().unwrap_or_else(|p| p.into_inner());
-        while guesses.front().is_some_and(|t| t.elapsed() >= GUESS_WINDOW) {
-            guesses.pop_front();
+    /// Whether an owner token from `from` is checked now, or how long that
+    /// address must wait first (it gave too many wrong ones).
+    pub fn owner_may_try(&self, from: Option<std::net::IpAddr>) -> Result<(), Duration> {
+        let mut all = self.guesses.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(guesses) = all.get_mut(&from) else {
+            return Ok(());
+        };
+        guesses.forget_old();
+        match guesses.next_check {
+            Some(next) if guesses.locked() && next > std::time::Instant::now() => {
+                Err(next.saturating_duration_since(std::time::Instant::now()))
+            }
+            _ => Ok(()),
         }
-        (guesses.len() >= MAX_GUESSES)
-            .then(|| {
-                guesses
-                    .front()
-                    .map(|t| GUESS_WINDOW.saturating_sub(t.elapsed()))
-            })
-            .flatten()
     }
 
-    /// Counts a wrong owner token.
-    pub fn owner_guessed_wrong(&self) {
-        let mut guesses = self.guesses.lock().unwrap_or_else(|p| p.into_inner());
-        guesses.push_back(std::time::Instant::now());
+    /// Counts a wrong owner token from `from`; answers how long that address
+    /// must wait before its next try when it is now locked.
+    pub fn owner_guessed_wrong(&self, from: Option<std::net::IpAddr>) -> Option<Duration> {
+        let mut all = self.guesses.lock().unwrap_or_else(|p| p.into_inner());
+        if all.len() >= GUESSERS_KEPT && !all.contains_key(&from) {
+            all.retain(|_, g| {
+                g.forget_old();
+                !g.wrong.is_empty()
+            });
+        }
+        let guesses = all.entry(from).or_default();
+        guesses.forget_old();
+        let was_locked = guesses.locked();
+        guesses.wrong.push_back(std::time::Instant::now());
+        if !guesses.locked() {
+            return None;
+        }
+        let wait = if was_locked {
+            let wait = Duration::from_secs(1u64 << guesses.locked_wrong.min(6)).min(LOCKED_BACKOFF);
+            guesses.locked_wrong += 1;
+            guesses.next_check = Some(std::time::Instant::now() + wait);
+            wait
+        } else {
+            // Just locked: the next try is checked (it may be the owner's).
+            Duration::ZERO
+        };
+        Some(wait)
     }
 
     // ----- registration -------------------------------------------------
@@ -317,6 +394,7 @@ impl OAuth {
             scope: meta.scope.as_deref().map(|s| scope_string(parse_scope(s))),
             created: store::now(),
             fetched: None,
+            approved: false,
         };
         self.store.add_client(&client)?;
         Ok((client, secret))
@@ -337,14 +415,13 @@ impl OAuth {
     }
 
     /// The client `id` names: a stored one, or a metadata document read (again,
-    /// once an hour) when the id is its URL. A document on a loopback address
-    /// is read only when the daemon itself is reached on one (everything on one
-    /// machine, as in development); a public daemon never reads its own host's
-    /// plain-http services for a stranger.
-    async fn client(&self, base: &str, id: &str) -> Result<Option<Client>, OAuthError> {
+    /// once an hour) when the id is its URL. A document on a loopback or
+    /// private address is read only when the configuration allows it
+    /// (`documents_may_be_local`).
+    async fn client(&self, id: &str) -> Result<Option<Client>, OAuthError> {
         let known = self.store.client(id)?;
-        let local = url::Url::parse(base).is_ok_and(|b| b.scheme() == "http" && is_loopback(&b));
-        let is_document = document::is_document_id(id, local);
+        let is_document = document::is_document_id(id, self.local_documents);
+        let approved = known.as_ref().is_some_and(|c| c.approved);
         match known {
             Some(c) if c.kind != ClientKind::Document => return Ok(Some(c)),
             _ if !is_document => return Ok(None),
@@ -354,12 +431,7 @@ impl OAuth {
             Some(_) => {}
             None => self.room_for_a_stranger()?,
         }
-        let http = if local {
-            &self.http_local
-        } else {
-            &self.http_public
-        };
-        let meta = document::fetch(http, id)
+        let meta = document::fetch(&self.http, id)
             .await
             .map_err(|e| OAuthError::new("invalid_client", e))?;
         check_metadata(&meta)?;
@@ -372,6 +444,7 @@ impl OAuth {
             scope: meta.scope.as_deref().map(|s| scope_string(parse_scope(s))),
             created: store::now(),
             fetched: Some(store::now()),
+            approved,
         };
         self.store.add_client(&client)?;
         Ok(Some(client))
@@ -391,7 +464,7 @@ impl OAuth {
         let Some(client_id) = p.client_id.as_deref().filter(|s| !s.is_empty()) else {
             return Err(page("invalid_request", "client_id is missing"));
         };
-        let client = match self.client(base, client_id).await {
+        let client = match self.client(client_id).await {
             Ok(Some(c)) => c,
             Ok(None) => return Err(page("invalid_client", "the client is not registered here")),
             Err(e) => return Err(Refused::Page(e)),
@@ -419,7 +492,16 @@ impl OAuth {
                 ))
             }
         };
+        // RFC 6749 sends the remaining errors back to the client, but a
+        // client nobody approved is whoever registered it, and its redirect URI
+        // whatever they wrote: redirecting there would make this daemon an open
+        // redirector (RFC 9700 4.11.2). Until the owner approves it once, its
+        // errors are shown on this daemon's own page.
+        let trusted = client.approved || client.kind == ClientKind::Owner;
         let back = |error, d: &str| {
+            if !trusted {
+                return Refused::Page(OAuthError::new(error, d));
+            }
             Refused::Redirect(back_to_client(
                 &redirect_uri,
                 vec![("error", error), ("error_description", d)],
@@ -524,6 +606,7 @@ impl OAuth {
                 grant_id: None,
             },
         )?;
+        self.store.mark_approved(&a.client.id)?;
         Ok(back_to_client(
             &a.redirect_uri,
             vec![("code", code.as_str())],
@@ -878,6 +961,7 @@ pub fn add_owner_client(
         scope: Some(scope_string(scopes)),
         created: store::now(),
         fetched: None,
+        approved: true,
     };
     store.add_client(&client)?;
     Ok((client, secret))
@@ -1223,6 +1307,19 @@ mod tests {
                 "{wrong}"
             );
         }
+    }
+
+    #[test]
+    fn only_a_daemon_on_loopback_with_a_loopback_url_reads_local_documents() {
+        let on =
+            |listen: &str, url: Option<&str>| documents_may_be_local(listen.parse().unwrap(), url);
+        assert!(on("127.0.0.1:8000", None));
+        assert!(on("[::1]:8000", Some("http://localhost:8000")));
+        assert!(!on("0.0.0.0:8000", None));
+        assert!(!on("0.0.0.0:8000", Some("http://localhost:8000")));
+        assert!(!on("192.168.1.5:8000", None));
+        assert!(!on("127.0.0.1:8000", Some("https://dynapi.example.com")));
+        assert!(!on("127.0.0.1:8000", Some("not a url")));
     }
 
     #[test]

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS clients (
     redirect_uris TEXT NOT NULL,
     scope TEXT,
     created INTEGER NOT NULL,
-    fetched INTEGER
+    fetched INTEGER,
+    approved INTEGER
 );
 CREATE TABLE IF NOT EXISTS grants (
     id TEXT PRIMARY KEY,
@@ -129,6 +130,9 @@ pub struct Client {
     pub created: i64,
     /// When a metadata document was last read.
     pub fetched: Option<i64>,
+    /// Whether the owner ever approved it (clients the owner made count as
+    /// approved): until then its redirect URIs are only what a stranger wrote.
+    pub approved: bool,
 }
 
 /// What the owner approved for a client, while its refresh token lives.
@@ -198,16 +202,23 @@ impl Store {
         };
         std::fs::create_dir_all(dir)
             .map_err(|e| fail(rusqlite::Error::InvalidPath(e.to_string().into())))?;
+        // Secrets' hashes only, but still nobody else's business. SQLite gives
+        // the -wal and -shm files the database file's mode, so the file is made
+        // 0600 before SQLite first opens it; stores made before that rule got
+        // their modes from the umask, and are put right here.
+        private_file(&path)
+            .map_err(|e| fail(rusqlite::Error::InvalidPath(e.to_string().into())))?;
         let db = Connection::open(&path).map_err(fail)?;
         db.busy_timeout(Duration::from_secs(5)).map_err(fail)?;
         db.pragma_update(None, "journal_mode", "WAL")
             .map_err(fail)?;
         db.pragma_update(None, "foreign_keys", "ON").map_err(fail)?;
         db.execute_batch(SCHEMA).map_err(fail)?;
-        // Secrets' hashes only, but still nobody else's business.
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        add_approved(&db).map_err(fail)?;
+        for companion in ["-wal", "-shm"] {
+            let mut name = path.clone().into_os_string();
+            name.push(companion);
+            make_private(Path::new(&name));
         }
         Ok(Store {
             path,
@@ -232,9 +243,10 @@ impl Store {
         let uris = serde_json::to_string(&c.redirect_uris).unwrap_or_else(|_| "[]".into());
         self.with(|db| {
             db.execute(
-                "INSERT INTO clients (id, name, kind, secret_hash, redirect_uris, scope, created, fetched)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT(id) DO UPDATE SET name = ?2, redirect_uris = ?5, scope = ?6, fetched = ?8",
+                "INSERT INTO clients (id, name, kind, secret_hash, redirect_uris, scope, created, fetched, approved)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, CASE WHEN ?9 THEN ?7 END)
+                 ON CONFLICT(id) DO UPDATE SET name = ?2, redirect_uris = ?5, scope = ?6, fetched = ?8,
+                     approved = coalesce(approved, CASE WHEN ?9 THEN ?7 END)",
                 params![
                     c.id,
                     c.name,
@@ -243,7 +255,8 @@ impl Store {
                     uris,
                     c.scope,
                     c.created,
-                    c.fetched
+                    c.fetched,
+                    c.approved || c.kind == ClientKind::Owner
                 ],
             )
             .map(drop)
@@ -253,7 +266,7 @@ impl Store {
     pub fn client(&self, id: &str) -> Result<Option<Client>, StoreError> {
         self.with(|db| {
             db.query_row(
-                "SELECT id, name, kind, secret_hash, redirect_uris, scope, created, fetched FROM clients WHERE id = ?1",
+                "SELECT id, name, kind, secret_hash, redirect_uris, scope, created, fetched, approved FROM clients WHERE id = ?1",
                 [id],
                 client_row,
             )
@@ -264,7 +277,7 @@ impl Store {
     pub fn clients(&self) -> Result<Vec<Client>, StoreError> {
         self.with(|db| {
             let mut stmt = db.prepare(
-                "SELECT id, name, kind, secret_hash, redirect_uris, scope, created, fetched FROM clients ORDER BY created, id",
+                "SELECT id, name, kind, secret_hash, redirect_uris, scope, created, fetched, approved FROM clients ORDER BY created, id",
             )?;
             let rows = stmt.query_map([], client_row)?;
             rows.collect()
@@ -279,7 +292,7 @@ impl Store {
         self.with(|db| {
             db.execute(
                 "DELETE FROM clients WHERE kind IN ('registered', 'document') AND created < ?1
-                 AND id NOT IN (SELECT client_id FROM grants)",
+                 AND approved IS NULL AND id NOT IN (SELECT client_id FROM grants)",
                 [before],
             )?;
             db.query_row(
@@ -288,6 +301,17 @@ impl Store {
                 |r| r.get::<_, i64>(0),
             )
             .map(|n| n as usize)
+        })
+    }
+
+    /// Records that the owner approved the client (the first time only).
+    pub fn mark_approved(&self, id: &str) -> Result<(), StoreError> {
+        self.with(|db| {
+            db.execute(
+                "UPDATE clients SET approved = ?2 WHERE id = ?1 AND approved IS NULL",
+                params![id, now()],
+            )
+            .map(drop)
         })
     }
 
@@ -485,6 +509,48 @@ impl Store {
     }
 }
 
+/// Stores made before clients had `approved` get the column; a client with a
+/// grant or a code, or made by the owner, was approved.
+fn add_approved(db: &Connection) -> rusqlite::Result<()> {
+    let has: bool = db.query_row(
+        "SELECT count(*) FROM pragma_table_info('clients') WHERE name = 'approved'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has {
+        db.execute_batch(
+            "ALTER TABLE clients ADD COLUMN approved INTEGER;
+             UPDATE clients SET approved = created WHERE kind = 'owner'
+                 OR id IN (SELECT client_id FROM grants) OR id IN (SELECT client_id FROM codes);",
+        )?;
+    }
+    Ok(())
+}
+
+/// Creates `path` with mode 0600 when missing, and makes it 0600 when not.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    make_private(path);
+    Ok(())
+}
+
+/// Sets mode 0600 on `path` if it exists (the -wal and -shm files come and go
+/// with connections, so a missing one is no error).
+fn make_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!("could not make {} private: {e}", path.display()),
+    }
+}
+
 const GRANT_SELECT: &str = "SELECT g.id, g.client_id, c.name, g.scope, g.resource, g.audience, g.approved_by, g.created, g.refreshed, g.refresh_expires
      FROM grants g JOIN clients c ON c.id = g.client_id";
 
@@ -516,5 +582,48 @@ fn client_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Client> {
         scope: r.get(5)?,
         created: r.get(6)?,
         fetched: r.get(7)?,
+        approved: r.get::<_, Option<i64>>(8)?.is_some(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_database_and_its_wal_and_shm_are_private_from_the_first_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // A write makes SQLite create the -wal and -shm files, if it had not.
+        store.prune_strangers(0).unwrap();
+        store
+            .revoke_grant("g_none")
+            .expect("a statement runs on the store");
+        for name in [FILE, "oauth.db-wal", "oauth.db-shm"] {
+            let path = dir.path().join(name);
+            assert!(path.exists(), "{name} exists while the store is open");
+            assert_eq!(mode(&path), 0o600, "{name}");
+        }
+        drop(store);
+
+        // A store made before this rule, readable by everyone, is put right.
+        let old = tempfile::tempdir().unwrap();
+        for name in [FILE, "oauth.db-wal", "oauth.db-shm"] {
+            let path = old.path().join(name);
+            std::fs::copy(dir.path().join(FILE), &path).ok();
+            if name != FILE {
+                std::fs::write(&path, b"").unwrap();
+            }
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let _store = Store::open(old.path()).unwrap();
+        for name in [FILE, "oauth.db-wal", "oauth.db-shm"] {
+            assert_eq!(mode(&old.path().join(name)), 0o600, "{name}");
+        }
+    }
 }

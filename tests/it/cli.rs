@@ -82,6 +82,47 @@ fn token_new_prints_a_token_and_its_hash_line() {
     assert_eq!(bad.status.code(), Some(2));
 }
 
+#[test]
+fn what_token_new_prints_is_accepted_by_dynapi_yaml_and_bad_names_are_refused() {
+    // What the command prints below its "Add this" line is pasted into
+    // dynapi.yaml as it is; `dynapi check` must accept that file.
+    let out = Command::new(BIN)
+        .args(["token", "new", "--scopes", "read", "--name", "ci-reader-2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (_, yaml) = stdout.split_once("dynapi.yaml").unwrap();
+    let yaml = yaml.split_once('\n').unwrap().1;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("dynapi.yaml"), yaml).unwrap();
+    let check = Command::new(BIN)
+        .arg("check")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{yaml}\n{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+
+    // A name dynapi.yaml would refuse is refused here, before any token is made.
+    for name in ["t_read", "Reader", "", "a b", &"x".repeat(65)] {
+        let bad = Command::new(BIN)
+            .args(["token", "new", "--name", name])
+            .output()
+            .unwrap();
+        assert_eq!(bad.status.code(), Some(2), "{name}");
+        assert!(bad.stdout.is_empty(), "no token is printed for `{name}`");
+        let stderr = String::from_utf8_lossy(&bad.stderr);
+        assert!(
+            stderr.contains("lowercase letters, digits and dashes"),
+            "{stderr}"
+        );
+    }
+}
+
 /// Starts `dynapi serve` on a free port in `dir`; returns the child and its URL and token.
 fn spawn_serve(dir: &std::path::Path, extra: &[&str]) -> (std::process::Child, String, String) {
     let mut command = Command::new(BIN);

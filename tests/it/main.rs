@@ -5,6 +5,7 @@
 mod support;
 
 mod cli;
+mod connections;
 mod endpoints;
 mod escalation;
 mod files;

@@ -531,7 +531,13 @@ async fn oauth_refusals_carry_the_errors_the_rfcs_name() {
         assert!(page.location().is_empty());
         assert_eq!(page.json["error"]["code"], json!(error), "{}", page.text);
     }
-    // Refused back at the client, with state and iss.
+    // Refused back at the client, with state and iss, once the owner approved
+    // the client (before that, see
+    // `a_client_nobody_approved_gets_its_errors_on_a_page_not_a_redirect`).
+    let pairs = with(&[]);
+    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let approved = b.decide(&pairs, TOKEN, &["read"], "approve").await;
+    assert_eq!(approved.status, 303, "{}", approved.text);
     for (params, error) in [
         (
             with(&[("code_challenge", ""), ("code_challenge_method", "")]),
@@ -721,8 +727,10 @@ async fn oauth_refusals_carry_the_errors_the_rfcs_name() {
     .await;
     assert_eq!(json_body.json["error"], json!("invalid_request"));
 
-    // Guessing owner tokens is bounded: after 20 wrong ones the page refuses
-    // every token for a while, the right one too.
+    // Guessing owner tokens is bounded per address: after 20 wrong ones from
+    // an address, it gets one token checked at a time, waiting longer after
+    // each wrong one; the right token still gets through; other addresses are
+    // not affected.
     let page_params = with(&[]);
     let page_params: Vec<(&str, &str)> =
         page_params.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -730,10 +738,33 @@ async fn oauth_refusals_carry_the_errors_the_rfcs_name() {
         let guess = b.decide(&page_params, "guess", &["read"], "approve").await;
         assert_eq!(guess.status, 401);
     }
-    let locked = b.decide(&page_params, TOKEN, &["read"], "approve").await;
+    let owner = b.decide(&page_params, TOKEN, &["read"], "approve").await;
+    assert_eq!(owner.status, 303, "the owner gets in: {}", owner.text);
+    let locked = b.decide(&page_params, "guess", &["read"], "approve").await;
     assert_eq!(locked.status, 429, "{}", locked.text);
-    assert!(locked.headers.contains_key("retry-after"));
+    assert_eq!(locked.headers["retry-after"], "1");
     assert!(locked.location().is_empty());
+    let waiting = b.decide(&page_params, TOKEN, &["read"], "approve").await;
+    assert_eq!(waiting.status, 429, "not checked yet: {}", waiting.text);
+    let elsewhere = Browser {
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap(),
+        base: d.url.clone(),
+    };
+    let other = elsewhere
+        .decide(&page_params, "guess", &["read"], "approve")
+        .await;
+    assert_eq!(other.status, 401, "another address is not locked");
+    let other = elsewhere
+        .decide(&page_params, TOKEN, &["read"], "approve")
+        .await;
+    assert_eq!(other.status, 303, "{}", other.text);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let owner = b.decide(&page_params, TOKEN, &["read"], "approve").await;
+    assert_eq!(owner.status, 303, "after the wait: {}", owner.text);
 
     // A client asking for a secret gets one, with the method it named.
     let confidential = b
@@ -1084,4 +1115,143 @@ async fn a_client_named_by_its_metadata_document_signs_in_without_registering() 
             refused.text
         );
     }
+}
+
+#[tokio::test]
+async fn a_daemon_others_can_reach_never_reads_documents_on_its_own_machine() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    // Listening on every address, without --public-url: the URLs it writes come
+    // from the request's Host, which here says loopback. That must not make it
+    // read loopback documents for whoever sent the request.
+    let d = Daemon::start_with(|c| c.listen = "0.0.0.0:0".parse().unwrap()).await;
+    let b = Browser::new(&d);
+    // A service on the daemon's machine, counting who connects to it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((_stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let (_, challenge) = pkce();
+    for id in [
+        format!("http://127.0.0.1:{port}/doc.json"),
+        format!("https://127.0.0.1:{port}/doc.json"),
+        format!("https://localhost:{port}/doc.json"),
+    ] {
+        let params = [
+            ("response_type", "code"),
+            ("client_id", id.as_str()),
+            ("redirect_uri", REDIRECT),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ];
+        let refused = seen(
+            b.http
+                .get(b.authorize_url(&params))
+                .header("host", format!("127.0.0.1:{port}"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(refused.status, 400, "{id}: {}", refused.text);
+        assert_eq!(
+            refused.json["error"]["code"],
+            json!("invalid_client"),
+            "{id}: {}",
+            refused.text
+        );
+        assert!(refused.location().is_empty());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        0,
+        "the daemon connected to a loopback service for a stranger"
+    );
+}
+
+#[tokio::test]
+async fn a_client_nobody_approved_gets_its_errors_on_a_page_not_a_redirect() {
+    let d = Daemon::start().await;
+    let b = Browser::new(&d);
+    // Anyone may register a client with any https redirect URI.
+    let evil = "https://evil.example/land";
+    let reg = b
+        .register(json!({"redirect_uris": [evil], "token_endpoint_auth_method": "none"}))
+        .await;
+    assert_eq!(reg.status, 201, "{}", reg.text);
+    let client_id = reg.json["client_id"].as_str().unwrap().to_string();
+    let (_, challenge) = pkce();
+    let bogus = b.authorize_url(&[
+        ("client_id", client_id.as_str()),
+        ("redirect_uri", evil),
+        ("response_type", "bogus"),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+    ]);
+
+    // Not approved yet: the error is shown here, in JSON to a program...
+    let page = seen(b.http.get(&bogus).send().await.unwrap()).await;
+    assert_eq!(page.status, 400, "{}", page.text);
+    assert!(!page.headers.contains_key("location"), "{:?}", page.headers);
+    assert_eq!(
+        page.json["error"]["code"],
+        json!("unsupported_response_type"),
+        "{}",
+        page.text
+    );
+    // ...and as a page to a browser.
+    let html = b.get(&bogus, None).await;
+    assert_eq!(html.status, 400, "{}", html.text);
+    assert!(!html.headers.contains_key("location"));
+    assert!(
+        html.text.contains("unsupported_response_type"),
+        "{}",
+        html.text
+    );
+    assert!(!html.text.contains("evil.example"), "{}", html.text);
+
+    // Once the owner approved it, errors go back to it as RFC 6749 says.
+    let params = [
+        ("response_type", "code"),
+        ("client_id", client_id.as_str()),
+        ("redirect_uri", evil),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+    ];
+    let approved = b.decide(&params, TOKEN, &["read"], "approve").await;
+    assert_eq!(approved.status, 303, "{}", approved.text);
+    let back = b.get(&bogus, None).await;
+    assert_eq!(back.status, 302, "{}", back.text);
+    assert!(back.location().starts_with(evil), "{}", back.location());
+    assert_eq!(
+        back.param("error").as_deref(),
+        Some("unsupported_response_type")
+    );
+
+    // A client the owner made on the command line counts as approved.
+    let (owner, _) = dynapi::oauth::add_owner_client(
+        &d.app.oauth.store,
+        "Owner's",
+        vec![REDIRECT.to_string()],
+        dynapi::auth::Scopes::all(),
+    )
+    .unwrap();
+    let back = b
+        .get(
+            &b.authorize_url(&[
+                ("client_id", owner.id.as_str()),
+                ("redirect_uri", REDIRECT),
+                ("response_type", "bogus"),
+            ]),
+            None,
+        )
+        .await;
+    assert_eq!(back.status, 302, "{}", back.text);
+    assert!(back.location().starts_with(REDIRECT), "{}", back.location());
 }

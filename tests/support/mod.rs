@@ -228,9 +228,16 @@ impl Drop for Daemon {
 }
 
 async fn launch(config: Config) -> (String, Arc<dynapi::App>, CancellationToken) {
+    let ip = config.listen.ip();
     let started = dynapi::App::start(config).await.expect("the daemon starts");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    // The configured address, on a free port: 127.0.0.1 unless a test asks
+    // for another (0.0.0.0, to be a daemon other machines can reach).
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let mut addr = listener.local_addr().unwrap();
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("http://{addr}");
     let shutdown = CancellationToken::new();
     tokio::spawn(dynapi::serve(
         listener,
