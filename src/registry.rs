@@ -986,7 +986,20 @@ fn parse_template(arg: &str) -> Vec<ArgPart> {
 pub struct ParamError {
     pub param: Option<String>,
     pub message: String,
+    /// The value is valid but too large to pass to a process (413).
+    pub too_large: bool,
 }
+
+/// The largest value that also goes into the environment as
+/// `DYNAPI_PARAM_<NAME>`; larger ones are on stdin only. Linux refuses any
+/// single argv or environment string over 128 KiB (`MAX_ARG_STRLEN`), and all
+/// of them together over a quarter of the stack limit.
+pub const MAX_ENV_VALUE: usize = 32 << 10;
+/// The largest single argv entry (`MAX_ARG_STRLEN`, less its NUL).
+pub const MAX_ARG: usize = (128 << 10) - 1;
+/// The most argv may hold in all, well under `ARG_MAX` (2 MiB with the usual
+/// 8 MiB stack), leaving room for the environment.
+pub const MAX_ARGV: usize = 1 << 20;
 
 /// What running an endpoint needs, built from validated parameters.
 #[derive(Debug, Clone)]
@@ -1186,6 +1199,7 @@ impl Endpoint {
                         known.join(", ")
                     )
                 },
+                too_large: false,
             });
         }
         let mut values = Map::new();
@@ -1197,6 +1211,7 @@ impl Endpoint {
                         return Err(ParamError {
                             param: Some(p.name.clone()),
                             message: format!("parameter `{}` is required", p.name),
+                            too_large: false,
                         })
                     }
                     None => continue,
@@ -1204,6 +1219,7 @@ impl Endpoint {
                 Some(v) => p.check_value(v).map_err(|m| ParamError {
                     param: Some(p.name.clone()),
                     message: format!("parameter `{}` {m}", p.name),
+                    too_large: false,
                 })?,
             };
             values.insert(p.name.clone(), value);
@@ -1240,14 +1256,33 @@ impl Endpoint {
             args.push(arg);
         }
 
+        if let Some(long) = args.iter().find(|a| a.len() > MAX_ARG) {
+            return Err(ParamError {
+                param: None,
+                message: format!(
+                    "an argument would be {} bytes; a process takes at most {MAX_ARG} in one argument (the script can read large values from stdin)",
+                    long.len()
+                ),
+                too_large: true,
+            });
+        }
+        let total: usize = args.iter().map(|a| a.len() + 1).sum();
+        if total > MAX_ARGV {
+            return Err(ParamError {
+                param: None,
+                message: format!(
+                    "the arguments would be {total} bytes; a run takes at most {MAX_ARGV} (the script can read large values from stdin)"
+                ),
+                too_large: true,
+            });
+        }
+        // Large values stay on stdin only: one over 128 KiB in the environment
+        // would make the process fail to start at all.
         let env = values
             .iter()
-            .map(|(k, v)| {
-                (
-                    format!("DYNAPI_PARAM_{}", k.to_ascii_uppercase()),
-                    as_text(v),
-                )
-            })
+            .map(|(k, v)| (k, as_text(v)))
+            .filter(|(_, v)| v.len() <= MAX_ENV_VALUE)
+            .map(|(k, v)| (format!("DYNAPI_PARAM_{}", k.to_ascii_uppercase()), v))
             .collect();
         let stdin = serde_json::to_vec(&Value::Object(values)).unwrap_or_default();
         Ok(Invocation { args, env, stdin })
@@ -1285,6 +1320,7 @@ impl Endpoint {
                 message: format!(
                     "parameter `{name}` may not start with `-` (it would reach the script as an option); the manifest can allow it with `allow_leading_dash: true`"
                 ),
+                too_large: false,
             });
         }
         Ok(text)

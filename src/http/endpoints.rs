@@ -399,22 +399,25 @@ async fn dispatch(
     app: Arc<App>,
     body: Result<Bytes, ApiError>,
 ) -> Result<Response, ApiError> {
+    // A built-in route's first segment never reaches an endpoint, not even
+    // one whose path starts with a `{placeholder}`: `GET /jobs` is the API's
+    // (405 here, as the method did not match it), never `/{slug}`'s.
+    let first = path
+        .as_str()
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or("");
+    if RESERVED_SEGMENTS.contains(&first) {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not a method of {}", path.as_str()),
+        ));
+    }
     let registry = app.syncer.registry();
     let matched = Method::parse(method.as_str()).and_then(|m| registry.route(m, path.as_str()));
     let Some(matched) = matched else {
-        let first = path
-            .as_str()
-            .trim_start_matches('/')
-            .split('/')
-            .next()
-            .unwrap_or("");
-        if RESERVED_SEGMENTS.contains(&first) {
-            return Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{method} is not a method of {}", path.as_str()),
-            ));
-        }
         return Err(ApiError::not_found(format!(
             "no endpoint at {method} {}; GET /endpoints lists them",
             path.as_str()
@@ -499,7 +502,11 @@ async fn invoke(
     run_async: bool,
 ) -> Result<Response, ApiError> {
     let invocation = endpoint.bind(params).map_err(|e| {
-        let mut err = ApiError::new(StatusCode::BAD_REQUEST, "invalid_param", e.message);
+        let mut err = if e.too_large {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.message)
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_param", e.message)
+        };
         if let Some(p) = e.param {
             err = err.with("param", json!(p));
         }

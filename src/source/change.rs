@@ -167,10 +167,13 @@ pub struct Applied {
     pub pull_request: Option<String>,
 }
 
+/// Cheap to clone: every clone is the same writer (one lock).
+#[derive(Clone)]
 pub struct Writer {
     repo: Repo,
     workspace: Workspace,
-    lock: Mutex<()>,
+    lock: Arc<Mutex<()>>,
+    debt: IndexDebt,
     /// GitHub mode: commits are made on GitHub, then fetched.
     github: Option<GitHub>,
 }
@@ -182,6 +185,17 @@ pub enum Delivery {
     Commit,
     /// GitHub mode: a commit on a new branch, and a pull request for a human.
     PullRequest,
+}
+
+/// Runs a write as its own task: the caller's future may be dropped (a client
+/// hanging up), the write and the lock it holds go on to the end together, so
+/// the next write never plans against a half-written tree.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, ChangeError>> + Send + 'static,
+) -> Result<T, ChangeError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| ChangeError::Repo(RepoError::Git(e.to_string())))?
 }
 
 /// Runs blocking git work off the async threads.
@@ -198,7 +212,8 @@ impl Writer {
         Writer {
             repo,
             workspace,
-            lock: Mutex::new(()),
+            lock: Arc::new(Mutex::new(())),
+            debt: IndexDebt::default(),
             github,
         }
     }
@@ -214,8 +229,12 @@ impl Writer {
         change: Change,
         delivery: Delivery,
     ) -> Result<Applied, ChangeError> {
-        let _serial = self.lock.lock().await;
-        self.apply_locked(change, delivery).await
+        let writer = self.clone();
+        detached(async move {
+            let _serial = writer.lock.lock().await;
+            writer.apply_locked(change, delivery).await
+        })
+        .await
     }
 
     /// `apply_as` once the writer's lock is held: every change, from any route,
@@ -244,9 +263,9 @@ impl Writer {
                 "pull requests need a GitHub repository (`dynapi serve --remote`); the local workspace takes commits".into(),
             ));
         }
-        let repo = self.repo.clone();
-        let workspace = self.workspace.clone();
-        blocking(move || apply_blocking(&repo, &workspace, change)).await
+        let (repo, workspace, debt) =
+            (self.repo.clone(), self.workspace.clone(), self.debt.clone());
+        blocking(move || apply_blocking(&repo, &workspace, change, &debt)).await
     }
 
     /// GitHub mode: the commit is made on GitHub with the Git Data API on the
@@ -395,20 +414,24 @@ impl Writer {
         author: Author,
         may_change_settings: bool,
     ) -> Result<Applied, ChangeError> {
-        let _serial = self.lock.lock().await;
-        let (repo, workspace) = (self.repo.clone(), self.workspace.clone());
-        let ops = blocking(move || worktree_changes(&repo, &workspace)).await?;
-        if ops.is_empty() {
-            return Err(ChangeError::Empty);
-        }
-        let change = Change {
-            message,
-            author,
-            ops,
-            validation: Validation::NoNewProblems,
-            may_change_settings,
-        };
-        self.apply_locked(change, Delivery::Commit).await
+        let writer = self.clone();
+        detached(async move {
+            let _serial = writer.lock.lock().await;
+            let (repo, workspace) = (writer.repo.clone(), writer.workspace.clone());
+            let ops = blocking(move || worktree_changes(&repo, &workspace)).await?;
+            if ops.is_empty() {
+                return Err(ChangeError::Empty);
+            }
+            let change = Change {
+                message,
+                author,
+                ops,
+                validation: Validation::NoNewProblems,
+                may_change_settings,
+            };
+            writer.apply_locked(change, Delivery::Commit).await
+        })
+        .await
     }
 }
 
@@ -612,6 +635,8 @@ fn plan(ws: &Workspace, ops: &[Op]) -> Result<Plan, ChangeError> {
 
 /// A change planned against the working tree, with its paths classified.
 struct Prepared {
+    /// The branch head when the plan was made.
+    planned_on: Option<ObjectId>,
     plan: Plan,
     /// Per path of `plan.order`: ignored by `.gitignore`.
     ignored: Vec<bool>,
@@ -628,10 +653,12 @@ fn prepare(repo: &Repo, workspace: &Workspace, change: Change) -> Result<Prepare
         .iter()
         .map(|op| op.normalized(workspace))
         .collect::<Result<Vec<Op>, PathError>>()?;
+    let planned_on = repo.head()?;
     let plan = plan(workspace, &ops)?;
     let paths: Vec<&str> = plan.order.iter().map(String::as_str).collect();
     let ignored = repo.ignored(&paths)?;
     Ok(Prepared {
+        planned_on,
         plan,
         ignored,
         message: change.message,
@@ -768,10 +795,30 @@ fn apply_blocking(
     repo: &Repo,
     workspace: &Workspace,
     change: Change,
+    debt: &IndexDebt,
 ) -> Result<Applied, ChangeError> {
+    debt.pay(repo, workspace);
     let prepared = prepare(repo, workspace, change)?;
+    commit_prepared(repo, workspace, &prepared, debt)
+}
+
+/// Commits a planned change on the branch head, again on a new head when the
+/// branch moved (up to `MAX_ATTEMPTS`), then writes the working tree and the
+/// index. When the head is no longer the one the plan was made on (a human's
+/// `git pull`, `reset`, `commit`), the planned files are read again: one that
+/// changed on disk since the plan is a 412, never overwritten.
+fn commit_prepared(
+    repo: &Repo,
+    workspace: &Workspace,
+    prepared: &Prepared,
+    debt: &IndexDebt,
+) -> Result<Applied, ChangeError> {
     for _ in 0..MAX_ATTEMPTS {
-        let staged = stage(repo, &prepared, repo.head()?)?;
+        let head = repo.head()?;
+        if head != prepared.planned_on {
+            check_disk_unchanged(workspace, &prepared.plan)?;
+        }
+        let staged = stage(repo, prepared, head)?;
         let disk_changes = changed_on_disk(&prepared.plan)?;
         let commit = if staged.new_commit {
             match repo.commit_tree(
@@ -791,10 +838,65 @@ fn apply_blocking(
         };
         let changed = staged.new_commit || !disk_changes.is_empty();
         write_worktree(workspace, &prepared.plan, &disk_changes)?;
-        repo.update_index(workspace.root(), &staged.edits)?;
-        return applied(&prepared, staged, commit, changed);
+        // The branch moved: whatever happens to the index now, the write is
+        // acknowledged. An index git keeps locked is brought in step later.
+        debt.record(repo, workspace, staged.edits.clone());
+        return applied(prepared, staged, commit, changed);
     }
     Err(ChangeError::Repo(RepoError::Moved))
+}
+
+/// Refuses a plan whose files changed on disk since it was made (412).
+fn check_disk_unchanged(ws: &Workspace, plan: &Plan) -> Result<(), ChangeError> {
+    for path in &plan.order {
+        let now = files::file_state(ws, &plan.targets[path]).map_err(fs_error(path))?;
+        let then = plan.before[path];
+        if now != then {
+            let name = |s: Option<(ObjectId, bool)>| {
+                s.map_or_else(|| "none".to_string(), |(id, _)| id.to_string())
+            };
+            return Err(ChangeError::Precondition {
+                path: path.clone(),
+                expected: name(then),
+                current: name(now),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Index entries the writer owes: a commit stands once the branch moved, even
+/// when git's index lock stayed held past `INDEX_LOCK_WAIT` (a long `git
+/// status`); the entries are written by the next write, first thing.
+#[derive(Clone, Default)]
+struct IndexDebt(Arc<std::sync::Mutex<Vec<Edit>>>);
+
+impl IndexDebt {
+    /// Writes `edits` (after any still owed) to the index, or keeps them owed.
+    fn record(&self, repo: &Repo, ws: &Workspace, edits: Vec<Edit>) {
+        let mut owed = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        owed.extend(edits);
+        // The last edit of a path is the one that counts.
+        let mut seen = HashSet::new();
+        let mut latest: Vec<Edit> = owed
+            .drain(..)
+            .rev()
+            .filter(|e| seen.insert(e.path().to_string()))
+            .collect();
+        latest.reverse();
+        if let Err(e) = repo.update_index(ws.root(), &latest) {
+            tracing::warn!(error = %e, paths = latest.len(), "the index was not updated; the next write will");
+            *owed = latest;
+        }
+    }
+
+    /// Writes what is owed, if anything.
+    fn pay(&self, repo: &Repo, ws: &Workspace) {
+        if self.0.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            return;
+        }
+        self.record(repo, ws, Vec::new());
+    }
 }
 
 /// The paths whose working-tree file the plan changes.
@@ -1003,4 +1105,86 @@ fn worktree_changes(repo: &Repo, workspace: &Workspace) -> Result<Vec<Op>, Chang
         }
     }
     Ok(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workspace::TemplateFile;
+
+    fn git(dir: &Path, args: &[&str]) {
+        let done = std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "Human")
+            .env("GIT_AUTHOR_EMAIL", "human@example.com")
+            .env("GIT_COMMITTER_NAME", "Human")
+            .env("GIT_COMMITTER_EMAIL", "human@example.com")
+            .status()
+            .unwrap();
+        assert!(done.success(), "git {args:?}");
+    }
+
+    fn edit(old: &str, new: &str) -> Change {
+        Change {
+            message: "Edit the notes".into(),
+            author: Author {
+                name: "t via dynapi".into(),
+                email: "dynapi@localhost".into(),
+            },
+            ops: vec![Op::Edit {
+                path: "notes.txt".into(),
+                edits: vec![TextEdit {
+                    old: old.into(),
+                    new: new.into(),
+                }],
+                if_match: None,
+            }],
+            validation: Validation::NoNewProblems,
+            may_change_settings: false,
+        }
+    }
+
+    #[test]
+    fn a_plan_is_not_committed_over_a_file_a_pull_changed_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ws");
+        let files = [TemplateFile {
+            path: "notes.txt".into(),
+            contents: b"one\n".to_vec(),
+            executable: false,
+        }];
+        let author = edit("", "").author;
+        let repo = Repo::init(&root, "main", &files, &author).unwrap();
+        let ws = Workspace::open(&root).unwrap();
+        let prepared = prepare(&repo, &ws, edit("one", "two")).unwrap();
+        // A human's `git pull` lands between the plan and the commit: the file
+        // changes on disk and the branch moves.
+        std::fs::write(root.join("notes.txt"), "one, pulled\n").unwrap();
+        git(&root, &["commit", "-q", "-am", "Pulled"]);
+        let pulled = repo.head().unwrap();
+        let refused = commit_prepared(&repo, &ws, &prepared, &IndexDebt::default());
+        assert!(
+            matches!(refused, Err(ChangeError::Precondition { ref path, .. }) if path == "notes.txt"),
+            "{:?}",
+            refused.map(|a| a.commit)
+        );
+        assert_eq!(repo.head().unwrap(), pulled);
+        assert_eq!(
+            std::fs::read_to_string(root.join("notes.txt")).unwrap(),
+            "one, pulled\n"
+        );
+        // A human commit of other files moves the branch too, and the plan
+        // still lands on top of it.
+        let prepared = prepare(&repo, &ws, edit("pulled", "edited")).unwrap();
+        std::fs::write(root.join("other.txt"), "x\n").unwrap();
+        git(&root, &["add", "other.txt"]);
+        git(&root, &["commit", "-q", "-m", "Other"]);
+        let applied = commit_prepared(&repo, &ws, &prepared, &IndexDebt::default()).unwrap();
+        assert!(applied.new_commit);
+        assert_eq!(
+            std::fs::read_to_string(root.join("notes.txt")).unwrap(),
+            "one, edited\n"
+        );
+    }
 }

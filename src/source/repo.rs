@@ -15,6 +15,11 @@ use crate::manifest::Problem;
 use crate::registry::{FileKind, Registry, Snapshot, MANIFEST_DIR, SETTINGS_FILE};
 use crate::workspace::TemplateFile;
 
+/// How long a write waits for git's index lock (`.git/index.lock`) that a
+/// human's git or an editor holds; past it the commit stands and the index is
+/// brought in step by a later write.
+pub const INDEX_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
     #[error("git: {0}")]
@@ -464,6 +469,16 @@ impl Repo {
     /// staged work) are left alone.
     pub fn update_index(&self, workdir: &Path, edits: &[Edit]) -> Result<(), RepoError> {
         let repo = self.repo.to_thread_local();
+        // git's own lock first, waiting as long as a human's `git status` or
+        // `git add` may hold it; only then read, change and write, so what a
+        // human staged meanwhile is read, not overwritten.
+        let lock = gix::lock::File::acquire_to_update_resource(
+            repo.index_path(),
+            gix::lock::acquire::Fail::AfterDurationWithBackoff(INDEX_LOCK_WAIT),
+            None,
+            0,
+        )
+        .map_err(|e| RepoError::Git(format!("the index is locked: {e}")))?;
         let mut index = match repo.open_index() {
             Ok(i) => i,
             Err(_) => repo.index_from_tree(&ObjectId::empty_tree(repo.object_hash()))?,
@@ -501,7 +516,15 @@ impl Repo {
         }
         index.sort_entries();
         index.remove_tree();
-        index.write(Default::default()).map_err(git)?;
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, lock);
+        index
+            .write_to(&mut out, Default::default())
+            .map_err(|e| RepoError::Git(format!("could not write the index: {e}")))?;
+        let lock = out
+            .into_inner()
+            .map_err(|e| RepoError::Git(format!("could not write the index: {e}")))?;
+        lock.commit()
+            .map_err(|e| RepoError::Git(format!("could not write the index: {}", e.error)))?;
         Ok(())
     }
 

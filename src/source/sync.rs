@@ -146,7 +146,25 @@ impl Syncer {
 
     /// Syncs now and reports what happened. Concurrent calls run one after another;
     /// each reads the head when it starts, so a caller never sees a stale answer.
-    pub async fn sync(&self, trigger: Trigger) -> SyncReport {
+    /// Fetches (GitHub mode), builds and swaps: see the module doc. The sync
+    /// runs as its own task, so a caller that goes away (a client hanging up)
+    /// never cuts it between the checkout and the swap, nor frees its lock
+    /// while its blocking work goes on.
+    pub async fn sync(self: &Arc<Self>, trigger: Trigger) -> SyncReport {
+        let this = self.clone();
+        match tokio::spawn(async move { this.sync_whole(trigger).await }).await {
+            Ok(report) => report,
+            Err(e) => SyncReport {
+                commit: None,
+                served: self.registry().commit.clone(),
+                outcome: "failed",
+                problems: Vec::new(),
+                error: Some(format!("the sync stopped: {e}")),
+            },
+        }
+    }
+
+    async fn sync_whole(&self, trigger: Trigger) -> SyncReport {
         let _one_at_a_time = self.running.lock().await;
         let repo = self.repo.clone();
         let served = self.registry().commit.clone();

@@ -11,6 +11,7 @@ mod escalation;
 mod files;
 mod github;
 mod gitops;
+mod interference;
 mod jobs;
 mod mcp;
 mod oauth;

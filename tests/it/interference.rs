@@ -1,0 +1,142 @@
+//! The writer while humans, editors and git move underneath (issue 19): a
+//! `git status` holding the index lock, a client that hangs up mid-write.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::Daemon;
+
+/// Holds `.git/index.lock` as a running `git status` or `git add` does, for
+/// `hold`, from another thread.
+fn hold_index_lock(d: &Daemon, hold: Duration) -> std::thread::JoinHandle<()> {
+    let lock = d.workspace.join(".git/index.lock");
+    std::fs::write(&lock, b"").unwrap();
+    std::thread::spawn(move || {
+        std::thread::sleep(hold);
+        std::fs::remove_file(&lock).unwrap();
+    })
+}
+
+#[tokio::test]
+async fn a_write_waits_for_a_held_index_lock_and_git_status_stays_clean() {
+    let d = Daemon::start().await;
+    let held = hold_index_lock(&d, Duration::from_millis(400));
+    let a = d
+        .put("/files/notes/x.txt", json!({"content": "written\n"}))
+        .await;
+    assert!(a.status < 300, "{}", a.json);
+    held.join().unwrap();
+    assert_eq!(
+        d.git(&["status", "--porcelain"]),
+        "",
+        "the index lags the commit"
+    );
+    assert_eq!(d.git(&["show", "HEAD:notes/x.txt"]), "written\n");
+}
+
+#[tokio::test]
+async fn a_commit_stands_when_the_index_stays_locked_and_the_index_catches_up() {
+    let d = Daemon::start().await;
+    let commits = d.commits();
+    let held = hold_index_lock(
+        &d,
+        dynapi::source::repo::INDEX_LOCK_WAIT + Duration::from_millis(700),
+    );
+    let started = Instant::now();
+    let a = d
+        .put("/files/notes/x.txt", json!({"content": "written\n"}))
+        .await;
+    // The branch moved: that is a success, not "the commit failed".
+    assert!(a.status < 300, "{}", a.json);
+    assert!(a.json["commit"].is_string(), "{}", a.json);
+    assert!(started.elapsed() >= dynapi::source::repo::INDEX_LOCK_WAIT);
+    assert_eq!(d.commits(), commits + 1);
+    held.join().unwrap();
+    // The next write brings the index in step: the human's next `git commit`
+    // cannot undo the first write.
+    let a = d
+        .put("/files/notes/y.txt", json!({"content": "more\n"}))
+        .await;
+    assert!(a.status < 300, "{}", a.json);
+    assert_eq!(d.git(&["status", "--porcelain"]), "");
+    std::fs::write(d.workspace.join("human.txt"), "h\n").unwrap();
+    d.git(&["add", "human.txt"]);
+    d.git(&["commit", "-q", "-m", "A human commit"]);
+    assert_eq!(d.git(&["show", "HEAD:notes/x.txt"]), "written\n");
+    assert_eq!(d.git(&["show", "HEAD:notes/y.txt"]), "more\n");
+}
+
+#[tokio::test]
+async fn an_endpoint_with_a_placeholder_first_never_shadows_the_api() {
+    let d = Daemon::start().await;
+    let a = d
+        .post(
+            "/endpoints",
+            json!({
+                "manifest": "name: slug\ndescription: Catches everything.\nmethod: GET\npath: /{slug}\nscript: scripts/slug.sh\nargs: [\"{slug}\"]\nparams:\n  slug: {type: string}\n",
+                "script": {"path": "scripts/slug.sh", "content": "#!/bin/sh\necho \"slug $1\"\n"},
+            }),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.json);
+    assert_eq!(
+        d.get("/anything").await.json["output"],
+        json!("slug anything\n")
+    );
+    for path in [
+        "/jobs",
+        "/sync",
+        "/files",
+        "/status",
+        "/metrics",
+        "/webhooks",
+        "/oauth",
+        "/call",
+    ] {
+        let a = d.get(path).await;
+        assert!(
+            !a.json.to_string().contains("slug "),
+            "GET {path} reached the endpoint: {}",
+            a.json
+        );
+    }
+    // The built-in ones still answer as themselves.
+    assert_eq!(d.get("/status").await.status, 200);
+    assert_eq!(d.get("/files").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_large_parameter_reaches_stdin_and_a_too_long_argument_is_a_413() {
+    let d = Daemon::start().await;
+    d.add_endpoint(
+        "count",
+        "params:\n  text: {type: string}\n",
+        "#!/bin/sh\npython3 -c 'import json,sys; print(len(json.load(sys.stdin)[\"text\"]))'\necho \"env ${#DYNAPI_PARAM_TEXT}\"\n",
+    )
+    .await;
+    let big = "x".repeat(200_000);
+    let a = d.post("/count", json!({ "text": big })).await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert_eq!(a.json["output"], json!("200000\nenv 0\n"), "{}", a.json);
+    let small = d.post("/count", json!({ "text": "abc" })).await;
+    assert_eq!(small.json["output"], json!("3\nenv 3\n"), "{}", small.json);
+
+    d.add_endpoint(
+        "echo-arg",
+        "args: [\"{text}\"]\nparams:\n  text: {type: string, required: true}\n",
+        "#!/bin/sh\necho ${#1}\n",
+    )
+    .await;
+    let a = d.post("/echo-arg", json!({ "text": big })).await;
+    assert_eq!(a.status, 413, "{}", a.json);
+    assert_eq!(a.json["error"]["code"], json!("too_large"));
+    assert!(a.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("stdin"));
+    let a = d
+        .post("/echo-arg", json!({ "text": "x".repeat(100_000) }))
+        .await;
+    assert_eq!(a.json["output"], json!("100000\n"), "{}", a.json);
+}
