@@ -198,6 +198,19 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// The parameters that a plain list of arguments fills in order, when
+    /// every argument of the manifest is one whole `{param}` (as `hello`'s
+    /// `["{name}"]`); `None` when the manifest fixes text of its own.
+    pub fn positional(&self) -> Option<Vec<&str>> {
+        self.args
+            .iter()
+            .map(|template| match template.as_slice() {
+                [ArgPart::Param(name)] => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The scopes a token needs to run this endpoint: `run`, always, and the
     /// manifest's `scope:` on top of it (a manifest can only ask for more).
     pub fn needs(&self) -> Scopes {

@@ -104,11 +104,17 @@ fn run_script(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
                     let registry = app.syncer.registry();
                     let rules = rules_for(&app, &registry, &program, &req.script_name)?;
                     super::require_all(&caller, rules.needs)?;
-                    if let Some(dashed) = req.args.iter().find(|a| a.starts_with('-')) {
-                        return Err(ApiError::bad_request(format!(
-                            "the argument `{dashed}` begins with `-`, which a script would take for an option; give the script an endpoint whose parameter says `allow_leading_dash: true`"
-                        )));
-                    }
+                    let (args, env, stdin) = match &rules.endpoint {
+                        Some(endpoint) => bind_positional(endpoint, &req.script_name, req.args)?,
+                        None => {
+                            if let Some(dashed) = req.args.iter().find(|a| a.starts_with('-')) {
+                                return Err(ApiError::bad_request(format!(
+                                    "the argument `{dashed}` begins with `-`, which a script would take for an option; give the script an endpoint whose parameter says `allow_leading_dash: true`"
+                                )));
+                            }
+                            (req.args, Vec::new(), Vec::new())
+                        }
+                    };
                     let finished = app
                         .exec
                         .run(Job {
@@ -118,9 +124,9 @@ fn run_script(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
                                 commit: registry.commit.clone(),
                             },
                             program,
-                            args: req.args,
-                            env: rules.env,
-                            stdin: Vec::new(),
+                            args,
+                            env,
+                            stdin,
                             cwd: app.workspace.root().to_path_buf(),
                             timeout: rules.timeout,
                             sandbox: endpoints::policy(
@@ -157,8 +163,55 @@ struct Rules {
     needs: Scopes,
     sandbox: registry::Sandbox,
     timeout: std::time::Duration,
-    env: Vec<(String, String)>,
     concurrency: Option<(String, usize)>,
+    /// The endpoint that serves the script, whose parameters the arguments fill.
+    endpoint: Option<Arc<Endpoint>>,
+}
+
+/// Argv, environment and stdin for a served script run through
+/// `/run-script`: the arguments fill the endpoint's parameters in the order its
+/// manifest's `args` names them, and are checked as a call would check them
+/// (types, patterns, a leading `-`). A manifest that fixes text of its own in
+/// `args` cannot be filled this way: it is called with `POST /call/{name}`.
+type Bound = (Vec<String>, Vec<(String, String)>, Vec<u8>);
+
+fn bind_positional(endpoint: &Endpoint, script: &str, given: Vec<String>) -> Result<Bound, ApiError> {
+    let call = || format!("POST /call/{}", endpoint.name);
+    let Some(names) = endpoint.positional() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "`{script}` is served by the endpoint `{}`, whose manifest sets its arguments; call it with {} and its parameters",
+                endpoint.name,
+                call()
+            ),
+        ));
+    };
+    if given.len() > names.len() {
+        return Err(ApiError::bad_request(format!(
+            "`{script}` takes at most {} argument(s) ({}), as the endpoint `{}` serves it; or call {}",
+            names.len(),
+            names.join(", "),
+            endpoint.name,
+            call()
+        )));
+    }
+    let params: serde_json::Map<String, serde_json::Value> = names
+        .iter()
+        .zip(given)
+        .map(|(name, value)| (name.to_string(), serde_json::Value::String(value)))
+        .collect();
+    let invocation = endpoint.bind(params).map_err(|e| {
+        let err = ApiError::bad_request(e.message);
+        match e.param {
+            Some(p) => err.with("param", json!(p)),
+            None => err,
+        }
+    })?;
+    let mut env = invocation.env;
+    env.extend(endpoint.env.iter().cloned());
+    Ok((invocation.args, env, invocation.stdin))
 }
 
 /// A script an endpoint serves runs under that endpoint's rules, whichever
@@ -194,16 +247,16 @@ fn rules_for(
             needs: [Scope::Run].into_iter().collect(),
             sandbox: registry::Sandbox::default(),
             timeout: registry.settings.default_timeout,
-            env: Vec::new(),
             concurrency: None,
+            endpoint: None,
         }),
         [endpoint] => Ok(Rules {
             name: endpoint.name.clone(),
             needs: endpoint.needs(),
             sandbox: endpoint.sandbox.clone(),
             timeout: endpoint.timeout,
-            env: endpoint.env.clone(),
             concurrency: Some((endpoint.name.clone(), endpoint.concurrency)),
+            endpoint: Some(Arc::clone(endpoint)),
         }),
         several => Err(ApiError::new(
             StatusCode::CONFLICT,

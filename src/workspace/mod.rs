@@ -115,10 +115,24 @@ impl Workspace {
     }
 
     /// `request` confined and written the one way git spells a path: `./a//b/` is
-    /// `a/b`; the root is `""`.
+    /// `a/b`; the root is `""`. Folders are named where they really are: through
+    /// a folder link `data/up -> ..`, `data/up/dynapi.yaml` is `dynapi.yaml`, so
+    /// every rule about a path (the writer's `dynapi.yaml` rule among them) sees
+    /// the file that would really change. The last name is kept as it is (a
+    /// link there is the link itself, not its target).
     pub fn normalize(&self, request: &str) -> Result<String, PathError> {
         let resolved = self.resolve(request)?;
-        Ok(self.relative(&resolved))
+        if resolved == self.root {
+            return Ok(String::new());
+        }
+        let (parent, name) = self.entry(&resolved).map_err(|e| {
+            if beneath::is_escape(&e) {
+                PathError::Escapes(request.to_string())
+            } else {
+                PathError::Io(request.to_string(), e.to_string())
+            }
+        })?;
+        Ok(parent.join(name).to_string_lossy().into_owned())
     }
 
     /// A walk of the files below `subtree` (a path from `resolve`). It starts at the

@@ -18,6 +18,7 @@ mod oauth;
 mod openapi;
 mod operate;
 mod project;
+mod review;
 mod sandbox;
 mod security;
 mod seed;
