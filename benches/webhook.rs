@@ -60,7 +60,7 @@ async fn run(pushes: usize) {
         c.remote = Some(dynapi::config::Remote {
             url: remote,
             api_url: api,
-            token: Some("bench".into()),
+            token: Some(support::github::TOKEN.into()),
             poll: Duration::from_secs(3600),
             write_interval: dynapi::source::github::WRITE_INTERVAL,
         });
@@ -74,7 +74,15 @@ async fn run(pushes: usize) {
         move || {
             git(
                 dir.parent().unwrap(),
-                &["clone", "-q", &url, dir.to_str().unwrap()],
+                // The emulator's git side wants the token, as a private repository would.
+                &[
+                    "-c",
+                    &support::github::git_auth_config(),
+                    "clone",
+                    "-q",
+                    &url,
+                    dir.to_str().unwrap(),
+                ],
             )
         }
     })
@@ -128,9 +136,12 @@ async fn run(pushes: usize) {
 
         let dir = peer_dir.clone();
         let start = Instant::now();
-        tokio::task::spawn_blocking(move || git(&dir, &["fetch", "-q", "origin"]))
-            .await
-            .unwrap();
+        tokio::task::spawn_blocking(move || {
+            let auth = support::github::git_auth_config();
+            git(&dir, &["-c", &auth, "fetch", "-q", "origin"])
+        })
+        .await
+        .unwrap();
         theirs.push(start.elapsed());
     }
     let (our_median, our_worst) = stats(ours);

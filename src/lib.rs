@@ -157,12 +157,12 @@ impl App {
         };
         let repo = match (&github, created) {
             (Some(github), true) => {
-                let (url, dir, branch) = (
-                    github.clone_url.clone(),
+                let (origin, dir, branch) = (
+                    github.origin.clone(),
                     config.workspace.clone(),
                     config.branch.clone(),
                 );
-                tokio::task::spawn_blocking(move || Repo::clone(&url, &dir, &branch))
+                tokio::task::spawn_blocking(move || Repo::clone(&origin, &dir, &branch))
                     .await?
                     .with_context(|| {
                         format!(
@@ -183,6 +183,16 @@ impl App {
                 format!("opening the workspace at {}", config.workspace.display())
             })?,
         };
+        if github.is_some() {
+            // A workspace cloned by an earlier version has the GitHub token in its
+            // remote's URL and reflogs, where scripts can read it. The daemon never
+            // reads that URL (it fetches from `GitHub::origin`), so it only goes.
+            let cleaned = source::repo::forget_credentials(repo.git_dir())
+                .context("removing credentials from the workspace's git files")?;
+            for file in cleaned {
+                tracing::warn!(file = %file.display(), "removed credentials from a URL in the workspace's git files");
+            }
+        }
         let workspace = Workspace::open(&config.workspace)?;
         let (tokens, new_token, token_file) = setup_tokens(&config, &workspace)?;
         seed_database(&workspace).await;

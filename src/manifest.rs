@@ -12,6 +12,37 @@ use serde::{Deserialize, Serialize};
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
 
+// Limits. A registry is built from every manifest of a commit on each sync and
+// each write's check, one at a time, so its cost is paid by every writer queued
+// behind it: these bound that cost whatever a commit holds. They are far above
+// what an endpoint needs (the template's manifests are under 1 KiB with a few
+// parameters), and every check below them is linear in the text.
+
+/// Largest manifest (and `dynapi.yaml`), in bytes. Checked before any parsing,
+/// so a bigger file costs nothing; leaves room for long descriptions and enums.
+pub const MAX_FILE_BYTES: usize = 64 * 1024;
+/// Most manifests in `manifests/`. A registry of more is no longer a menu an
+/// assistant can choose from (tool lists are cut far lower), and it bounds the
+/// files each build reads.
+pub const MAX_MANIFESTS: usize = 1000;
+/// Most bytes of all manifests together: bounds one build's parsing to a few
+/// milliseconds' worth of YAML, where 1,000 files of 64 KiB would be 64 MiB.
+pub const MAX_TOTAL_BYTES: usize = 4 << 20;
+/// Most parameters of one endpoint. Assistants fill a few; a schema of dozens is
+/// already past what function calling handles well (send a file instead).
+pub const MAX_PARAMS: usize = 64;
+/// Most `{placeholders}` in an endpoint's path: the router (matchit) takes at
+/// most 26 and panics past that; a path with more is a form, not a route.
+pub const MAX_PATH_PARAMS: usize = 16;
+/// Most `args` entries of one endpoint.
+pub const MAX_ARGS: usize = 64;
+/// Most `env` entries of one endpoint.
+pub const MAX_ENV: usize = 64;
+/// Most values of one parameter's `enum` (each is checked on every call).
+pub const MAX_ENUM: usize = 256;
+/// Most `sandbox.writable` paths of one endpoint (each becomes a Landlock rule).
+pub const MAX_WRITABLE: usize = 64;
+
 /// One manifest, exactly as the YAML says it. Every field is optional here so that
 /// validation can report all missing and wrong fields at once, with their lines.
 #[derive(Debug, Default, Deserialize)]
@@ -139,12 +170,16 @@ pub struct Parsed<T> {
     pub locator: Locator,
 }
 
-/// Parses `text` (the contents of `file`) into `T`. Syntax errors, unknown keys and
-/// wrong types come back as one `Problem` with serde_yaml's position.
+/// Parses `text` (the contents of `file`) into `T`. A text over `MAX_FILE_BYTES`,
+/// syntax errors, unknown keys and wrong types come back as one `Problem` with
+/// serde_yaml's position.
 pub fn parse<T: serde::de::DeserializeOwned + Default>(
     file: &str,
     text: &str,
 ) -> Result<Parsed<T>, Problem> {
+    if text.len() > MAX_FILE_BYTES {
+        return Err(too_large(file, text.len() as u64));
+    }
     let value = if text.trim().is_empty() {
         // An empty file is an empty mapping, so the checks can say which keys are missing.
         T::default()
@@ -166,6 +201,18 @@ pub fn parse<T: serde::de::DeserializeOwned + Default>(
         value,
         locator: Locator::new(file, text),
     })
+}
+
+/// The problem of a file over `MAX_FILE_BYTES`.
+pub fn too_large(file: &str, bytes: u64) -> Problem {
+    Problem {
+        file: file.to_string(),
+        line: 1,
+        column: 1,
+        message: format!(
+            "the file is {bytes} bytes, over the limit of {MAX_FILE_BYTES} bytes (64 KiB); make descriptions shorter or split it"
+        ),
+    }
 }
 
 /// serde_yaml appends " at line L column C" to its messages; we print the position

@@ -16,7 +16,10 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::auth::{Scope, Scopes, TokenEntry};
-use crate::manifest::{self, Locator, Problem, RawManifest, RawParam, RawSettings};
+use crate::manifest::{
+    self, Locator, Problem, RawManifest, RawParam, RawSettings, MAX_ARGS, MAX_ENUM, MAX_ENV,
+    MAX_MANIFESTS, MAX_PARAMS, MAX_PATH_PARAMS, MAX_TOTAL_BYTES, MAX_WRITABLE,
+};
 
 /// The folder manifests live in, and the settings file, at the repository root.
 pub const MANIFEST_DIR: &str = "manifests";
@@ -68,6 +71,9 @@ pub enum FileKind {
 pub struct Snapshot {
     pub settings: Option<String>,
     pub manifests: Vec<(String, String)>,
+    /// Files (manifests or the settings) the reader left unread because they are
+    /// over `manifest::MAX_FILE_BYTES`: path and size. Each is a problem.
+    pub too_large: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -308,8 +314,34 @@ impl Registry {
             Some(text) => check_settings(text, &mut problems),
             None => Settings::default(),
         };
+        for (file, bytes) in &snapshot.too_large {
+            problems.push(manifest::too_large(file, *bytes));
+        }
         let mut endpoints: Vec<Arc<Endpoint>> = Vec::new();
-        for (file, text) in &snapshot.manifests {
+        let mut total = 0;
+        for (i, (file, text)) in snapshot.manifests.iter().enumerate() {
+            // Past a limit on the whole folder the rest is not even parsed: the
+            // commit is refused anyway, and parsing is the work being bounded.
+            if i >= MAX_MANIFESTS {
+                problems.push(problem_at_top(
+                    file,
+                    format!("`{MANIFEST_DIR}/` holds more than the limit of {MAX_MANIFESTS} manifests; remove some"),
+                ));
+                break;
+            }
+            // A file over its own limit is that problem, not the folder's.
+            if text.len() > manifest::MAX_FILE_BYTES {
+                problems.push(manifest::too_large(file, text.len() as u64));
+                continue;
+            }
+            total += text.len();
+            if total > MAX_TOTAL_BYTES {
+                problems.push(problem_at_top(
+                    file,
+                    format!("the manifests together are over the limit of {MAX_TOTAL_BYTES} bytes (4 MiB); make some smaller or remove some"),
+                ));
+                break;
+            }
             match manifest::parse::<RawManifest>(file, text) {
                 Err(p) => problems.push(p),
                 Ok(parsed) => {
@@ -616,6 +648,30 @@ impl Check<'_> {
         file_kind: &dyn Fn(&str) -> FileKind,
     ) -> Option<Endpoint> {
         let before = self.problems.len();
+        // Counts first: a manifest over one is refused without checking its
+        // entries one by one, so what follows runs on bounded lists only.
+        let writable = raw.sandbox.as_ref().and_then(|s| s.writable.as_ref());
+        for (key, count, limit, what) in [
+            ("params", raw.params.len(), MAX_PARAMS, "parameters"),
+            ("args", raw.args.len(), MAX_ARGS, "arguments"),
+            ("env", raw.env.len(), MAX_ENV, "variables"),
+            (
+                "sandbox.writable",
+                writable.map_or(0, Vec::len),
+                MAX_WRITABLE,
+                "paths",
+            ),
+        ] {
+            if count > limit {
+                self.at(
+                    key,
+                    format!("`{key}` has {count} {what}, over the limit of {limit}"),
+                );
+            }
+        }
+        if self.problems.len() > before {
+            return None;
+        }
         let name = raw.name.unwrap_or_default();
         if name.is_empty() {
             self.at(
@@ -649,10 +705,15 @@ impl Check<'_> {
                 params.push(p);
             }
         }
-        let param_named = |n: &str| params.iter().find(|p| p.name == n);
+        // Looked up once per placeholder and per argument part: by name, not by
+        // scanning, so the check stays linear in the manifest.
+        let by_name: HashMap<&str, &Param> = params.iter().map(|p| (p.name.as_str(), p)).collect();
+        let param_named = |n: &str| by_name.get(n).copied();
 
         let path = raw.path.unwrap_or_else(|| format!("/{name}"));
         let placeholders = self.route_path(&path);
+        let in_path: std::collections::HashSet<&str> =
+            placeholders.iter().map(String::as_str).collect();
         for ph in &placeholders {
             match param_named(ph) {
                 None => self.at("path", format!("the path uses `{{{ph}}}` but no parameter `{ph}` is declared under `params:`")),
@@ -687,7 +748,7 @@ impl Check<'_> {
                 if let ArgPart::Param(p) = part {
                     match param_named(p) {
                         None => self.at(&format!("args.{i}"), format!("`{{{p}}}` names no parameter; declare `{p}` under `params:` or remove it")),
-                        Some(param) if !param.required && param.default.is_none() && !placeholders.contains(p) => self.at(
+                        Some(param) if !param.required && param.default.is_none() && !in_path.contains(p.as_str()) => self.at(
                             &format!("params.{p}"),
                             format!("`{p}` is used in `args`, so give it a `default:` or mark it `required: true`"),
                         ),
@@ -810,9 +871,17 @@ impl Check<'_> {
             self.at("path", format!("`{path}` must start with `/`, not end with `/`, and not be `/` alone; e.g. `/count-lines`"));
             return placeholders;
         }
+        // A set, not a scan of the list: a 64 KiB path has thousands of segments.
+        let mut seen = std::collections::HashSet::new();
         for (i, seg) in path[1..].split('/').enumerate() {
             if let Some(inner) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
                 if is_param_name(inner) {
+                    if !seen.insert(inner) {
+                        self.at(
+                            "path",
+                            format!("`{{{inner}}}` is in the path twice; a placeholder names one segment"),
+                        );
+                    }
                     placeholders.push(inner.to_string());
                     continue;
                 }
@@ -831,6 +900,16 @@ impl Check<'_> {
                     ),
                 );
             }
+        }
+        // The router panics past 26 placeholders; refuse long before.
+        if placeholders.len() > MAX_PATH_PARAMS {
+            self.at(
+                "path",
+                format!(
+                    "the path has {} placeholders, over the limit of {MAX_PATH_PARAMS}",
+                    placeholders.len()
+                ),
+            );
         }
         placeholders
     }
@@ -938,6 +1017,16 @@ impl Check<'_> {
             allow_leading_dash: raw.allow_leading_dash.unwrap_or(false),
         };
         // Enum values and the default must themselves be valid values.
+        if let Some(choices) = raw.choices.as_ref().filter(|c| c.len() > MAX_ENUM) {
+            self.at(
+                &format!("{key}.enum"),
+                format!(
+                    "`enum` has {} values, over the limit of {MAX_ENUM}",
+                    choices.len()
+                ),
+            );
+            return None;
+        }
         if let Some(choices) = &raw.choices {
             let mut checked = Vec::new();
             for (i, c) in choices.iter().enumerate() {
@@ -1343,15 +1432,16 @@ impl Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::MAX_FILE_BYTES;
     use serde_json::json;
 
     fn build(files: &[(&str, &str)]) -> Result<Registry, Vec<Problem>> {
         let snapshot = Snapshot {
-            settings: None,
             manifests: files
                 .iter()
                 .map(|(f, t)| (f.to_string(), t.to_string()))
                 .collect(),
+            ..Snapshot::default()
         };
         Registry::build("c0ffee", &snapshot, &|p: &str| match p {
             "scripts/ok.sh" => FileKind::Executable,
@@ -1429,6 +1519,188 @@ mod tests {
             .iter()
             .any(|p| p.message.contains("already used by manifests/a.yaml")));
         assert!(problems.iter().any(|p| p.message.contains("conflicts")));
+    }
+
+    /// A manifest of `params` parameters, each with an `enum` of `choices`
+    /// values, used `uses` times each in `args` (the shapes a big manifest takes).
+    fn wide(params: usize, choices: usize, args: usize) -> String {
+        let mut text = String::from(
+            "name: wide\ndescription: Many parameters.\nscript: scripts/ok.sh\nargs: [",
+        );
+        for a in 0..args {
+            text.push_str(&format!("\"--p={{p{}}}\", ", a % params.max(1)));
+        }
+        text.push_str("]\nparams:\n");
+        for p in 0..params {
+            let values: Vec<String> = (0..choices).map(|c| c.to_string()).collect();
+            text.push_str(&format!(
+                "  p{p}: {{type: integer, default: 0, enum: [{}]}}\n",
+                values.join(", ")
+            ));
+        }
+        text
+    }
+
+    /// Builds one manifest; its problems' `file:line:column: message`.
+    fn problems_of(text: &str) -> Vec<String> {
+        build(&[("manifests/wide.yaml", text)])
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn each_limit_is_refused_at_its_key_and_named() {
+        assert_eq!(
+            problems_of(&wide(MAX_PARAMS, 8, MAX_ARGS)),
+            Vec::<String>::new()
+        );
+        // `args:` is line 4 and `params:` line 5 in `wide`.
+        assert_eq!(
+            problems_of(&wide(MAX_PARAMS + 1, 1, 1)),
+            vec!["manifests/wide.yaml:5:1: `params` has 65 parameters, over the limit of 64"]
+        );
+        assert_eq!(
+            problems_of(&wide(1, 1, MAX_ARGS + 1)),
+            vec!["manifests/wide.yaml:4:1: `args` has 65 arguments, over the limit of 64"]
+        );
+        let problems = problems_of(&wide(1, MAX_ENUM + 1, 0));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("manifests/wide.yaml:6:")
+                && problems[0].ends_with("`enum` has 257 values, over the limit of 256"),
+            "{problems:?}"
+        );
+        let env: String = (0..=MAX_ENV).map(|i| format!("  V{i}: x\n")).collect();
+        let problems = problems_of(&format!("{}env:\n{env}", wide(1, 1, 1)));
+        assert_eq!(
+            problems,
+            vec!["manifests/wide.yaml:7:1: `env` has 65 variables, over the limit of 64"]
+        );
+        // 27 placeholders once made the router panic; now the path is refused.
+        let path: String = (0..27).map(|i| format!("/{{p{i}}}")).collect();
+        let problems =
+            problems_of(&wide(27, 1, 0).replace("args: [", &format!("path: {path}\nargs: [")));
+        assert_eq!(
+            problems,
+            vec!["manifests/wide.yaml:4:1: the path has 27 placeholders, over the limit of 16"]
+        );
+        let problems = problems_of(&wide(1, 1, 0).replace("args: [", "path: /{p0}/{p0}\nargs: ["));
+        assert_eq!(
+            problems,
+            vec!["manifests/wide.yaml:4:1: `{p0}` is in the path twice; a placeholder names one segment"]
+        );
+        let writable: String = (0..=MAX_WRITABLE)
+            .map(|i| format!("    - out/{i}\n"))
+            .collect();
+        let problems = problems_of(&format!(
+            "{}sandbox:\n  writable:\n{writable}",
+            wide(1, 1, 1)
+        ));
+        assert_eq!(
+            problems,
+            vec!["manifests/wide.yaml:8:3: `sandbox.writable` has 65 paths, over the limit of 64"]
+        );
+    }
+
+    #[test]
+    fn oversized_files_and_folders_are_refused_before_parsing() {
+        // 110,000 parameters: what once took seconds of checking is now refused
+        // by its size alone, before the YAML is parsed.
+        let huge = wide(110_000, 1, 1);
+        let problems = problems_of(&huge);
+        assert_eq!(
+            problems,
+            vec![format!(
+                "manifests/wide.yaml:1:1: the file is {} bytes, over the limit of 65536 bytes (64 KiB); make descriptions shorter or split it",
+                huge.len()
+            )]
+        );
+        // What the git reader leaves unread is reported the same way.
+        let snapshot = Snapshot {
+            too_large: vec![("dynapi.yaml".into(), 70_000)],
+            ..Snapshot::default()
+        };
+        let problems = Registry::build("", &snapshot, &|_| FileKind::Executable).unwrap_err();
+        assert_eq!(problems[0].file, "dynapi.yaml");
+        assert!(problems[0]
+            .message
+            .contains("70000 bytes, over the limit of 65536"));
+
+        let one = "description: x\nscript: scripts/ok.sh\n";
+        let files: Vec<(String, String)> = (0..=MAX_MANIFESTS)
+            .map(|i| {
+                (
+                    format!("manifests/e{i:04}.yaml"),
+                    format!("name: e{i}\n{one}"),
+                )
+            })
+            .collect();
+        let problems = Registry::build(
+            "",
+            &Snapshot {
+                manifests: files,
+                ..Snapshot::default()
+            },
+            &|_| FileKind::Executable,
+        )
+        .unwrap_err();
+        assert_eq!(
+            problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            vec!["manifests/e1000.yaml:1:1: `manifests/` holds more than the limit of 1000 manifests; remove some"]
+        );
+        // Many files each under the limit still meet the total.
+        let big = format!(
+            "name: big\n{one}description2: {}\n",
+            "x".repeat(MAX_FILE_BYTES - 100)
+        );
+        let files: Vec<(String, String)> = (0..(MAX_TOTAL_BYTES / big.len() + 1))
+            .map(|i| (format!("manifests/b{i:03}.yaml"), big.clone()))
+            .collect();
+        let last = files.last().unwrap().0.clone();
+        let problems = Registry::build(
+            "",
+            &Snapshot {
+                manifests: files,
+                ..Snapshot::default()
+            },
+            &|_| FileKind::Executable,
+        )
+        .unwrap_err();
+        let total = problems
+            .iter()
+            .find(|p| p.message.contains("together"))
+            .expect("the total is named");
+        assert_eq!(total.file, last);
+        assert!(total.message.contains("4194304 bytes (4 MiB)"), "{total}");
+    }
+
+    #[test]
+    fn the_largest_manifest_the_limits_allow_builds_in_linear_work() {
+        // The widest manifest within the limits: every list at its bound and the
+        // file near 64 KiB.
+        let full = wide(MAX_PARAMS, 100, MAX_ARGS);
+        assert!(full.len() <= MAX_FILE_BYTES, "{}", full.len());
+        let half = wide(MAX_PARAMS / 2, 100, MAX_ARGS / 2);
+        let time = |text: &str| {
+            let start = std::time::Instant::now();
+            for _ in 0..5 {
+                assert_eq!(problems_of(text), Vec::<String>::new());
+            }
+            start.elapsed()
+        };
+        let (t_half, t_full) = (time(&half), time(&full));
+        // Printed, not asserted: timings are not a test. Linear work gives about 2.
+        println!(
+            "{} bytes: {:?}; {} bytes: {:?}; ratio {:.2}",
+            half.len(),
+            t_half / 5,
+            full.len(),
+            t_full / 5,
+            t_full.as_secs_f64() / t_half.as_secs_f64()
+        );
     }
 
     #[test]

@@ -151,8 +151,8 @@ async fn add_endpoint(
         _ => format!("{MANIFEST_DIR}/new-endpoint.yaml"),
     };
     let draft = Snapshot {
-        settings: None,
         manifests: vec![(draft_file.clone(), text.clone())],
+        ..Snapshot::default()
     };
     if let Err(problems) = Registry::build("", &draft, &|_| FileKind::Executable) {
         return Err(ApiError::invalid_manifests(&problems));

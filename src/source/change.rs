@@ -280,14 +280,10 @@ impl Writer {
         let (repo, ws) = (self.repo.clone(), self.workspace.clone());
         let prepared = Arc::new(blocking(move || prepare(&repo, &ws, change)).await?);
         for _ in 0..MAX_ATTEMPTS {
-            let (repo, p, url) = (
-                self.repo.clone(),
-                prepared.clone(),
-                github.clone_url.clone(),
-            );
+            let (repo, p, origin) = (self.repo.clone(), prepared.clone(), github.origin.clone());
             let staged = blocking(move || {
                 let head = repo
-                    .fetch(&url)
+                    .fetch(&origin)
                     .map_err(|e| GitHubError::Unreachable(e.to_string()))?;
                 // The files as the caller saw them: the commit checked out here.
                 let seen = repo.head()?;
@@ -297,13 +293,13 @@ impl Writer {
             .await?;
             let finish = |staged: Staged, commit: Option<String>| {
                 let (repo, ws, p) = (self.repo.clone(), self.workspace.clone(), prepared.clone());
-                let url = github.clone_url.clone();
+                let origin = github.origin.clone();
                 blocking(move || {
                     if let Some(commit) = &commit {
                         let id = ObjectId::from_hex(commit.as_bytes())
                             .map_err(|e| RepoError::Git(e.to_string()))?;
                         // The commit was made on GitHub: bring it here first.
-                        repo.fetch(&url)?;
+                        repo.fetch(&origin)?;
                         let local = repo.head()?;
                         repo.checkout(&ws, local, id)?;
                     }

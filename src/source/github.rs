@@ -21,6 +21,8 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::source::repo::Origin;
+
 /// The context of the commit status the daemon posts.
 pub const STATUS_CONTEXT: &str = "dynapi/manifests";
 
@@ -42,8 +44,9 @@ pub struct GitHub {
     client: octocrab::Octocrab,
     pub owner: String,
     pub repo: String,
-    /// The URL gix clones and fetches, with the token when there is one.
-    pub clone_url: String,
+    /// What gix clones and fetches: the URL (never with the token in it) and
+    /// the token, kept in memory.
+    pub origin: Origin,
     pace: Arc<Pace>,
 }
 
@@ -72,6 +75,18 @@ impl Pace {
     }
 }
 
+/// Whether `host` (`name` or `name:port`, IPv6 in brackets) is this machine.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Longest the daemon waits for GitHub's rate limit before answering the caller.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
@@ -92,13 +107,12 @@ impl GitHub {
         if parts.next().is_some() || !matches!(scheme, "https" | "http") {
             return Err(bad());
         }
-        // The token goes to git over https only (gix also refuses to send
-        // credentials in clear text).
-        let credentials = token
-            .filter(|_| scheme == "https")
-            .map(|t| format!("x-access-token:{t}@"))
-            .unwrap_or_default();
-        let clone_url = format!("{scheme}://{credentials}{host}/{owner}/{repo}.git");
+        // The token goes to git over https, or over http to this machine only
+        // (traffic that never leaves it; the tests' GitHub emulator listens
+        // there). It is never put into the URL: gix would save that in
+        // `.git/config`, which scripts can read.
+        let git_token = token.filter(|_| scheme == "https" || is_loopback_host(host));
+        let origin = Origin::new(format!("{scheme}://{host}/{owner}/{repo}.git"), git_token);
         let mut builder = octocrab::Octocrab::builder()
             .base_uri(api_url)
             .map_err(|e| GitHubError::Unreachable(format!("the API URL `{api_url}`: {e}")))?;
@@ -112,7 +126,7 @@ impl GitHub {
             client,
             owner: owner.to_string(),
             repo: repo.to_string(),
-            clone_url,
+            origin,
             pace: Arc::new(Pace::new(WRITE_INTERVAL)),
         })
     }
@@ -408,17 +422,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!((g.owner.as_str(), g.repo.as_str()), ("octo", "app"));
-        assert_eq!(
-            g.clone_url,
-            "https://x-access-token:t@github.com/octo/app.git"
-        );
+        // The token is never part of the URL gix records.
+        assert_eq!(g.origin.url, "https://github.com/octo/app.git");
+        assert!(g.origin.has_credentials());
         let g = GitHub::new(
             "https://ghe.example.com/a/b.git/",
             "https://ghe.example.com/api/v3",
             None,
         )
         .unwrap();
-        assert_eq!(g.clone_url, "https://ghe.example.com/a/b.git");
+        assert_eq!(g.origin.url, "https://ghe.example.com/a/b.git");
+        assert!(!g.origin.has_credentials());
+        // Clear-text http gets the token only when it stays on this machine.
+        for (remote, sent) in [
+            ("http://ghe.example.com/a/b", false),
+            ("http://127.0.0.1:8080/a/b", true),
+            ("http://localhost/a/b", true),
+            ("http://[::1]:9/a/b", true),
+            ("http://127.0.0.1.example.com/a/b", false),
+        ] {
+            let g = GitHub::new(remote, "http://127.0.0.1/api/v3", Some("t")).unwrap();
+            assert_eq!(g.origin.has_credentials(), sent, "{remote}");
+        }
         for bad in [
             "github.com/a/b",
             "https://github.com/a",

@@ -11,7 +11,7 @@ use gix::bstr::{BStr, ByteSlice};
 use gix::object::tree::EntryKind;
 use gix::ObjectId;
 
-use crate::manifest::Problem;
+use crate::manifest::{Problem, MAX_FILE_BYTES, MAX_MANIFESTS};
 use crate::registry::{FileKind, Registry, Snapshot, MANIFEST_DIR, SETTINGS_FILE};
 use crate::workspace::TemplateFile;
 
@@ -63,6 +63,68 @@ pub struct Repo {
     /// Fetches update the same remote-tracking refs; two at once would race on
     /// them (the sync's and the writer's), so they go one at a time.
     fetch_lock: std::sync::Arc<std::sync::Mutex<()>>,
+}
+
+/// Where the daemon fetches from. The URL never holds credentials: gix writes it
+/// into `.git/config`, and scripts may read `.git`. The token stays in memory and
+/// reaches git as an `Authorization` header that gix adds to each request of a
+/// connection (the `http.extraHeader` way, minus the file).
+#[derive(Clone)]
+pub struct Origin {
+    pub url: String,
+    /// The whole header line, `Authorization: Basic ...`.
+    authorization: Option<String>,
+}
+
+impl Origin {
+    /// `url` must not hold credentials; `token`, when given, is sent as GitHub
+    /// expects a token over git's smart HTTP: Basic, user `x-access-token`.
+    pub fn new(url: impl Into<String>, token: Option<&str>) -> Origin {
+        use base64::Engine as _;
+        Origin {
+            url: url.into(),
+            authorization: token.map(|t| {
+                let pair = format!("x-access-token:{t}");
+                format!(
+                    "Authorization: Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                )
+            }),
+        }
+    }
+
+    /// Whether requests carry the token.
+    pub fn has_credentials(&self) -> bool {
+        self.authorization.is_some()
+    }
+
+    /// The transport options gix would use for this URL (proxies, timeouts from
+    /// the git configuration), plus the header with the token.
+    fn transport_options(
+        &self,
+        repo: &gix::Repository,
+    ) -> Result<Option<Box<dyn std::any::Any>>, gix::Error> {
+        use gix::protocol::transport::client::blocking_io::http;
+        let mut options = repo.transport_options(self.url.as_str(), None)?;
+        if let Some(header) = &self.authorization {
+            if let Some(http) = options
+                .as_mut()
+                .and_then(|o| o.downcast_mut::<http::Options>())
+            {
+                http.extra_headers.push(header.clone());
+            }
+        }
+        Ok(options)
+    }
+}
+
+impl std::fmt::Debug for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Origin")
+            .field("url", &self.url)
+            .field("credentials", &self.has_credentials())
+            .finish()
+    }
 }
 
 /// One file of a tree: its blob id and whether it is executable.
@@ -118,15 +180,25 @@ impl Repo {
         Ok(this)
     }
 
-    /// Clones `branch` of `url` into `dir` (new or empty) with gix, then writes
+    /// Clones `branch` of `from` into `dir` (new or empty) with gix, then writes
     /// its files into the working tree (confined by `ws_root`'s workspace).
-    pub fn clone(url: &str, dir: &Path, branch: &str) -> Result<Repo, RepoError> {
+    pub fn clone(from: &Origin, dir: &Path, branch: &str) -> Result<Repo, RepoError> {
         std::fs::create_dir_all(dir)?;
         let interrupt = std::sync::atomic::AtomicBool::new(false);
-        let (repo, _) = gix::prepare_clone(url, dir)
+        let origin = from.clone();
+        let (repo, _) = gix::prepare_clone(from.url.as_str(), dir)
             .map_err(git)?
             .with_ref_name(Some(branch))
             .map_err(git)?
+            // Each connection of the clone gets the token in memory; the remote
+            // gix records in `.git/config` is the bare URL.
+            .configure_connection(move |connection| {
+                let options = origin.transport_options(connection.remote().repo())?;
+                if let Some(options) = options {
+                    connection.set_transport_options(options);
+                }
+                Ok(())
+            })
             .fetch_only(gix::progress::Discard, &interrupt)
             .map_err(|e| RepoError::Git(redact(&chain(&e))))?;
         let this = Repo {
@@ -143,37 +215,42 @@ impl Repo {
         Ok(this)
     }
 
-    /// Fetches the branch from `url` into `refs/remotes/origin/<branch>` and
+    /// Fetches the branch from `from` into `refs/remotes/origin/<branch>` and
     /// answers the commit it points at there.
-    pub fn fetch(&self, url: &str) -> Result<ObjectId, RepoError> {
+    pub fn fetch(&self, from: &Origin) -> Result<ObjectId, RepoError> {
         let branch = &self.branch;
         self.fetch_ref(
-            url,
+            from,
             &format!("refs/heads/{branch}"),
             &format!("refs/remotes/origin/{branch}"),
         )
     }
 
-    /// Fetches pull request `number`'s head from `url` (GitHub keeps it at
+    /// Fetches pull request `number`'s head from `from` (GitHub keeps it at
     /// `refs/pull/N/head`, for forks too) into `refs/dynapi/pull/N`.
-    pub fn fetch_pull(&self, url: &str, number: u64) -> Result<ObjectId, RepoError> {
+    pub fn fetch_pull(&self, from: &Origin, number: u64) -> Result<ObjectId, RepoError> {
         self.fetch_ref(
-            url,
+            from,
             &format!("refs/pull/{number}/head"),
             &format!("refs/dynapi/pull/{number}"),
         )
     }
 
-    /// Fetches ref `name` from `url` into `local`; the commit it points at.
-    fn fetch_ref(&self, url: &str, name: &str, local: &str) -> Result<ObjectId, RepoError> {
+    /// Fetches ref `name` from `from` into `local`; the commit it points at.
+    fn fetch_ref(&self, from: &Origin, name: &str, local: &str) -> Result<ObjectId, RepoError> {
         let _one = self.fetch_lock.lock().unwrap_or_else(|e| e.into_inner());
         let repo = self.repo.to_thread_local();
         let interrupt = std::sync::atomic::AtomicBool::new(false);
         let spec = format!("+{name}:{local}");
         let fetched = (|| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-            repo.remote_at(url)?
-                .with_refspecs([spec.as_str()], gix::remote::Direction::Fetch)?
-                .connect(gix::remote::Direction::Fetch)?
+            let remote = repo
+                .remote_at(from.url.as_str())?
+                .with_refspecs([spec.as_str()], gix::remote::Direction::Fetch)?;
+            let mut connection = remote.connect(gix::remote::Direction::Fetch)?;
+            if let Some(options) = from.transport_options(&repo)? {
+                connection.set_transport_options(options);
+            }
+            connection
                 .prepare_fetch(gix::progress::Discard, Default::default())?
                 .receive(gix::progress::Discard, &interrupt)?;
             Ok(())
@@ -369,8 +446,16 @@ impl Repo {
             String::from_utf8(data).map_err(|_| RepoError::Git(format!("{path} is not UTF-8 text")))
         };
         let mut snapshot = Snapshot::default();
+        // Sizes come from the objects' headers, so an oversized blob is never
+        // inflated; the registry reports it.
+        let size_of = |id: ObjectId| -> Result<u64, RepoError> { Ok(repo.find_header(id)?.size()) };
         if let Some(e) = root.lookup_entry_by_path(SETTINGS_FILE)? {
-            snapshot.settings = Some(text(e.object_id(), SETTINGS_FILE)?);
+            let size = size_of(e.object_id())?;
+            if size > MAX_FILE_BYTES as u64 {
+                snapshot.too_large.push((SETTINGS_FILE.to_string(), size));
+            } else {
+                snapshot.settings = Some(text(e.object_id(), SETTINGS_FILE)?);
+            }
         }
         if let Some(dir) = root.lookup_entry_by_path(MANIFEST_DIR)? {
             if EntryKind::from(dir.mode()) == EntryKind::Tree {
@@ -383,6 +468,16 @@ impl Repo {
                     );
                     if is_file && (name.ends_with(".yaml") || name.ends_with(".yml")) {
                         let path = format!("{MANIFEST_DIR}/{name}");
+                        // One past the limit is enough for the registry to refuse
+                        // the folder; the rest is never read.
+                        if snapshot.manifests.len() + snapshot.too_large.len() > MAX_MANIFESTS {
+                            break;
+                        }
+                        let size = size_of(entry.object_id())?;
+                        if size > MAX_FILE_BYTES as u64 {
+                            snapshot.too_large.push((path, size));
+                            continue;
+                        }
                         let body = text(entry.object_id(), &path)?;
                         snapshot.manifests.push((path, body));
                     }
@@ -672,6 +767,11 @@ impl Repo {
     pub fn workdir(&self) -> Option<PathBuf> {
         self.repo.work_dir().map(Path::to_path_buf)
     }
+
+    /// The `.git` folder.
+    pub fn git_dir(&self) -> &Path {
+        self.repo.path()
+    }
 }
 
 /// A commit as `GET /history` shows it.
@@ -729,19 +829,157 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// An error message with any `user:password@` taken out of URLs in it.
 fn redact(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    for word in message.split_inclusive(' ') {
-        match (word.find("://"), word.find('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                out.push_str(&word[..scheme + 3]);
-                out.push_str(&word[at + 1..]);
-            }
-            _ => out.push_str(word),
+    without_url_credentials(message).into_owned()
+}
+
+/// `text` with the user information (`user:password@`, or a lone token before
+/// `@`) taken out of every `http://` and `https://` URL in it. Other schemes keep
+/// theirs: `ssh://git@host` names an account, not a secret.
+pub fn without_url_credentials(text: &str) -> std::borrow::Cow<'_, str> {
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(found) = text[from..].find("://") {
+        let sep = from + found;
+        let authority = sep + 3;
+        from = authority;
+        let scheme_start = text[..sep]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || "+.-".contains(c)))
+            .map_or(0, |i| i + 1);
+        let scheme = &text[scheme_start..sep];
+        if !(scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("http")) {
+            continue;
+        }
+        let end = text[authority..]
+            .find(|c: char| {
+                c == '/' || c == '?' || c == '#' || c.is_whitespace() || "\"'<>".contains(c)
+            })
+            .map_or(text.len(), |i| authority + i);
+        if let Some(at) = text[authority..end].rfind('@') {
+            out.push_str(&text[copied..authority]);
+            copied = authority + at + 1;
         }
     }
-    out
+    if copied == 0 {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    out.push_str(&text[copied..]);
+    std::borrow::Cow::Owned(out)
+}
+
+/// Takes credentials out of the URLs git keeps in files under `git_dir`: the
+/// remotes in `config` and the reflogs (`clone: from URL`). Earlier versions
+/// cloned with the GitHub token in the URL, and scripts may read `.git`; this
+/// runs at start-up so such a workspace stops holding the token. Answers
+/// the files it rewrote. Symlinks are left alone, never followed.
+pub fn forget_credentials(git_dir: &Path) -> Result<Vec<PathBuf>, RepoError> {
+    let mut files = vec![git_dir.join("config"), git_dir.join("FETCH_HEAD")];
+    let mut folders = vec![git_dir.join("logs")];
+    while let Some(folder) = folders.pop() {
+        let entries = match std::fs::read_dir(&folder) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                folders.push(entry.path());
+            } else if kind.is_file() {
+                files.push(entry.path());
+            }
+        }
+    }
+    let mut rewritten = Vec::new();
+    for file in files {
+        match std::fs::symlink_metadata(&file) {
+            Ok(m) if m.is_file() => {}
+            _ => continue,
+        }
+        let bytes = std::fs::read(&file)?;
+        // Git's files are text; one that is not UTF-8 holds no URL we wrote.
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            continue;
+        };
+        if let std::borrow::Cow::Owned(clean) = without_url_credentials(text) {
+            // Written beside it and renamed over it, so a crash leaves either file whole.
+            let mut temp = file.clone().into_os_string();
+            temp.push(".dynapi-clean");
+            let temp = PathBuf::from(temp);
+            std::fs::write(&temp, clean)?;
+            std::fs::rename(&temp, &file)?;
+            rewritten.push(file);
+        }
+    }
+    Ok(rewritten)
 }
 
 fn git(e: impl std::fmt::Display) -> RepoError {
     RepoError::Git(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_leave_http_urls_and_nothing_else_changes() {
+        for (text, clean) in [
+            (
+                "\turl = https://x-access-token:ghp_1@github.com/o/r.git\n",
+                "\turl = https://github.com/o/r.git\n",
+            ),
+            (
+                "a b 1 +0000\tclone: from https://ghp_1@github.com/o/r.git\n",
+                "a b 1 +0000\tclone: from https://github.com/o/r.git\n",
+            ),
+            ("HTTP://u:p@127.0.0.1:9/x", "HTTP://127.0.0.1:9/x"),
+            ("https://github.com/a@b", "https://github.com/a@b"),
+            (
+                "ssh://git@github.com/o/r.git",
+                "ssh://git@github.com/o/r.git",
+            ),
+            ("<dynapi@localhost> 1 +0000", "<dynapi@localhost> 1 +0000"),
+        ] {
+            assert_eq!(without_url_credentials(text), clean, "{text}");
+        }
+        assert!(matches!(
+            without_url_credentials("https://github.com/o/r"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn forgetting_credentials_rewrites_config_and_reflogs_only_where_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = dir.path();
+        std::fs::create_dir_all(git.join("logs/refs/heads")).unwrap();
+        let token = "https://x-access-token:ghp_1@github.com/o/r.git";
+        std::fs::write(
+            git.join("config"),
+            format!("[remote \"origin\"]\n\turl = {token}\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            git.join("logs/refs/heads/main"),
+            format!("0 1 d <d@l> 1 +0000\tclone: from {token}\n"),
+        )
+        .unwrap();
+        std::fs::write(git.join("logs/HEAD"), "0 1 d <d@l> 1 +0000\tcommit: x\n").unwrap();
+        let mut changed = forget_credentials(git).unwrap();
+        changed.sort();
+        assert_eq!(
+            changed,
+            vec![git.join("config"), git.join("logs/refs/heads/main")]
+        );
+        for file in ["config", "logs/refs/heads/main"] {
+            let text = std::fs::read_to_string(git.join(file)).unwrap();
+            assert!(
+                !text.contains("ghp_1") && text.contains("https://github.com/o/r.git"),
+                "{text}"
+            );
+        }
+        assert_eq!(forget_credentials(git).unwrap(), Vec::<PathBuf>::new());
+    }
 }

@@ -175,7 +175,7 @@ impl Syncer {
             // so the branch here is already it.
             let head = match &remote {
                 Some(remote) if trigger != Trigger::Write => {
-                    Some(repo.fetch(&remote.github.clone_url)?)
+                    Some(repo.fetch(&remote.github.origin)?)
                 }
                 _ => repo.head()?,
             };
@@ -292,10 +292,10 @@ impl Syncer {
             return;
         };
         let repo = self.repo.clone();
-        let url = remote.github.clone_url.clone();
+        let origin = remote.github.origin.clone();
         let wanted = sha.clone();
         let checked = tokio::task::spawn_blocking(move || -> Result<_, RepoError> {
-            let fetched = repo.fetch_pull(&url, number)?;
+            let fetched = repo.fetch_pull(&origin, number)?;
             if fetched != wanted.as_str() {
                 tracing::info!(%wanted, %fetched, "the pull request moved since the event; checking its new head");
             }

@@ -297,3 +297,76 @@ async fn callers_beyond_the_script_limit_get_429_with_retry_after() {
     assert_eq!(busy.headers["retry-after"], "1");
     assert_eq!(busy.json["error"]["code"], json!("busy"));
 }
+
+/// A manifest for `scripts/sample_script.sh` with `params` parameters, padded with
+/// a description of `padding` bytes.
+fn big_manifest(name: &str, params: usize, padding: usize) -> String {
+    let mut text = format!(
+        "name: {name}\ndescription: Big{}.\nscript: scripts/sample_script.sh\nparams:\n",
+        "g".repeat(padding)
+    );
+    for i in 0..params {
+        text.push_str(&format!("  p{i}: {{type: string}}\n"));
+    }
+    text
+}
+
+#[tokio::test]
+async fn oversized_manifests_are_refused_and_never_served() {
+    let d = Daemon::start().await;
+    let head = d.git(&["rev-parse", "HEAD"]);
+    for (manifest, limit) in [
+        (
+            big_manifest("wide", 65, 0),
+            "`params` has 65 parameters, over the limit of 64",
+        ),
+        (
+            big_manifest("long", 1, 70_000),
+            "over the limit of 65536 bytes (64 KiB)",
+        ),
+    ] {
+        let a = d.post("/endpoints", json!({ "manifest": manifest })).await;
+        assert_eq!(a.status, 422, "{}", a.json);
+        assert_eq!(a.json["error"]["code"], json!("invalid_manifest"));
+        let problem = &a.json["error"]["problems"][0];
+        assert!(
+            problem["message"].as_str().unwrap().contains(limit),
+            "{problem}"
+        );
+        assert!(problem["line"].as_u64().unwrap() >= 1, "{problem}");
+    }
+    assert_eq!(d.git(&["rev-parse", "HEAD"]), head, "nothing was committed");
+
+    // A human's commit of one is not served, and /status names file and limit.
+    let good = d.served();
+    std::fs::write(
+        d.workspace.join("manifests/long.yaml"),
+        big_manifest("long", 1, 70_000),
+    )
+    .unwrap();
+    d.git(&["add", "manifests/long.yaml"]);
+    d.git(&["commit", "-q", "-m", "Add a long manifest"]);
+    let bad = d.git(&["rev-parse", "HEAD"]).trim().to_string();
+    let reported = d
+        .eventually(Duration::from_secs(3), |d| {
+            d.app
+                .syncer
+                .status()
+                .last_error
+                .is_some_and(|e| e.commit.as_deref() == Some(bad.as_str()))
+        })
+        .await;
+    assert!(reported.is_some(), "the commit was not looked at");
+    assert_eq!(d.served(), good);
+    let status = d.get("/status").await;
+    let problem = &status.json["last_error"]["problems"][0];
+    assert_eq!(problem["file"], json!("manifests/long.yaml"));
+    assert!(
+        problem["message"]
+            .as_str()
+            .unwrap()
+            .contains("over the limit of 65536 bytes"),
+        "{problem}"
+    );
+    assert_eq!(d.get("/long").await.status, 404);
+}

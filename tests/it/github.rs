@@ -35,7 +35,7 @@ async fn paced_replica(github: &GitHub, poll: Duration, write_interval: Duration
         c.remote = Some(dynapi::config::Remote {
             url: remote,
             api_url: api,
-            token: Some("ghp_test".into()),
+            token: Some(crate::support::github::TOKEN.into()),
             poll,
             write_interval,
         });
@@ -593,4 +593,122 @@ async fn while_github_is_down_the_daemon_serves_on_and_says_so() {
         "it recovers on its own"
     );
     assert_ne!(served, pushed);
+}
+
+/// Files under `dir` (every one, `.git` included; symlinks not followed) whose
+/// bytes hold the GitHub token, raw or as the Basic credentials git sends.
+fn files_holding_the_token(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    use crate::support::github::{git_authorization, TOKEN};
+    let basic = git_authorization();
+    let encoded = basic.trim_start_matches("Basic ");
+    let needles = [TOKEN.as_bytes(), encoded.as_bytes()];
+    let mut found = Vec::new();
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                folders.push(entry.path());
+            } else if kind.is_file() {
+                let bytes = std::fs::read(entry.path()).unwrap();
+                if needles
+                    .iter()
+                    .any(|n| bytes.windows(n.len()).any(|w| w == *n))
+                {
+                    found.push(entry.path());
+                }
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn the_github_token_is_in_no_file_of_the_workspace_and_no_script_reads_it() {
+    // The emulator's git side refuses requests without the token, so the clone,
+    // the fetches and the write below succeed only if it is sent from memory.
+    let (gh, d) = start(Duration::from_secs(600)).await;
+    // (git runs off the test's thread: the emulator answers on it.)
+    let url = format!("{}.git", gh.remote());
+    let anonymous = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            std::process::Command::new("git")
+                .args(["ls-remote", &url])
+                .env("GIT_TERMINAL_PROMPT", "0")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        !anonymous.status.success(),
+        "git without the token is refused"
+    );
+    let listed = tokio::task::spawn_blocking({
+        let (url, dir) = (url.clone(), d.workspace.clone());
+        move || {
+            let auth = crate::support::github::git_auth_config();
+            git(&dir, &["-c", &auth, "ls-remote", &url])
+        }
+    })
+    .await
+    .unwrap();
+    assert!(listed.contains("refs/heads/"), "{listed}");
+    let pushed = gh.push(BRANCH, &[("manifests/late.yaml", LATE)], "Add late");
+    assert_eq!(d.post("/sync", json!({})).await.status, 200);
+    assert_eq!(d.served(), pushed, "a fetch brought the push");
+
+    let body = crate::support::endpoint_body("peek", "#!/bin/sh\ncat .git/config\n");
+    let a = d.post("/endpoints", body).await;
+    assert_eq!(a.status, 201, "{}", a.json);
+    assert_eq!(d.served(), gh.head(BRANCH), "the write landed on GitHub");
+
+    let a = d.post("/peek", json!({})).await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    let seen = a.json["output"].as_str().unwrap_or_default().to_string();
+    assert!(
+        seen.contains(&format!("url = {}.git", gh.remote())),
+        "the script read the remote: {seen}"
+    );
+    assert!(
+        !seen.contains(crate::support::github::TOKEN),
+        "no token: {seen}"
+    );
+    assert_eq!(
+        files_holding_the_token(&d.workspace),
+        Vec::<std::path::PathBuf>::new()
+    );
+}
+
+#[tokio::test]
+async fn a_token_an_earlier_version_left_in_git_files_is_removed_at_start() {
+    use crate::support::github::TOKEN;
+    let (gh, mut d) = start(Duration::from_secs(600)).await;
+    // What a clone by an earlier version looked like: the token in the remote's
+    // URL in `.git/config` and in the reflogs' `clone: from URL`.
+    let with_token = |url: &str| url.replacen("://", &format!("://x-access-token:{TOKEN}@"), 1);
+    let url = format!("{}.git", gh.remote());
+    d.git(&["config", "remote.origin.url", &with_token(&url)]);
+    let reflog = d.workspace.join(".git/logs/HEAD");
+    let log = std::fs::read_to_string(&reflog).unwrap();
+    assert!(log.contains(&format!("clone: from {url}")), "{log}");
+    std::fs::write(&reflog, log.replace(&url, &with_token(&url))).unwrap();
+    assert_eq!(files_holding_the_token(&d.workspace).len(), 2);
+
+    d.restart().await;
+    assert_eq!(
+        files_holding_the_token(&d.workspace),
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert_eq!(d.git(&["config", "remote.origin.url"]).trim(), url);
+    assert!(std::fs::read_to_string(&reflog)
+        .unwrap()
+        .contains(&format!("clone: from {url}")));
+    // Fetching still works: the token comes from memory.
+    let pushed = gh.push(BRANCH, &[("manifests/late.yaml", LATE)], "Add late");
+    assert_eq!(d.post("/sync", json!({})).await.status, 200);
+    assert_eq!(d.served(), pushed);
 }

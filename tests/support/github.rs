@@ -7,7 +7,9 @@
 //! The API lives under `/api/v3` (GitHub Enterprise's layout: pass
 //! `api_url()` as `--github-api-url`); the repository is `/{owner}/{repo}.git`.
 //! It records statuses and pull requests, and can be told to fail the next
-//! requests (5xx, rate limits).
+//! requests (5xx, rate limits). Like a private repository on github.com, git's
+//! smart HTTP answers 401 unless the request carries `TOKEN` the way GitHub takes
+//! it (Basic, user `x-access-token`).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -23,6 +25,24 @@ use warp::Filter;
 /// The repository of octokit's example payloads, so they apply as they are.
 pub const OWNER: &str = "Codertocat";
 pub const REPO: &str = "Hello-World";
+
+/// The token the emulator's git side accepts; daemons get it as their GitHub token.
+pub const TOKEN: &str = "ghp_emulated0123456789";
+
+/// The `Authorization` header git must send: GitHub's form for a token over HTTP.
+pub fn git_authorization() -> String {
+    use base64::Engine as _;
+    let pair = format!("x-access-token:{TOKEN}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+/// `git -c` this before a command that clones or fetches from the emulator.
+pub fn git_auth_config() -> String {
+    format!("http.extraHeader=Authorization: {}", git_authorization())
+}
 
 /// A commit status as the daemon posted it.
 #[derive(Debug, Clone)]
@@ -278,6 +298,17 @@ fn handle(
     }
     let git_prefix = format!("/{OWNER}/{REPO}.git/");
     if req.path.starts_with(&git_prefix) {
+        let authorized = req
+            .headers
+            .get("authorization")
+            .is_some_and(|v| v.as_bytes() == git_authorization().as_bytes());
+        if !authorized {
+            return Response::builder()
+                .status(401)
+                .header("www-authenticate", "Basic realm=\"GitHub\"")
+                .body(Bytes::from_static(b"Authentication failed\n"))
+                .unwrap();
+        }
         return smart_http(req, root);
     }
     let api = format!("/api/v3/repos/{OWNER}/{REPO}/");
