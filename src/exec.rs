@@ -13,6 +13,14 @@
 //! pool, never on the async runtime's threads. What a script has printed so far is
 //! kept in its `Live` record, readable while it runs (jobs page through it) and
 //! cancellable (its process group is killed).
+//!
+//! No process outlives its run. The process group goes first; what left it
+//! (`setsid`, a double fork) is caught by two subreapers: the script's main
+//! process adopts its orphans while it runs (set in the sandbox), and the daemon
+//! adopts them when it ends (`Exec::new`). At each run's end, `sweep` kills
+//! every process the daemon adopted from a sandboxed script, with all its
+//! descendants, and reaps exactly those pids (never `waitpid(-1)`, which would
+//! steal the status of children others wait for).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
@@ -20,6 +28,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -215,6 +224,10 @@ pub struct Exec {
 
 impl Exec {
     pub fn new(limits: Limits) -> Exec {
+        // Orphans of scripts come to the daemon rather than to PID 1, so that
+        // `sweep` can find them, kill them and reap them.
+        // SAFETY: prctl with integer arguments; it only marks this process.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         Exec {
             slots: Arc::new(Semaphore::new(limits.max_running)),
             sandbox: Arc::new(Sandbox::new(limits.sandbox.clone())),
@@ -333,6 +346,154 @@ impl Exec {
         for pgid in groups {
             kill_group(pgid);
         }
+        sweep(None);
+    }
+}
+
+/// The scripts' main processes this process started and has not reaped yet,
+/// each pid with a count, over every `Exec` (tests run several daemons in one
+/// process): the kernel's parent-child relation is per process, so this record
+/// is too. A spawn holds the lock until its pid is in, and `sweep` holds it
+/// while it looks, so a script just started is never taken for an orphan.
+static SPAWNED: Mutex<Option<HashMap<i32, usize>>> = Mutex::new(None);
+
+fn spawned() -> std::sync::MutexGuard<'static, Option<HashMap<i32, usize>>> {
+    SPAWNED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn forget_spawned(pid: i32) {
+    let mut spawned = spawned();
+    if let Some(map) = spawned.as_mut() {
+        if let Some(n) = map.get_mut(&pid) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&pid);
+            }
+        }
+    }
+}
+
+/// What the kernel says of a process in `/proc/<pid>/status` that marks it as
+/// a sandboxed script's: `no_new_privs` and the number of seccomp filters,
+/// which only grow. The daemon's own values are the baseline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Marks {
+    no_new_privs: bool,
+    filters: u32,
+}
+
+fn marks(pid: &str) -> Option<Marks> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+    };
+    Some(Marks {
+        no_new_privs: field("NoNewPrivs:")? == 1,
+        filters: field("Seccomp_filters:").unwrap_or(0),
+    })
+}
+
+/// Whether `pid` was started inside a script's sandbox (and not, like the
+/// daemon, outside one).
+fn sandboxed(pid: &str) -> bool {
+    static OWN: OnceLock<Option<Marks>> = OnceLock::new();
+    let Some(own) = *OWN.get_or_init(|| marks("self")) else {
+        return false;
+    };
+    marks(pid).is_some_and(|m| m.filters > own.filters || (m.no_new_privs && !own.no_new_privs))
+}
+
+/// `(pid, parent, process group)` of every process, from `/proc/<pid>/stat`.
+fn processes() -> Vec<(i32, i32, i32)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| process(e.file_name().to_str()?.parse().ok()?))
+        .collect()
+}
+
+fn process(pid: i32) -> Option<(i32, i32, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name, which may hold anything: state, ppid, pgrp.
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace().skip(1);
+    let ppid = rest.next()?.parse().ok()?;
+    let pgrp = rest.next()?.parse().ok()?;
+    Some((pid, ppid, pgrp))
+}
+
+/// This process's children, from each thread's `children` file
+/// (`CONFIG_PROC_CHILDREN`); `None` where the kernel has no such file.
+fn own_children() -> Option<Vec<i32>> {
+    let mut children = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let Ok(list) = std::fs::read_to_string(task.path().join("children")) else {
+            // The thread ended meanwhile, or the kernel has no such file.
+            if task.path().exists() {
+                return None;
+            }
+            continue;
+        };
+        children.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+    }
+    Some(children)
+}
+
+/// Kills every process this daemon adopted from a script (sandboxed, or in
+/// `ended_group`, the process group of a run that just ended) and all their
+/// descendants, and reaps the adopted ones, until none is left. Scripts still
+/// running keep theirs: their main process is a subreaper, so their orphans are
+/// its children, not the daemon's.
+fn sweep(ended_group: Option<i32>) {
+    let me = std::process::id() as i32;
+    let spawned = spawned();
+    let ours = |pid: i32| spawned.as_ref().is_some_and(|m| m.contains_key(&pid));
+    let adopted = |&(pid, ppid, pgrp): &(i32, i32, i32)| {
+        ppid == me && !ours(pid) && (Some(pgrp) == ended_group || sandboxed(&pid.to_string()))
+    };
+    // The common case, nothing adopted, without reading all of /proc.
+    if let Some(children) = own_children() {
+        if !children
+            .into_iter()
+            .filter_map(process)
+            .any(|p| adopted(&p))
+        {
+            return;
+        }
+    }
+    for _ in 0..100 {
+        let all = processes();
+        let adopted: Vec<i32> = all
+            .iter()
+            .filter(|p| adopted(p))
+            .map(|&(pid, _, _)| pid)
+            .collect();
+        if adopted.is_empty() {
+            return;
+        }
+        let mut tree = adopted.clone();
+        let mut i = 0;
+        while i < tree.len() {
+            let parent = tree[i];
+            tree.extend(all.iter().filter(|p| p.1 == parent).map(|p| p.0));
+            i += 1;
+        }
+        for &pid in &tree {
+            // SAFETY: kill sends a signal; a process already gone gives ESRCH.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        for &pid in &adopted {
+            // SAFETY: waits for one child of ours, by pid, that nobody else
+            // waits for (it was adopted, never spawned by this process).
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        }
     }
 }
 
@@ -440,7 +601,14 @@ fn run_blocking(
                 }
                 Ok(())
             });
+        let mut spawned = spawned();
         let handle = expression.start().map_err(spawn_error)?;
+        let pid = handle.pids().first().copied().unwrap_or(0) as i32;
+        *spawned
+            .get_or_insert_with(HashMap::new)
+            .entry(pid)
+            .or_insert(0) += 1;
+        drop(spawned);
         drop(prepared);
         handle
     };
@@ -475,8 +643,11 @@ fn run_blocking(
             }
         }
     };
-    // Children the script left behind in its group go with it.
+    // Children the script left behind in its group go with it, and so does
+    // what left the group.
     kill_group(pgid);
+    forget_spawned(pgid);
+    sweep(Some(pgid));
     if let Ok(mut r) = running.lock() {
         r.remove(&pgid);
     }

@@ -4,9 +4,12 @@
 //!
 //! Everything that can fail or allocate happens in the daemon before the fork
 //! (`Sandbox::prepare`): the Landlock ruleset is built with the `landlock` crate
-//! and kept as a file descriptor; the limits are computed. Between fork and exec
-//! the child only makes async-signal-safe system calls (`Prepared::enter`):
-//! setrlimit, prctl and landlock_restrict_self.
+//! from descriptors opened once, beneath the workspace, never through a symlink
+//! (the path checked is the folder granted: no second lookup a rename could
+//! redirect), and kept as a file descriptor; the seccomp program is assembled;
+//! the limits are computed. Between fork and exec the child only makes
+//! async-signal-safe system calls (`Enter::apply`): setrlimit, prctl,
+//! landlock_restrict_self, seccomp and close_range.
 //!
 //! What a script may do when the kernel offers it all:
 //! - read and execute the system (`/usr`, `/etc`, ...) and the workspace, except
@@ -16,8 +19,14 @@
 //!   workspace but `.git` and `dynapi.yaml`; none may create top-level entries), its own temporary
 //!   folder (`TMPDIR` and `HOME`, removed after the run) and `/dev/null`;
 //! - open no TCP connection and bind no TCP port unless `network: true`;
+//! - create no UDP, raw or packet socket unless `network: true`, and (seccomp)
+//!   never make namespaces, mount, ptrace, load kernel code or use keyrings,
+//!   bpf, perf, userfaultfd or io_uring (`syscall_filter`);
 //! - signal and connect to abstract sockets only inside its own sandbox;
-//! - use at most `memory` bytes of data per process, write files of at most
+//! - hold no descriptor of the daemon's but 0, 1 and 2 (all others are
+//!   close-on-exec);
+//! - use at most `memory` bytes of data per process and `address_space(memory)`
+//!   of address space (which counts shared mappings), write files of at most
 //!   `file_size` bytes, and start at most `processes` processes and threads
 //!   (the kernel counts them per user and exempts root: as root, only the other
 //!   limits hold, and the report says so).
@@ -25,16 +34,18 @@
 //! This module never decides what a request may ask for; it enforces what the
 //! manifest says, resolved by the caller.
 
+use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use landlock::{
-    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
+    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, Ruleset,
     RulesetAttr, RulesetCreatedAttr, Scope, ABI,
 };
+use rustix::fs::{Mode as FileMode, OFlags};
 use serde::Serialize;
 
 /// What `dynapi.yaml`'s `sandbox:` asks for.
@@ -77,7 +88,8 @@ impl std::fmt::Display for Mode {
 /// Resource limits for each script (per process, except `processes`).
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Bytes of data (heap and private mappings) per process.
+    /// Bytes of data (heap and private mappings) per process; the address
+    /// space, which also counts shared mappings, gets `address_space(memory)`.
     pub memory: u64,
     /// Largest file a script may write, in bytes.
     pub file_size: u64,
@@ -104,12 +116,15 @@ pub struct Policy {
     pub network: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Writable {
     /// `.`: every top-level entry of the workspace but `.git`.
     Workspace,
-    /// A folder or file inside the workspace.
-    Path(PathBuf),
+    /// A folder or file inside the workspace, and the `O_PATH` descriptor the
+    /// caller opened it as, beneath the workspace and through no symlink
+    /// (`Workspace::open_path`). The rule is made from the descriptor, so what
+    /// is granted is what was checked, whatever is renamed meanwhile.
+    Path(PathBuf, Arc<OwnedFd>),
 }
 
 impl Default for Policy {
@@ -143,6 +158,10 @@ pub struct Support {
     pub scopes: bool,
     /// Whether the process limit binds: the kernel exempts root from it.
     pub processes: bool,
+    /// The seccomp filter (`syscall_filter`): UDP, raw and packet sockets,
+    /// namespaces, ptrace and the kernel's other doors. Needs seccomp filters
+    /// (Linux 3.5+, `CONFIG_SECCOMP_FILTER`) on x86_64 or aarch64.
+    pub syscalls: bool,
     /// What is missing, in words, for `/status` and the log.
     pub missing: Vec<String>,
 }
@@ -195,6 +214,10 @@ impl Sandbox {
                     .to_string(),
             );
         }
+        let syscalls = seccomp_available();
+        if !syscalls {
+            missing.push("no seccomp filters here (or an architecture this build has no filter for): scripts can send UDP and make namespaces".to_string());
+        }
         if uid == 0 {
             missing.push("the daemon runs as root, whom the kernel exempts from the process limit: run it as another user (the Docker image does)".to_string());
         }
@@ -205,6 +228,7 @@ impl Sandbox {
                 network: abi >= 4,
                 scopes: abi >= 6,
                 processes: uid != 0,
+                syscalls,
                 missing,
             },
             limits,
@@ -232,7 +256,11 @@ impl Sandbox {
     /// One line for the start-up log.
     pub fn describe(&self) -> String {
         let s = &self.support;
-        let mut enforced = vec!["no_new_privs", "rlimits (memory, file size)"];
+        let mut enforced = vec![
+            "no_new_privs",
+            "rlimits (data, address space, file size)",
+            "descriptors",
+        ];
         if s.filesystem {
             enforced.push("filesystem");
         }
@@ -244,6 +272,9 @@ impl Sandbox {
         }
         if s.processes {
             enforced.push("processes");
+        }
+        if s.syscalls {
+            enforced.push("syscalls");
         }
         let mut line = format!(
             "Landlock ABI {}; enforced: {}",
@@ -280,6 +311,7 @@ impl Sandbox {
         let cpu = timeout.as_secs().saturating_add(2);
         let mut limits = vec![
             (libc::RLIMIT_DATA, self.limits.memory),
+            (libc::RLIMIT_AS, address_space(self.limits.memory)),
             (libc::RLIMIT_FSIZE, self.limits.file_size),
             (libc::RLIMIT_CORE, 0),
             (libc::RLIMIT_CPU, cpu),
@@ -287,11 +319,19 @@ impl Sandbox {
         if self.support.processes {
             limits.push((libc::RLIMIT_NPROC, self.nproc()));
         }
+        let tcp_by_landlock = self.support.network;
+        let seccomp = self
+            .support
+            .syscalls
+            .then(|| syscall_filter(policy.network, tcp_by_landlock))
+            .flatten()
+            .map(Arc::from);
         Ok(Prepared {
             ruleset,
             limits,
             drop_capabilities: self.uid == 0,
             no_new_privs: true,
+            seccomp,
         })
     }
 
@@ -336,52 +376,77 @@ impl Sandbox {
         if self.support.scopes {
             ruleset = ruleset.scope(Scope::from_all(abi)).map_err(|e| setup(&e))?;
         }
-        let mut rules: Vec<(PathBuf, BitFlags<AccessFs>)> = Vec::new();
+        let mut rules: Vec<(OwnedFd, BitFlags<AccessFs>)> = Vec::new();
+        // System paths and the run's own folder are the daemon's to trust: opened
+        // by path (`/bin` may well be a link to `/usr/bin`). Paths that do not
+        // exist (a system without /lib32) grant nothing.
+        let by_path = |path: &Path| {
+            rustix::fs::open(path, OFlags::PATH | OFlags::CLOEXEC, FileMode::empty()).ok()
+        };
         for p in SYSTEM {
-            rules.push((PathBuf::from(p), read));
+            rules.extend(by_path(Path::new(p)).map(|fd| (fd, read)));
         }
         for p in DEVICES {
-            rules.push((PathBuf::from(p), file & !AccessFs::Execute));
+            rules.extend(by_path(Path::new(p)).map(|fd| (fd, file & !AccessFs::Execute)));
         }
-        rules.push((tmp.to_path_buf(), all));
-        // The workspace: listing everywhere, reading all but `.git/dynapi`.
-        rules.push((workspace.to_path_buf(), AccessFs::ReadDir.into()));
-        let git = workspace.join(".git");
-        // Only an admin token may change dynapi.yaml; scripts never.
-        let settings = workspace.join(crate::registry::SETTINGS_FILE);
-        for entry in children(workspace) {
-            if entry != git {
-                rules.push((entry, read));
-            }
+        let tmp = by_path(tmp).ok_or_else(|| setup(&"the run's temporary folder is gone"))?;
+        rules.push((tmp, all));
+        // The workspace: listing everywhere, reading all but `.git/dynapi`. Its
+        // entries are opened from a descriptor of the root, never through a
+        // symlink: a symlink a script left at the top (`up -> ..`) grants nothing.
+        let root = rustix::fs::open(
+            workspace,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            FileMode::empty(),
+        )
+        .map_err(|e| setup(&format!("{}: {e}", workspace.display())))?;
+        let git = entries(&root)
+            .into_iter()
+            .find(|(name, _)| name == ".git")
+            .map(|(_, fd)| fd);
+        for (name, fd) in entries(&root) {
+            let access = if name == ".git" {
+                // Listed through the root's rule; read below, but `dynapi`.
+                continue;
+            } else if policy
+                .writable
+                .iter()
+                .any(|w| matches!(w, Writable::Workspace))
+                && name != crate::registry::SETTINGS_FILE
+            {
+                // Only an admin token may change dynapi.yaml; scripts never.
+                all
+            } else {
+                read
+            };
+            rules.push((fd, access));
         }
-        for entry in children(&git) {
-            if entry.file_name().is_some_and(|n| n != PRIVATE) {
-                rules.push((entry, read));
-            }
-        }
-        for w in &policy.writable {
-            match w {
-                Writable::Workspace => {
-                    for entry in children(workspace) {
-                        if entry != git && entry != settings {
-                            rules.push((entry, all));
-                        }
-                    }
+        if let Some(git) = &git {
+            for (name, fd) in entries(git) {
+                if name != PRIVATE {
+                    rules.push((fd, read));
                 }
-                Writable::Path(p) => rules.push((p.clone(), all)),
+            }
+        }
+        rules.push((root, AccessFs::ReadDir.into()));
+        for w in &policy.writable {
+            if let Writable::Path(_, fd) = w {
+                let fd = rustix::io::fcntl_dupfd_cloexec(fd.as_fd(), 0)
+                    .map_err(|e| setup(&format!("{e}")))?;
+                rules.push((fd, all));
             }
         }
         let mut created = ruleset.create().map_err(|e| setup(&e))?;
-        for (path, access) in rules {
-            // Paths that do not exist (a system without /lib32) grant nothing.
-            let Ok(fd) = PathFd::new(&path) else { continue };
-            let access = if path.is_dir() { access } else { access & file };
+        for (fd, access) in rules {
+            let is_dir = rustix::fs::fstat(&fd)
+                .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir());
+            let access = if is_dir { access } else { access & file };
             if access.is_empty() {
                 continue;
             }
             created = created
                 .add_rule(PathBeneath::new(fd, access))
-                .map_err(|e| setup(&format!("{}: {e}", path.display())))?;
+                .map_err(|e| setup(&e))?;
         }
         let fd: Option<OwnedFd> = created.into();
         fd.ok_or_else(|| SandboxError::Setup("Landlock made no ruleset".into()))
@@ -395,15 +460,18 @@ pub struct Prepared {
     limits: Vec<(libc::__rlimit_resource_t, u64)>,
     drop_capabilities: bool,
     no_new_privs: bool,
+    seccomp: Option<Arc<[Insn]>>,
 }
 
-/// The part of `Prepared` the child closure owns: plain values only.
+/// The part of `Prepared` the child closure owns: plain values, and the seccomp
+/// program behind an `Arc` cloned before the fork (the child only reads it).
 #[derive(Debug, Clone)]
 pub struct Enter {
     ruleset: Option<i32>,
     limits: Vec<(libc::__rlimit_resource_t, u64)>,
     drop_capabilities: bool,
     no_new_privs: bool,
+    seccomp: Option<Arc<[Insn]>>,
 }
 
 impl Prepared {
@@ -413,6 +481,7 @@ impl Prepared {
             limits: Vec::new(),
             drop_capabilities: false,
             no_new_privs: false,
+            seccomp: None,
         }
     }
 
@@ -429,6 +498,7 @@ impl Prepared {
             limits: self.limits.clone(),
             drop_capabilities: self.drop_capabilities,
             no_new_privs: self.no_new_privs,
+            seccomp: self.seccomp.clone(),
         })
     }
 }
@@ -455,6 +525,13 @@ impl Enter {
                 unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
             }
         }
+        // What the script leaves behind (a double fork, `setsid ... &`) is
+        // adopted by the script itself while it runs, so it stays in the run's
+        // tree; when the script ends, the daemon (a subreaper too) adopts it
+        // and kills it (`exec::sweep`). The filter below keeps the script from
+        // turning this off.
+        // SAFETY: prctl with integer arguments; kept across execve.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         if self.no_new_privs {
             // SAFETY: prctl with integer arguments.
             if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
@@ -467,8 +544,361 @@ impl Enter {
                 return Err(io::Error::last_os_error());
             }
         }
+        if let Some(program) = &self.seccomp {
+            let fprog = Fprog {
+                len: program.len() as u16,
+                filter: program.as_ptr(),
+            };
+            // SAFETY: `fprog` points at the program, alive for the call; the
+            // kernel copies it. no_new_privs was set above.
+            let r = unsafe {
+                libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &fprog as *const Fprog,
+                    0,
+                    0,
+                )
+            };
+            if r != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        close_inherited();
         Ok(())
     }
+}
+
+/// Every descriptor but 0, 1 and 2 becomes close-on-exec: whatever the daemon
+/// inherited or opened without `O_CLOEXEC` never reaches a script. Marked, not
+/// closed, so that std's own close-on-exec pipe still reports a failed exec.
+/// Async-signal-safe: system calls only.
+fn close_inherited() {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range with integer arguments (Linux 5.11+).
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if r == 0 {
+        return;
+    }
+    // Older kernels: each possible descriptor, up to the soft limit.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass.
+    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur.min(1 << 20) as i32
+    } else {
+        1024
+    };
+    for fd in 3..max {
+        // SAFETY: fcntl on a number; a closed one gives EBADF.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+}
+
+/// The address space a script's process may map for a `memory` limit: twice
+/// the limit plus 256 MiB. RLIMIT_DATA (the limit itself) does not see shared
+/// mappings; RLIMIT_AS does, but it also counts what is only reserved, never
+/// touched: 8 MiB of stack per thread, glibc's 64 MiB malloc arena per thread,
+/// language runtimes' reservations. The headroom lets ordinary programs start;
+/// a shared mapping still cannot grow past about twice the limit. (Programs
+/// that reserve huge ranges up front, such as WebAssembly engines, need a
+/// larger `--script-memory`.)
+pub fn address_space(memory: u64) -> u64 {
+    memory.saturating_mul(2).saturating_add(256 << 20)
+}
+
+/// The entries of the folder `dir` (a descriptor), each opened `O_PATH` from it
+/// without following a symlink; symlinks are left out.
+fn entries(dir: &OwnedFd) -> Vec<(std::ffi::OsString, OwnedFd)> {
+    let Ok(listing) = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        FileMode::empty(),
+    ) else {
+        return Vec::new();
+    };
+    let Ok(names) = rustix::fs::Dir::read_from(&listing) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in names.flatten() {
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let name = <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name);
+        let Ok(fd) = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            FileMode::empty(),
+        ) else {
+            continue;
+        };
+        let symlink = rustix::fs::fstat(&fd).map_or(true, |st| {
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink
+        });
+        if !symlink {
+            found.push((name.to_os_string(), fd));
+        }
+    }
+    found
+}
+
+/// One classic BPF instruction, laid out as the kernel's `struct sock_filter`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Insn {
+    code: u16,
+    jt: u8,
+    jf: u8,
+    k: u32,
+}
+
+/// The kernel's `struct sock_fprog`.
+#[repr(C)]
+struct Fprog {
+    len: u16,
+    filter: *const Insn,
+}
+
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: Option<u32> = Some(0xC000_003E);
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: Option<u32> = Some(0xC000_00B7);
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const AUDIT_ARCH: Option<u32> = None;
+
+/// Whether this kernel takes seccomp filters returning errors, and this build
+/// has a filter for the architecture.
+fn seccomp_available() -> bool {
+    const SECCOMP_GET_ACTION_AVAIL: libc::c_uint = 2;
+    let action: u32 = RET_ERRNO;
+    // SAFETY: the call reads the u32 we pass.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_GET_ACTION_AVAIL,
+            0u32,
+            &action as *const u32,
+        )
+    };
+    AUDIT_ARCH.is_some() && r == 0
+}
+
+const RET_ALLOW: u32 = 0x7fff_0000;
+const RET_ERRNO: u32 = 0x0005_0000;
+const RET_KILL_PROCESS: u32 = 0x8000_0000;
+
+/// System calls no script needs that open doors the rest of the sandbox
+/// assumes shut: namespaces and mounts (a new user namespace hands out every
+/// capability inside it), other processes' memory, the kernel's keyrings,
+/// bpf, perf, userfaultfd, io_uring (which makes sockets and opens files
+/// outside these checks), modules and kexec, handles that skip path lookup.
+const DENIED: &[libc::c_long] = &[
+    libc::SYS_setns,
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_pidfd_getfd,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_userfaultfd,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_chroot,
+    libc::SYS_open_tree,
+    libc::SYS_move_mount,
+    libc::SYS_fsopen,
+    libc::SYS_fsconfig,
+    libc::SYS_fsmount,
+    libc::SYS_fspick,
+    libc::SYS_mount_setattr,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_reboot,
+    libc::SYS_acct,
+];
+
+/// Every namespace flag of clone and unshare. `CLONE_NEWTIME` (0x80) is only a
+/// flag for unshare: in clone's first argument that bit is the exit signal.
+const NAMESPACES: u32 = (libc::CLONE_NEWNS
+    | libc::CLONE_NEWCGROUP
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUSER
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET) as u32;
+const CLONE_NEWTIME: u32 = 0x80;
+
+/// A small assembler for the filter: jumps name labels, resolved at the end.
+struct Asm {
+    code: Vec<(u16, Target, Target, u32)>,
+    labels: Vec<(&'static str, usize)>,
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    Next,
+    To(&'static str),
+}
+
+impl Asm {
+    const LD_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const AND: u16 = 0x54; // BPF_ALU | BPF_AND | BPF_K
+    const JEQ: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const JGE: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+    const JSET: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
+    const RET: u16 = 0x06; // BPF_RET | BPF_K
+
+    fn op(&mut self, code: u16, k: u32) {
+        self.code.push((code, Target::Next, Target::Next, k));
+    }
+    fn jump(&mut self, code: u16, k: u32, yes: Target, no: Target) {
+        self.code.push((code, yes, no, k));
+    }
+    fn label(&mut self, name: &'static str) {
+        self.labels.push((name, self.code.len()));
+    }
+    /// Loads the low 32 bits of argument `i` (both architectures are little-endian).
+    fn arg(&mut self, i: u32) {
+        self.op(Self::LD_ABS, 16 + 8 * i);
+    }
+    fn finish(self) -> Option<Vec<Insn>> {
+        let at = |i: usize, t: Target| -> Option<u8> {
+            match t {
+                Target::Next => Some(0),
+                Target::To(name) => {
+                    let (_, to) = self.labels.iter().find(|(n, _)| *n == name)?;
+                    u8::try_from(to.checked_sub(i + 1)?).ok()
+                }
+            }
+        };
+        self.code
+            .iter()
+            .enumerate()
+            .map(|(i, &(code, jt, jf, k))| {
+                Some(Insn {
+                    code,
+                    jt: at(i, jt)?,
+                    jf: at(i, jf)?,
+                    k,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The seccomp program every sandboxed script gets: `DENIED` calls fail with
+/// EPERM; clone and unshare with a namespace flag fail with EPERM; clone3
+/// fails with ENOSYS (its flags sit in memory a filter cannot read, and libc
+/// falls back to clone); prctl may not unset the child subreaper. Unless
+/// `network`, sockets of AF_INET and AF_INET6 other than TCP (UDP, raw, SCTP,
+/// MPTCP...) and AF_PACKET fail with EACCES; TCP too when Landlock has no TCP
+/// rules (`!tcp_by_landlock`), so `network: false` holds on older kernels. A
+/// system call of another architecture (i386 through `int 0x80`, x32) kills
+/// the process or fails.
+fn syscall_filter(network: bool, tcp_by_landlock: bool) -> Option<Vec<Insn>> {
+    use Target::{Next, To};
+    let errno = |e: i32| RET_ERRNO | (e as u32 & 0xffff);
+    let nr = |n: libc::c_long| n as u32;
+    let mut a = Asm {
+        code: Vec::new(),
+        labels: Vec::new(),
+    };
+    a.op(Asm::LD_ABS, 4); // arch
+    a.jump(Asm::JEQ, AUDIT_ARCH?, To("arch_ok"), Next);
+    a.op(Asm::RET, RET_KILL_PROCESS);
+    a.label("arch_ok");
+    a.op(Asm::LD_ABS, 0); // nr
+    if cfg!(target_arch = "x86_64") {
+        // x32 system calls carry bit 30.
+        a.jump(Asm::JGE, 0x4000_0000, To("enosys"), Next);
+    }
+    for &n in DENIED {
+        a.jump(Asm::JEQ, nr(n), To("eperm"), Next);
+    }
+    a.jump(Asm::JEQ, nr(libc::SYS_clone3), To("enosys"), Next);
+    a.jump(Asm::JEQ, nr(libc::SYS_clone), To("clone"), Next);
+    a.jump(Asm::JEQ, nr(libc::SYS_unshare), To("unshare"), Next);
+    a.jump(Asm::JEQ, nr(libc::SYS_prctl), To("prctl"), Next);
+    if !network {
+        a.jump(Asm::JEQ, nr(libc::SYS_socket), To("socket"), Next);
+    }
+    a.op(Asm::RET, RET_ALLOW);
+
+    // clone(flags, ...) on x86_64 and aarch64: flags first.
+    a.label("clone");
+    a.arg(0);
+    a.jump(Asm::JSET, NAMESPACES, To("eperm"), To("allow"));
+    a.label("unshare");
+    a.arg(0);
+    a.jump(
+        Asm::JSET,
+        NAMESPACES | CLONE_NEWTIME,
+        To("eperm"),
+        To("allow"),
+    );
+    a.label("prctl");
+    a.arg(0);
+    a.jump(
+        Asm::JEQ,
+        libc::PR_SET_CHILD_SUBREAPER as u32,
+        To("eperm"),
+        To("allow"),
+    );
+    if !network {
+        a.label("socket");
+        a.arg(0);
+        a.jump(Asm::JEQ, libc::AF_PACKET as u32, To("eacces"), Next);
+        let inet = if tcp_by_landlock {
+            To("inet")
+        } else {
+            To("eacces")
+        };
+        a.jump(Asm::JEQ, libc::AF_INET as u32, inet, Next);
+        a.jump(Asm::JEQ, libc::AF_INET6 as u32, inet, To("allow"));
+        if tcp_by_landlock {
+            // TCP is Landlock's to allow or refuse; anything else is not.
+            a.label("inet");
+            a.arg(1);
+            a.op(Asm::AND, 0xf); // SOCK_TYPE_MASK: drops SOCK_NONBLOCK, SOCK_CLOEXEC
+            a.jump(Asm::JEQ, libc::SOCK_STREAM as u32, Next, To("eacces"));
+            a.arg(2);
+            a.jump(Asm::JEQ, 0, To("allow"), Next);
+            a.jump(
+                Asm::JEQ,
+                libc::IPPROTO_TCP as u32,
+                To("allow"),
+                To("eacces"),
+            );
+        }
+        a.label("eacces");
+        a.op(Asm::RET, errno(libc::EACCES));
+    }
+    a.label("allow");
+    a.op(Asm::RET, RET_ALLOW);
+    a.label("eperm");
+    a.op(Asm::RET, errno(libc::EPERM));
+    a.label("enosys");
+    a.op(Asm::RET, errno(libc::ENOSYS));
+    a.finish()
 }
 
 /// The kernel's Landlock ABI version, 0 without Landlock.
@@ -485,13 +915,6 @@ fn landlock_abi() -> i32 {
         )
     };
     i32::try_from(v).unwrap_or(0).max(0)
-}
-
-/// The entries of a folder, or none if it cannot be read.
-fn children(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .map(|entries| entries.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default()
 }
 
 /// Tasks (processes and threads) whose owner is `uid`, from /proc: each
@@ -526,5 +949,19 @@ mod tests {
         assert_eq!("required".parse::<Mode>(), Ok(Mode::Required));
         assert_eq!("off".parse::<Mode>(), Ok(Mode::Off));
         assert!("strict".parse::<Mode>().unwrap_err().contains("`required`"));
+    }
+
+    #[test]
+    fn the_syscall_filter_assembles_for_every_policy() {
+        if AUDIT_ARCH.is_none() {
+            return;
+        }
+        for network in [false, true] {
+            for tcp in [false, true] {
+                let program = syscall_filter(network, tcp).expect("every jump resolves");
+                assert!(program.len() < 200, "{}", program.len());
+                assert_eq!(program.last().unwrap().code, Asm::RET);
+            }
+        }
     }
 }

@@ -579,6 +579,9 @@ pub(super) fn policy(
     mode: sandbox::Mode,
     wanted: &registry::Sandbox,
 ) -> Result<sandbox::Policy, ApiError> {
+    // Each writable path is opened here, once, beneath the workspace and
+    // through no symlink; the sandbox grants that descriptor, never the path
+    // looked up again (a folder swapped for a symlink meanwhile grants nothing).
     let mut writable = Vec::new();
     for w in &wanted.writable {
         if w == "." {
@@ -586,12 +589,30 @@ pub(super) fn policy(
             continue;
         }
         let path = app.workspace.resolve(w)?;
-        if !path.exists() {
-            app.workspace.create_dir_all(&path).map_err(|e| {
-                ApiError::internal(format!("could not make the writable folder `{w}`: {e}"))
-            })?;
-        }
-        writable.push(sandbox::Writable::Path(path));
+        // A missing folder is made the same way, beneath the root; `open_path`
+        // said NotFound only after finding no symlink in what exists.
+        let fd = match app.workspace.open_path(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => app
+                .workspace
+                .create_dir_all(&path)
+                .and_then(|()| app.workspace.open_path(&path)),
+            other => other,
+        };
+        let fd = fd.map_err(|e| {
+            if crate::workspace::beneath::is_escape(&e) {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "writable_refused",
+                    format!(
+                        "the writable path `{w}` is, or passes through, a symlink; \
+                         the script did not run"
+                    ),
+                )
+            } else {
+                ApiError::internal(format!("could not open the writable path `{w}`: {e}"))
+            }
+        })?;
+        writable.push(sandbox::Writable::Path(path, Arc::new(fd)));
     }
     Ok(sandbox::Policy {
         mode,

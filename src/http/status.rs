@@ -139,9 +139,13 @@ fn sandbox_status(app: &App, mode: sandbox::Mode) -> serde_json::Value {
             "memory": on,
             "file_size": on,
             "no_new_privs": on,
+            "syscalls": on && support.syscalls,
+            "descriptors": on,
         },
         "limits": {
             "memory_bytes": limits.memory,
+            // RLIMIT_AS, which counts shared mappings too (no cgroup is used).
+            "address_space_bytes": sandbox::address_space(limits.memory),
             "file_size_bytes": limits.file_size,
             "processes": limits.processes,
         },

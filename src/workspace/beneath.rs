@@ -146,6 +146,11 @@ impl Beneath {
         Ok(file)
     }
 
+    /// An `O_PATH` descriptor of `rel` itself (a symlink is `ELOOP`).
+    pub fn open_path(&self, rel: &Path) -> io::Result<OwnedFd> {
+        self.open_at(rel, OFlags::PATH, Mode::empty())
+    }
+
     /// The metadata of `rel` itself (a symlink is `ELOOP`).
     pub fn metadata(&self, rel: &Path) -> io::Result<fs::Metadata> {
         let fd = self.open_at(rel, OFlags::PATH, Mode::empty())?;

@@ -267,6 +267,18 @@ impl Workspace {
         self.dir.remove_dir(&parent.join(name))
     }
 
+    /// An `O_PATH` descriptor of what is at `path` (from `resolve`), opened
+    /// beneath the root by the kernel; `ELOOP` when `path` is, or passes
+    /// through, a symlink, even one that stays inside. For grants that must
+    /// cover exactly the path that was checked (the sandbox's `writable`).
+    pub fn open_path(&self, path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+        let real = self.real(path)?;
+        if self.root.join(&real) != path {
+            return Err(io::Error::from_raw_os_error(libc::ELOOP));
+        }
+        self.dir.open_path(&real)
+    }
+
     /// Makes the folder at `path` and the missing ones above it.
     pub fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         self.dir.create_dir_all(&self.real(path)?)

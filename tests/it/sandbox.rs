@@ -347,3 +347,288 @@ fn processes_of(uid: u32, name: &str) -> usize {
         })
         .count()
 }
+
+/// Issue 18, 1: a `writable` path that is, or passes through, a symlink grants
+/// nothing; the run is refused with an error that says why, and neither the
+/// top of the workspace, `dynapi.yaml` nor `.git` was reached.
+#[tokio::test]
+async fn a_symlinked_writable_path_is_refused_and_grants_nothing() {
+    let d = Daemon::start().await;
+    d.add_endpoint(
+        "linker",
+        "sandbox:\n  writable: [reports]\n",
+        "#!/bin/sh\nln -sfn .. reports/up && echo linked\n",
+    )
+    .await;
+    let climb = "#!/bin/sh\n\
+        echo top > reports/up/top.txt\n\
+        echo '# mine' >> reports/up/dynapi.yaml\n\
+        mkdir -p reports/up/.git/hooks && echo 'touch /tmp/owned' > reports/up/.git/hooks/post-commit\n\
+        cat reports/up/.git/dynapi/audit.log && echo read-audit\n\
+        exit 0\n";
+    d.add_endpoint("climber", "sandbox:\n  writable: [reports/up]\n", climb)
+        .await;
+    d.add_endpoint("deeper", "sandbox:\n  writable: [reports/up/data]\n", climb)
+        .await;
+    let settings = std::fs::read_to_string(d.workspace.join("dynapi.yaml")).unwrap();
+
+    let a = d.post("/linker", json!({})).await;
+    assert_eq!(a.json["output"], json!("linked\n"), "{}", a.json);
+    for name in ["/climber", "/deeper"] {
+        let a = d.post(name, json!({})).await;
+        assert_eq!(a.status, 409, "{name}: {}", a.json);
+        assert_eq!(a.json["error"]["code"], json!("writable_refused"));
+        let message = a.json["error"]["message"].as_str().unwrap();
+        assert!(message.contains("symlink"), "{message}");
+    }
+    assert!(!d.workspace.join("top.txt").exists());
+    assert!(!d.workspace.join(".git/hooks/post-commit").exists());
+    assert!(!d.workspace.join("data/reports").exists());
+    assert_eq!(
+        std::fs::read_to_string(d.workspace.join("dynapi.yaml")).unwrap(),
+        settings
+    );
+}
+
+/// Issue 18, 2: a folder swapped for a symlink to an outside folder, in a loop
+/// (`renameat2(RENAME_EXCHANGE)`, here from a thread of the test), while the
+/// endpoint that may write it runs hundreds of times: nothing is ever written
+/// outside.
+#[tokio::test]
+async fn a_writable_folder_swapped_for_a_symlink_never_grants_the_outside() {
+    let d = Daemon::start().await;
+    let outside = tempfile::tempdir().unwrap();
+    d.add_endpoint(
+        "wbox",
+        "sandbox:\n  writable: [scripts/wbox]\n",
+        "#!/bin/sh\necho x > scripts/wbox/f.txt 2>/dev/null && echo wrote || echo refused\n",
+    )
+    .await;
+    let scripts = d.workspace.join("scripts");
+    std::fs::create_dir_all(scripts.join("wbox")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), scripts.join("wlink")).unwrap();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let stop = stop.clone();
+        let (a, b) = (
+            path_c(&scripts.join("wbox")),
+            path_c(&scripts.join("wlink")),
+        );
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // SAFETY: renameat2 reads two NUL-terminated paths we own.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_renameat2,
+                        libc::AT_FDCWD,
+                        a.as_ptr(),
+                        libc::AT_FDCWD,
+                        b.as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    )
+                };
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let (mut ran, mut refused) = (0, 0);
+    for _ in 0..300 {
+        let a = d.post("/wbox", json!({})).await;
+        match a.status {
+            200 => ran += 1,
+            // Refused at the check (`resolve` saw the link lead outside) or
+            // at the open (`openat2` met the symlink).
+            400 | 409 => refused += 1,
+            _ => panic!("{}", a.json),
+        }
+        let escaped: Vec<_> = std::fs::read_dir(outside.path()).unwrap().collect();
+        assert!(escaped.is_empty(), "a script wrote outside: {escaped:?}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert!(swaps > 300, "only {swaps} swaps");
+    assert!(ran > 0 && refused > 0, "ran {ran}, refused {refused}");
+}
+
+fn path_c(path: &std::path::Path) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap()
+}
+
+/// Issue 18, 3: a descriptor the daemon holds without close-on-exec (as one it
+/// inherited would be) never reaches a script: it has 0, 1 and 2, and the one
+/// `ls` opens to list them.
+#[tokio::test]
+async fn a_script_holds_no_descriptor_of_the_daemons() {
+    let d = Daemon::start().await;
+    // SAFETY: open and fcntl on a path and a descriptor we own; F_DUPFD makes
+    // a copy without FD_CLOEXEC at the lowest free number from 900.
+    let leaked = unsafe {
+        let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+        let high = libc::fcntl(fd, libc::F_DUPFD, 900);
+        libc::close(fd);
+        high
+    };
+    assert!(leaked >= 900);
+    d.add_endpoint("fds", "", "#!/bin/sh\nls /proc/self/fd\n")
+        .await;
+    let a = d.post("/fds", json!({})).await;
+    // SAFETY: closes the descriptor opened above.
+    unsafe { libc::close(leaked) };
+    let fds: Vec<&str> = a.json["output"].as_str().unwrap().lines().collect();
+    assert_eq!(fds, ["0", "1", "2", "3"], "{}", a.json);
+}
+
+/// Live processes (not zombies) whose command line is `argv`.
+fn processes_running(argv: &[&str]) -> usize {
+    let wanted: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let state = stat.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == wanted)
+                && state.is_some_and(|s| s != "Z")
+        })
+        .count()
+}
+
+/// Issue 18, 4: what a script starts in a new session or through a double fork
+/// is gone when its run ends, normally or at its timeout.
+#[tokio::test]
+async fn no_process_outlives_its_run_even_in_a_new_session() {
+    let d = Daemon::start().await;
+    d.add_endpoint(
+        "detach",
+        "",
+        "#!/bin/sh\nsetsid sleep 317 &\n(sleep 318 &)\nsleep 0.2\necho started\n",
+    )
+    .await;
+    d.add_endpoint(
+        "detach-slow",
+        "timeout: 1s\n",
+        "#!/bin/sh\nsetsid sleep 319 &\n(setsid sleep 320 &)\nsleep 30\n",
+    )
+    .await;
+    let a = d.post("/detach", json!({})).await;
+    assert_eq!(a.json["output"], json!("started\n"), "{}", a.json);
+    assert_eq!(
+        processes_running(&["sleep", "317"]),
+        0,
+        "setsid outlived its run"
+    );
+    assert_eq!(
+        processes_running(&["sleep", "318"]),
+        0,
+        "a double fork outlived its run"
+    );
+    let a = d.post("/detach-slow", json!({})).await;
+    assert_eq!(a.status, 504, "{}", a.json);
+    assert_eq!(
+        processes_running(&["sleep", "319"]),
+        0,
+        "setsid outlived the timeout"
+    );
+    assert_eq!(
+        processes_running(&["sleep", "320"]),
+        0,
+        "a double fork outlived the timeout"
+    );
+}
+
+/// Issue 18, 5: without `network: true` no UDP datagram leaves a script (the
+/// test listens on 127.0.0.1); with it, one does. Namespaces are refused to
+/// every script.
+#[tokio::test]
+async fn a_script_sends_no_udp_and_makes_no_namespace_unless_allowed() {
+    let d = Daemon::start().await;
+    let listener = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let script = r#"#!/usr/bin/python3
+import socket, subprocess, sys
+try:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(b"hi", ("127.0.0.1", int(sys.argv[1])))
+    print("sent")
+except OSError as e:
+    print("refused", e.errno)
+made = subprocess.run(["unshare", "-U", "true"], stderr=subprocess.DEVNULL).returncode == 0
+print("namespace", "made" if made else "refused")
+"#;
+    let params = "args: [\"{port}\"]\nparams:\n  port: {type: integer, required: true}\n";
+    d.add_endpoint("udp-off", params, script).await;
+    d.add_endpoint(
+        "udp-on",
+        &format!("{params}sandbox:\n  network: true\n"),
+        script,
+    )
+    .await;
+
+    let a = d.post("/udp-off", json!({"port": port})).await;
+    assert_eq!(
+        a.json["output"],
+        json!(format!("refused {}\nnamespace refused\n", libc::EACCES)),
+        "{}",
+        a.json
+    );
+    let mut buf = [0u8; 16];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        listener.recv(&mut buf).is_err(),
+        "a datagram arrived from a script without network"
+    );
+    let a = d.post("/udp-on", json!({"port": port})).await;
+    assert_eq!(
+        a.json["output"],
+        json!("sent\nnamespace refused\n"),
+        "{}",
+        a.json
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(listener.recv(&mut buf).unwrap(), 2);
+    let status = d.get("/status").await.json;
+    assert_eq!(
+        status["sandbox"]["enforced"]["syscalls"],
+        json!(true),
+        "{status}"
+    );
+}
+
+/// Issue 18, 6: shared mappings count against the memory limit (through the
+/// address space): four times the limit, shared and touched, fails; a small
+/// one works.
+#[tokio::test]
+async fn shared_memory_counts_against_the_memory_limit() {
+    let d = Daemon::start_with(|c| c.limits.sandbox.memory = 256 << 20).await;
+    let script = r#"#!/usr/bin/python3
+import mmap, sys
+size = int(sys.argv[1]) << 20
+try:
+    m = mmap.mmap(-1, size, flags=mmap.MAP_SHARED)
+    for i in range(0, size, 4096):
+        m[i] = 1
+    print("touched")
+except (OSError, MemoryError):
+    print("refused")
+"#;
+    let params = "args: [\"{mib}\"]\nparams:\n  mib: {type: integer, required: true}\n";
+    d.add_endpoint("shm", params, script).await;
+    let a = d.post("/shm", json!({"mib": 1024})).await;
+    assert_eq!(a.json["output"], json!("refused\n"), "{}", a.json);
+    let a = d.post("/shm", json!({"mib": 64})).await;
+    assert_eq!(a.json["output"], json!("touched\n"), "{}", a.json);
+    let status = d.get("/status").await.json;
+    assert_eq!(
+        status["sandbox"]["limits"]["address_space_bytes"],
+        json!((256u64 << 20) * 2 + (256 << 20)),
+        "{status}"
+    );
+}
