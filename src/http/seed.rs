@@ -175,7 +175,11 @@ struct Rules {
 /// `args` cannot be filled this way: it is called with `POST /call/{name}`.
 type Bound = (Vec<String>, Vec<(String, String)>, Vec<u8>);
 
-fn bind_positional(endpoint: &Endpoint, script: &str, given: Vec<String>) -> Result<Bound, ApiError> {
+fn bind_positional(
+    endpoint: &Endpoint,
+    script: &str,
+    given: Vec<String>,
+) -> Result<Bound, ApiError> {
     let call = || format!("POST /call/{}", endpoint.name);
     let Some(names) = endpoint.positional() else {
         return Err(ApiError::new(

@@ -261,7 +261,29 @@ impl Sql {
 fn target(ws: &Workspace, name: &str, db: &Database) -> Result<Target, SqlError> {
     let url = expand(name, &db.url)?;
     if let Some(path) = url.strip_prefix("sqlite:") {
-        return Ok(Target::Sqlite(ws.resolve(path)?));
+        let resolved = ws.resolve(path)?;
+        // SQLite opens by path (with `SQLITE_OPEN_NOFOLLOW`): the path must be
+        // where the file really is, and a FIFO or device there would block
+        // the open beyond any time limit.
+        match ws.metadata_as_spelled(&resolved) {
+            Ok(None) => {}
+            Ok(Some(meta)) if meta.is_file() => {}
+            Ok(Some(_)) => {
+                return Err(SqlError::Config(
+                    name.into(),
+                    format!("`{path}` is not a regular file"),
+                ))
+            }
+            Err(e) if crate::workspace::beneath::is_escape(&e) => {
+                return Err(PathError::Refused(
+                    path.to_string(),
+                    "a database is opened where it really is: no symlink on the way",
+                )
+                .into())
+            }
+            Err(e) => return Err(SqlError::Config(name.into(), e.to_string())),
+        }
+        return Ok(Target::Sqlite(resolved));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(Target::Postgres(url));

@@ -68,7 +68,11 @@ fn open(path: &Path, write: bool, timeout: Duration) -> Result<Connection, SqlEr
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
     } else {
         OpenFlags::SQLITE_OPEN_READ_ONLY
-    } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    } | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        // A symlink anywhere in the path is refused by SQLite itself, so a
+        // folder swapped for a link after `sql::target` checked it is not
+        // followed to another database (the daemon's OAuth store, say).
+        | OpenFlags::SQLITE_OPEN_NOFOLLOW;
     let conn = Connection::open_with_flags(path, flags).map_err(database)?;
     conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)
         .map_err(database)?;

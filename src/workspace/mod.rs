@@ -231,6 +231,20 @@ impl Workspace {
         Ok((self.real(parent)?, name))
     }
 
+    /// The metadata of `path` exactly as spelled, for code that must open it by
+    /// path (SQLite): `None` when nothing is there; an escape error when any
+    /// part of it is a symlink, even one that stays inside.
+    pub fn metadata_as_spelled(&self, path: &Path) -> io::Result<Option<fs::Metadata>> {
+        let rel = path
+            .strip_prefix(&self.root)
+            .map_err(|_| beneath::escapes())?;
+        match self.dir.metadata(rel) {
+            Ok(meta) => Ok(Some(meta)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Opens the regular file at `path` (from `resolve` or a walk) for reading.
     pub fn open_file(&self, path: &Path) -> io::Result<fs::File> {
         self.dir.open_read(&self.real(path)?)

@@ -74,7 +74,7 @@ async fn run_script_runs_a_served_script_under_its_endpoints_rules() {
     let script = "#!/bin/sh\necho \"args: $*\"\necho x > top.txt && echo wrote-top\necho x > reports/r.txt && echo wrote-reports\n";
     d.add_endpoint(
         "adminonly",
-        "scope: admin\nsandbox:\n  writable: [reports]\n",
+        "scope: admin\nargs: [\"{what}\"]\nparams:\n  what: {type: string, required: true}\nsandbox:\n  writable: [reports]\n",
         script,
     )
     .await;
@@ -109,6 +109,9 @@ async fn run_script_runs_a_served_script_under_its_endpoints_rules() {
     // Run with its own sandbox: it writes `reports`, not the workspace's top.
     let a = run(TOKEN, json!(["fine"])).await;
     assert_eq!(a.status, 200, "{}", a.json);
+    // More arguments than the manifest has parameters for are refused.
+    let extra = run(TOKEN, json!(["fine", "more"])).await;
+    assert_eq!(extra.status, 400, "{}", extra.json);
     let stdout = a.json["stdout"].as_str().unwrap();
     assert!(stdout.contains("args: fine"), "{stdout}");
     let sandboxed = d.get("/status").await.json["sandbox"]["enforced"]["filesystem"] == json!(true);

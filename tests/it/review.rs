@@ -55,7 +55,11 @@ async fn a_write_and_run_token_cannot_widen_the_sandbox_through_a_symlinked_writ
         .request(
             "POST",
             "/endpoints",
-            Some(add("mklink", "", "#!/bin/sh\nln -s .. data/up && echo linked\n")),
+            Some(add(
+                "mklink",
+                "",
+                "#!/bin/sh\nln -s .. data/up && echo linked\n",
+            )),
             Some(ATTACKER),
         )
         .await;
@@ -75,7 +79,7 @@ async fn a_write_and_run_token_cannot_widen_the_sandbox_through_a_symlinked_writ
 cat .git/dynapi/* >/dev/null 2>&1 && echo read-daemon-state
 sed -i 's/scopes: \[write, run\]/scopes: [read, write, run, sql-write, admin]/' dynapi.yaml && echo wrote-settings
 git -c user.name=x -c user.email=x@x -c safe.directory='*' commit -qam owned && echo committed
-"#
+"#,
     );
     let a = d
         .request(
@@ -158,12 +162,7 @@ async fn a_write_token_cannot_delete_dynapi_yaml_through_a_linked_folder() {
     d.grant_reader(ATTACKER, "write").await;
     link_to_root(&d);
     let a = d
-        .request(
-            "DELETE",
-            "/files/data/up/dynapi.yaml",
-            None,
-            Some(ATTACKER),
-        )
+        .request("DELETE", "/files/data/up/dynapi.yaml", None, Some(ATTACKER))
         .await;
     assert!(
         d.workspace.join("dynapi.yaml").is_file(),
@@ -192,7 +191,12 @@ async fn run_script_cannot_pass_arguments_the_served_manifest_never_forms() {
     let call = d
         .request("POST", "/fixed", Some(json!({})), Some(ATTACKER))
         .await;
-    assert_eq!(call.json["output"], json!("action=status\n"), "{}", call.json);
+    assert_eq!(
+        call.json["output"],
+        json!("action=status\n"),
+        "{}",
+        call.json
+    );
     let a = d
         .request(
             "POST",
