@@ -12,7 +12,7 @@
 //! the working tree only; the answer lists them as uncommitted.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use gix::ObjectId;
 use tokio::sync::Mutex;
@@ -444,6 +444,8 @@ struct Plan {
     before: HashMap<String, Option<(ObjectId, bool)>>,
     /// The working tree after it (None: removed).
     after: HashMap<String, Option<Contents>>,
+    /// Paths that are folders on disk.
+    folders: Vec<String>,
 }
 
 impl Plan {
@@ -456,8 +458,12 @@ impl Plan {
             return Err(ChangeError::Conflict("a path to a file is needed".into()));
         }
         let state = match std::fs::symlink_metadata(&target) {
+            // A folder may become a file only when the change removes all
+            // that is in it (a revert of "`docs` became `docs/index.md`"):
+            // `plan` checks that once every operation is planned.
             Ok(m) if m.is_dir() => {
-                return Err(ChangeError::Conflict(format!("`{path}` is a folder")))
+                self.folders.push(path.to_string());
+                None
             }
             _ => files::file_state(ws, &target).map_err(fs_error(path))?,
         };
@@ -491,6 +497,9 @@ impl Plan {
             return Ok(after.clone());
         }
         let Some((_, exec)) = self.before[path] else {
+            if self.folders.iter().any(|f| f == path) {
+                return Err(ChangeError::Conflict(format!("`{path}` is a folder")));
+            }
             return Ok(None);
         };
         let target = &self.targets[path];
@@ -624,6 +633,22 @@ fn plan(ws: &Workspace, ops: &[Op]) -> Result<Plan, ChangeError> {
                 check_match(path, if_match, current)?;
                 plan.after.insert(path.clone(), None);
             }
+        }
+    }
+    for folder in &plan.folders {
+        let written = matches!(plan.after.get(folder), Some(Some(_)));
+        let emptied = written
+            && ws
+                .walker(&plan.targets[folder], false)
+                .build()
+                .flatten()
+                .filter(|e| e.path() != plan.targets[folder])
+                .all(|e| {
+                    e.file_type().is_some_and(|t| t.is_dir())
+                        || matches!(plan.after.get(&ws.relative(e.path())), Some(None))
+                });
+        if !emptied {
+            return Err(ChangeError::Conflict(format!("`{folder}` is a folder")));
         }
     }
     Ok(plan)
@@ -944,23 +969,25 @@ fn check_manifests(
     Err(ChangeError::Invalid(problems))
 }
 
-/// Writes the planned files (writes first, then removals, so a move never loses
-/// its file), and removes folders a removal left empty.
+/// Writes the planned files: removals first (and the folders they leave
+/// empty), then writes, so a file that becomes a folder (`docs` to
+/// `docs/index.md`) or the other way round finds its place free. A move's
+/// contents are in the plan, so removing its source first loses nothing.
 fn write_worktree(ws: &Workspace, plan: &Plan, changed: &[String]) -> Result<(), ChangeError> {
-    for path in changed {
-        if let Some(Some((contents, executable))) = plan.after.get(path) {
-            ws.write_atomic(&plan.targets[path], contents, *executable)
-                .map_err(fs_error(path))?;
-        }
-    }
     for path in changed {
         if let Some(None) = plan.after.get(path) {
             let target = &plan.targets[path];
             match ws.remove_file(target) {
-                Ok(()) => remove_empty_parents(ws, target),
+                Ok(()) => ws.remove_empty_parents(target),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(fs_error(path)(e)),
             }
+        }
+    }
+    for path in changed {
+        if let Some(Some((contents, executable))) = plan.after.get(path) {
+            ws.write_atomic(&plan.targets[path], contents, *executable)
+                .map_err(fs_error(path))?;
         }
     }
     Ok(())
@@ -975,18 +1002,6 @@ fn fs_error(path: &str) -> impl FnOnce(std::io::Error) -> ChangeError + '_ {
         } else {
             ChangeError::Repo(RepoError::from(e))
         }
-    }
-}
-
-/// Removes the folders above `file` that are now empty, as git does; stops at the
-/// first one that is not (the workspace root never is: it holds `.git`).
-fn remove_empty_parents(ws: &Workspace, file: &Path) {
-    let mut dir = file.parent();
-    while let Some(d) = dir {
-        if d == ws.root() || ws.remove_dir(d).is_err() {
-            break;
-        }
-        dir = d.parent();
     }
 }
 
@@ -1107,6 +1122,7 @@ fn worktree_changes(repo: &Repo, workspace: &Workspace) -> Result<Vec<Op>, Chang
 mod tests {
     use super::*;
     use crate::workspace::TemplateFile;
+    use std::path::Path;
 
     fn git(dir: &Path, args: &[&str]) {
         let done = std::process::Command::new("git")

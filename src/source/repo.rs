@@ -302,20 +302,29 @@ impl Repo {
         for path in old.keys().filter(|p| !new.contains_key(*p)) {
             edits.push(Edit::Delete { path: path.clone() });
         }
+        // Removals first, with the folders they leave empty, then writes: a
+        // file that became a folder (`docs` to `docs/index.md`) or the other
+        // way round finds its place free.
+        let target = |edit: &Edit| {
+            ws.resolve(edit.path())
+                .map_err(|e| RepoError::Git(e.to_string()))
+        };
+        for edit in edits.iter().filter(|e| matches!(e, Edit::Delete { .. })) {
+            let target = target(edit)?;
+            match ws.remove_file(&target) {
+                Ok(()) => ws.remove_empty_parents(&target),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         for edit in &edits {
-            let target = ws
-                .resolve(edit.path())
-                .map_err(|e| RepoError::Git(e.to_string()))?;
-            match edit {
-                Edit::Write {
-                    contents,
-                    executable,
-                    ..
-                } => ws.write_atomic(&target, contents, *executable)?,
-                Edit::Delete { .. } => match ws.remove_file(&target) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-                    _ => {}
-                },
+            if let Edit::Write {
+                contents,
+                executable,
+                ..
+            } = edit
+            {
+                ws.write_atomic(&target(edit)?, contents, *executable)?;
             }
         }
         self.update_index(ws.root(), &edits)?;

@@ -293,6 +293,18 @@ impl Workspace {
         self.dir.open_path(&real)
     }
 
+    /// Removes the folders above `file` that are now empty, as git does; stops
+    /// at the first one that is not, and never removes the root.
+    pub fn remove_empty_parents(&self, file: &Path) {
+        let mut dir = file.parent();
+        while let Some(d) = dir {
+            if d == self.root || !d.starts_with(&self.root) || self.remove_dir(d).is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+    }
+
     /// Makes the folder at `path` and the missing ones above it.
     pub fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         self.dir.create_dir_all(&self.real(path)?)

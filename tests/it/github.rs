@@ -712,3 +712,38 @@ async fn a_token_an_earlier_version_left_in_git_files_is_removed_at_start() {
     assert_eq!(d.post("/sync", json!({})).await.status, 200);
     assert_eq!(d.served(), pushed);
 }
+
+#[tokio::test]
+async fn a_push_that_turns_a_file_into_a_folder_and_back_is_served() {
+    let (gh, d) = start(Duration::from_secs(600)).await;
+    gh.push(BRANCH, &[("docs", "a file\n")], "docs as a file");
+    assert!(d.post("/sync", json!({})).await.status < 300);
+    assert_eq!(
+        std::fs::read_to_string(d.workspace.join("docs")).unwrap(),
+        "a file\n"
+    );
+    let folder = gh.push_changes(
+        BRANCH,
+        &[("docs", None), ("docs/index.md", Some("# Docs\n"))],
+        "docs as a folder",
+    );
+    let a = d.post("/sync", json!({})).await;
+    assert!(a.status < 300, "{}", a.json);
+    assert_eq!(d.served(), folder, "{}", a.json);
+    assert_eq!(
+        std::fs::read_to_string(d.workspace.join("docs/index.md")).unwrap(),
+        "# Docs\n"
+    );
+    // And back: the folder goes, the file takes its place; later commits serve.
+    let file = gh.push_changes(
+        BRANCH,
+        &[("docs/index.md", None), ("docs", Some("a file again\n"))],
+        "docs as a file again",
+    );
+    assert!(d.post("/sync", json!({})).await.status < 300);
+    assert_eq!(d.served(), file);
+    assert_eq!(
+        std::fs::read_to_string(d.workspace.join("docs")).unwrap(),
+        "a file again\n"
+    );
+}

@@ -140,3 +140,35 @@ async fn a_large_parameter_reaches_stdin_and_a_too_long_argument_is_a_413() {
         .await;
     assert_eq!(a.json["output"], json!("100000\n"), "{}", a.json);
 }
+
+#[tokio::test]
+async fn reverting_a_file_that_became_a_folder_brings_the_file_back() {
+    let d = Daemon::start().await;
+    assert!(
+        d.put("/files/docs", json!({"content": "a file\n"}))
+            .await
+            .status
+            < 300
+    );
+    let a = d
+        .post(
+            "/files/move",
+            json!({"from": "docs", "to": "docs/index.md"}),
+        )
+        .await;
+    assert_eq!(a.status, 409, "a file cannot move below itself: {}", a.json);
+    // As a human would: the file becomes a folder in one commit.
+    d.git(&["rm", "-q", "docs"]);
+    std::fs::create_dir(d.workspace.join("docs")).unwrap();
+    std::fs::write(d.workspace.join("docs/index.md"), "# Docs\n").unwrap();
+    d.git(&["add", "docs/index.md"]);
+    d.git(&["commit", "-q", "-m", "docs as a folder"]);
+    let folder = d.git(&["rev-parse", "HEAD"]).trim().to_string();
+    let a = d.post("/revert", json!({ "commit": folder })).await;
+    assert!(a.status < 300, "{}", a.json);
+    assert_eq!(
+        std::fs::read_to_string(d.workspace.join("docs")).unwrap(),
+        "a file\n"
+    );
+    assert_eq!(d.git(&["status", "--porcelain"]), "");
+}

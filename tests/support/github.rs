@@ -174,8 +174,31 @@ impl GitHub {
 
     /// Commits `files` (path, contents) on `branch` as a human's push would.
     pub fn push(&self, branch: &str, files: &[(&str, &str)], message: &str) -> String {
+        let changes: Vec<(&str, Option<&str>)> =
+            files.iter().map(|(p, c)| (*p, Some(*c))).collect();
+        self.push_changes(branch, &changes, message)
+    }
+
+    /// Commits `changes` (path, contents; `None` removes the path) on `branch`
+    /// as a human's push would.
+    pub fn push_changes(
+        &self,
+        branch: &str,
+        changes: &[(&str, Option<&str>)],
+        message: &str,
+    ) -> String {
         let parent = self.head(branch);
-        let commit = self.commit_on(&parent, files, message);
+        let entries: Vec<TreeEdit> = changes
+            .iter()
+            .map(|(path, contents)| TreeEdit {
+                mode: "100644".into(),
+                path: path.to_string(),
+                sha: contents.map(|c| hash_blob(&self.bare, c.as_bytes())),
+            })
+            .collect();
+        let tree = write_tree(&self.bare, Some(&parent), &entries);
+        let args = ["commit-tree", &tree, "-p", &parent, "-m", message];
+        let commit = bare_git(&self.bare, &args, None).trim().to_string();
         let name = format!("refs/heads/{branch}");
         bare_git(&self.bare, &["update-ref", &name, &commit, &parent], None);
         // Pull requests from this branch follow it, as on GitHub.
