@@ -209,10 +209,16 @@ impl App {
         let syncer = Arc::new(Syncer::new(repo.clone(), remote, metrics.clone()));
         let report = syncer.sync(Trigger::Startup).await;
         if let Some(e) = report.error {
-            anyhow::bail!(
-                "could not read branch `{}` of the workspace: {e}",
-                config.branch
-            );
+            if report.served.is_empty() {
+                anyhow::bail!(
+                    "could not read branch `{}` of the workspace: {e}",
+                    config.branch
+                );
+            }
+            // Serving the local checkout (GitHub did not answer): the loop
+            // tries again as soon as it runs, then backs off.
+            tracing::warn!("serving {} from the local checkout: {e}", report.served);
+            syncer.trigger(Trigger::Startup);
         }
         let oauth = oauth::OAuth::new(
             oauth::Store::open(&workspace.state_dir())?,

@@ -298,10 +298,15 @@ impl Writer {
                     if let Some(commit) = &commit {
                         let id = ObjectId::from_hex(commit.as_bytes())
                             .map_err(|e| RepoError::Git(e.to_string()))?;
-                        // The commit was made on GitHub: bring it here first.
+                        // The commit was made on GitHub: bring it here first,
+                        // and into the working tree only if it builds (it may
+                        // sit on a bad push): the working tree holds commits
+                        // that build, and a later good one brings this write.
                         repo.fetch(&origin)?;
-                        let local = repo.head()?;
-                        repo.checkout(&ws, local, id)?;
+                        if repo.registry_of(commit, repo.tree_of(id)?)?.is_ok() {
+                            let local = repo.head()?;
+                            repo.checkout(&ws, local, id)?;
+                        }
                     }
                     // Paths git does not track are written here only.
                     let disk: Vec<String> = changed_on_disk(&p.plan)?

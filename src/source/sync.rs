@@ -169,13 +169,23 @@ impl Syncer {
         let repo = self.repo.clone();
         let served = self.registry().commit.clone();
         let remote = self.remote.clone();
-        let built = tokio::task::spawn_blocking(move || -> Result<_, RepoError> {
+        let built = tokio::task::spawn_blocking(move || -> Result<Option<Built>, RepoError> {
             // GitHub mode: the branch on GitHub is the truth; fetch it first. After
             // a write the writer has just fetched and checked out GitHub's new head,
-            // so the branch here is already it.
+            // so the branch here is already it. At start-up an unreachable GitHub
+            // is no reason not to serve: the local checkout (only ever a commit
+            // that built) is served, the error reported, the fetch tried again.
+            let mut fetch_error = None;
             let head = match &remote {
                 Some(remote) if trigger != Trigger::Write => {
-                    Some(repo.fetch(&remote.github.origin)?)
+                    match repo.fetch(&remote.github.origin) {
+                        Ok(head) => Some(head),
+                        Err(e) if trigger == Trigger::Startup => {
+                            fetch_error = Some(e.to_string());
+                            repo.head()?
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 _ => repo.head()?,
             };
@@ -184,7 +194,12 @@ impl Syncer {
             };
             let head_str = head.to_string();
             if head_str == served {
-                return Ok(Some((head_str, None)));
+                return Ok(Some(Built {
+                    head: head_str,
+                    registry: None,
+                    fallback: None,
+                    fetch_error,
+                }));
             }
             let tree = repo.tree_of(head)?;
             let registry = repo.registry_of(&head_str, tree)?;
@@ -195,14 +210,38 @@ impl Syncer {
                     repo.checkout(&remote.workspace, local, head)?;
                 }
             }
-            Ok(Some((head_str.clone(), Some(registry))))
+            // Nothing served yet (start-up) and the head does not build: serve
+            // the newest commit before it that does, rather than nothing.
+            let fallback = match (&registry, served.is_empty()) {
+                (Err(_), true) => last_that_builds(&repo, head)?,
+                _ => None,
+            };
+            Ok(Some(Built {
+                head: head_str,
+                registry: Some(registry),
+                fallback,
+                fetch_error,
+            }))
         })
         .await
         .unwrap_or_else(|e| Err(RepoError::Git(e.to_string())));
         let verdict = match &built {
-            Ok(Some((head, Some(Ok(_))))) => Some((head.clone(), Ok(()))),
-            Ok(Some((head, Some(Err(problems))))) => Some((head.clone(), Err(problems.clone()))),
+            Ok(Some(Built {
+                head,
+                registry: Some(Ok(_)),
+                ..
+            })) => Some((head.clone(), Ok(()))),
+            Ok(Some(Built {
+                head,
+                registry: Some(Err(problems)),
+                ..
+            })) => Some((head.clone(), Err(problems.clone()))),
             _ => None,
+        };
+        let (built, fallback, fetch_error) = match built {
+            Ok(Some(b)) => (Ok(Some((b.head, b.registry))), b.fallback, b.fetch_error),
+            Ok(None) => (Ok(None), None, None),
+            Err(e) => (Err(e), None, None),
         };
 
         let now = now_rfc3339();
@@ -223,6 +262,12 @@ impl Syncer {
                 Ok(Some((head, Some(Err(problems))))) => {
                     for p in &problems {
                         tracing::warn!(commit = %head, "invalid manifest: {p}");
+                    }
+                    if let Some(registry) = fallback {
+                        tracing::warn!(commit = %head, fallback = %registry.commit, "the head does not build; serving the newest commit before it that does");
+                        self.registry.store(Arc::new(registry));
+                        self.generation.send_modify(|g| *g += 1);
+                        status.served_since = Some(now.clone());
                     }
                     status.failures += 1;
                     status.last_error = Some(SyncError {
@@ -246,6 +291,27 @@ impl Syncer {
                     });
                     (None, "failed", Vec::new(), Some(e.to_string()))
                 }
+            };
+            // Served from the local checkout because GitHub did not answer: a
+            // failure to report, and to try again (`run` retries failures).
+            let (outcome, error) = match fetch_error {
+                Some(e) => {
+                    tracing::error!(
+                        ?trigger,
+                        "could not fetch from GitHub; serving the local checkout: {e}"
+                    );
+                    status.failures += 1;
+                    status.last_error = Some(SyncError {
+                        time: now.clone(),
+                        commit: None,
+                        message: format!(
+                            "could not fetch from GitHub; serving the local checkout: {e}"
+                        ),
+                        problems: Vec::new(),
+                    });
+                    ("failed", Some(e))
+                }
+                None => (outcome, error),
             };
             status.last_sync = Some(SyncRecord {
                 time: now,
@@ -327,8 +393,9 @@ impl Syncer {
 
     /// The background loop: runs a sync whenever triggered, until cancelled.
     ///
-    /// After a failed sync (GitHub down, the network gone) the next one waits,
-    /// from 750 ms doubling to 15 minutes, as Flux does; a success resets it.
+    /// After a failed sync (GitHub down, the network gone, a ref git was
+    /// rewriting) another one follows, after a wait from 750 ms doubling to 15
+    /// minutes, as Flux does, until one succeeds; a success resets it.
     /// Triggers that arrive meanwhile coalesce into the one sync after the wait.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut backoff = Duration::ZERO;
@@ -351,6 +418,9 @@ impl Syncer {
                 .unwrap_or(Trigger::Watch);
             let report = self.sync(why).await;
             backoff = if report.outcome == "failed" {
+                // Nothing else may come to trigger it (the watcher has seen
+                // the new head already): this loop tries again itself.
+                self.trigger(why);
                 (backoff * 2).clamp(MIN_BACKOFF, MAX_BACKOFF)
             } else {
                 Duration::ZERO
@@ -384,6 +454,38 @@ impl Syncer {
             }
         }
     }
+}
+
+/// What a sync found, from the blocking part to the part that swaps.
+struct Built {
+    head: String,
+    /// None: the head is what is served already.
+    registry: Option<Result<Registry, Vec<Problem>>>,
+    /// At start-up, when the head does not build: the newest commit before it
+    /// that does.
+    fallback: Option<Registry>,
+    /// GitHub mode at start-up: why the fetch failed (the local checkout is
+    /// what was read).
+    fetch_error: Option<String>,
+}
+
+/// How far back start-up looks for a commit that builds.
+const FALLBACK_DEPTH: usize = 100;
+
+/// The registry of the newest first-parent ancestor of `head` (itself
+/// excluded) whose manifests build, looking `FALLBACK_DEPTH` commits back.
+fn last_that_builds(repo: &Repo, head: gix::ObjectId) -> Result<Option<Registry>, RepoError> {
+    let mut commit = head;
+    for _ in 0..FALLBACK_DEPTH {
+        let Some(parent) = repo.first_parent(commit)? else {
+            return Ok(None);
+        };
+        if let Ok(registry) = repo.registry_of(&parent.to_string(), repo.tree_of(parent)?)? {
+            return Ok(Some(registry));
+        }
+        commit = parent;
+    }
+    Ok(None)
 }
 
 /// Posts the `dynapi/manifests` status for `sha`; a failure to post is logged

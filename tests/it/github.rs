@@ -584,15 +584,19 @@ async fn while_github_is_down_the_daemon_serves_on_and_says_so() {
     assert_eq!(status["commit"], json!(served), "the last good commit");
     assert!(status["next_sync_in_ms"].as_u64().unwrap() > 0, "{status}");
     assert!(!status["last_error"]["message"].as_str().unwrap().is_empty());
+    let pushed = back_up_and_pushed(&gh, &d).await;
+    assert!(pushed.is_some(), "it recovers on its own");
+    assert_ne!(Some(served), pushed);
+}
+
+/// Brings GitHub back, pushes a new manifest and waits until `d` serves it;
+/// the commit, if it was served within 10 seconds.
+async fn back_up_and_pushed(gh: &GitHub, d: &Daemon) -> Option<String> {
     gh.set_down(false);
     let pushed = gh.push(BRANCH, &[("manifests/late.yaml", LATE)], "Add late");
-    assert!(
-        d.eventually(Duration::from_secs(10), |d| d.served() == pushed)
-            .await
-            .is_some(),
-        "it recovers on its own"
-    );
-    assert_ne!(served, pushed);
+    d.eventually(Duration::from_secs(10), |d| d.served() == pushed)
+        .await
+        .map(|_| pushed)
 }
 
 /// Files under `dir` (every one, `.git` included; symlinks not followed) whose
@@ -746,4 +750,47 @@ async fn a_push_that_turns_a_file_into_a_folder_and_back_is_served() {
         std::fs::read_to_string(d.workspace.join("docs")).unwrap(),
         "a file again\n"
     );
+}
+
+#[tokio::test]
+async fn a_restart_while_github_is_down_serves_the_local_checkout_and_catches_up() {
+    let (gh, mut d) = start(Duration::from_millis(300)).await;
+    let served = d.served();
+    gh.set_down(true);
+    d.restart().await;
+    assert_eq!(d.served(), served, "the local checkout is served");
+    assert_eq!(d.get("/hello?name=Ada").await.status, 200);
+    let status = d.get("/status").await.json;
+    assert!(
+        status["last_error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("GitHub"),
+        "{status}"
+    );
+    let pushed = back_up_and_pushed(&gh, &d).await;
+    assert!(pushed.is_some(), "it catches up once GitHub is back");
+}
+
+#[tokio::test]
+async fn a_write_on_top_of_a_bad_push_never_brings_the_bad_files_here() {
+    let (gh, d) = start(Duration::from_secs(600)).await;
+    let good = d.served();
+    gh.push(
+        BRANCH,
+        &[(
+            "manifests/broken.yaml",
+            "name: broken\ndescription: x\nscript: scripts/missing.sh\n",
+        )],
+        "Break it",
+    );
+    let a = d
+        .put("/files/README.md", json!({"content": "# Hi\n"}))
+        .await;
+    assert!(a.status < 300, "acknowledged: it is on GitHub: {}", a.json);
+    assert!(
+        !d.workspace.join("manifests/broken.yaml").exists(),
+        "a commit that does not build reached the working tree"
+    );
+    assert_eq!(d.served(), good, "the last good commit is served");
 }

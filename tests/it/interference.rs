@@ -172,3 +172,75 @@ async fn reverting_a_file_that_became_a_folder_brings_the_file_back() {
     );
     assert_eq!(d.git(&["status", "--porcelain"]), "");
 }
+
+#[tokio::test]
+async fn a_local_sync_that_failed_once_is_tried_again_until_the_commit_is_served() {
+    let d = Daemon::start().await;
+    // A human's commit whose object is briefly unreadable (as while git
+    // repacks): the branch points at it before the daemon can read it.
+    std::fs::write(d.workspace.join("later.txt"), "later\n").unwrap();
+    d.git(&["add", "later.txt"]);
+    let tree = d.git(&["write-tree"]).trim().to_string();
+    let parent = d.git(&["rev-parse", "HEAD"]).trim().to_string();
+    let commit = d
+        .git(&["commit-tree", &tree, "-p", &parent, "-m", "Later"])
+        .trim()
+        .to_string();
+    // The commit is readable (the watcher sees the new head), its tree not yet.
+    let object = d
+        .workspace
+        .join(".git/objects")
+        .join(&tree[..2])
+        .join(&tree[2..]);
+    let hidden = d.workspace.join("hidden-object");
+    std::fs::rename(&object, &hidden).unwrap();
+    std::fs::write(
+        d.workspace.join(".git/refs/heads/main"),
+        format!("{commit}\n"),
+    )
+    .unwrap();
+    let failed = d
+        .eventually(Duration::from_secs(5), |d| {
+            d.app.syncer.status().last_error.is_some()
+        })
+        .await;
+    assert!(
+        failed.is_some(),
+        "the sync did not fail while the object was gone"
+    );
+    std::fs::rename(&hidden, &object).unwrap();
+    // Nothing else triggers a sync: the daemon tries again by itself.
+    let served = d
+        .eventually(Duration::from_secs(10), |d| d.served() == commit)
+        .await;
+    assert!(
+        served.is_some(),
+        "a commit that failed to sync once was never served"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_on_a_head_that_does_not_build_serves_the_last_commit_that_does() {
+    let mut d = Daemon::start().await;
+    let good = d.served();
+    std::fs::write(
+        d.workspace.join("manifests/broken.yaml"),
+        "name: broken\ndescription: x\nscript: scripts/missing.sh\n",
+    )
+    .unwrap();
+    d.git(&["add", "manifests/broken.yaml"]);
+    d.git(&["commit", "-q", "-m", "Break it"]);
+    d.restart().await;
+    assert_eq!(
+        d.served(),
+        good,
+        "an empty registry instead of the last good one"
+    );
+    assert_eq!(d.get("/hello?name=Ada").await.status, 200);
+    let status = d.get("/status").await.json;
+    assert_eq!(
+        status["last_error"]["problems"][0]["file"],
+        json!("manifests/broken.yaml"),
+        "{status}"
+    );
+}
