@@ -353,7 +353,7 @@ fn call(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> 
                                 ))
                             }
                         };
-                        invoke(&app, &endpoint, params, &caller, run_async).await
+                        invoke(&app, &registry, &endpoint, params, &caller, run_async).await
                     }
                     .await,
                 )
@@ -484,7 +484,25 @@ async fn dispatch(
             ))
         }
     }
-    invoke(&app, &endpoint, params, &caller, run_async).await
+    invoke(&app, &registry, &endpoint, params, &caller, run_async).await
+}
+
+/// Cancels a synchronous run whose caller went away (see `invoke`).
+struct CancelOnDrop(Option<Arc<jobs::Job>>);
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(job) = self.0.take() {
+            tracing::info!(job = %job.id, endpoint = %job.endpoint, "the caller went away; stopping its run");
+            job.live().cancel();
+        }
+    }
 }
 
 /// The query parameter that makes a call a job.
@@ -496,6 +514,7 @@ const ASYNC: &str = "async";
 /// one, answers 202 with its job.
 async fn invoke(
     app: &App,
+    registry: &Registry,
     endpoint: &Endpoint,
     params: Map<String, Value>,
     caller: &Caller,
@@ -515,7 +534,6 @@ async fn invoke(
     let program = app.workspace.resolve(&endpoint.script)?;
     let mut env = invocation.env;
     env.extend(endpoint.env.iter().cloned());
-    let registry = app.syncer.registry();
     let running = app
         .exec
         .start(Job {
@@ -537,7 +555,13 @@ async fn invoke(
     let job = jobs::Job::follow(endpoint, &caller.token_name, running);
     let run_async = run_async || endpoint.is_async;
     if !run_async {
-        if let Some(end) = job.wait(app.config.job_after).await {
+        // A caller that hangs up before the answer drops this future: the run
+        // is stopped then, rather than holding its slots to its time limit
+        // for an answer nobody reads.
+        let abandoned = CancelOnDrop(Some(job.clone()));
+        let end = job.wait(app.config.job_after).await;
+        abandoned.disarm();
+        if let Some(end) = end {
             return answer(&job, &end.result).map(|a| warp::reply::json(&a).into_response());
         }
     }

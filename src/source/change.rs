@@ -470,6 +470,14 @@ impl Plan {
                 self.folders.push(path.to_string());
                 None
             }
+            // Writing through a link would change its target under another
+            // name, and replacing it would drop the link: neither is what the
+            // caller named. The file it points at is written by its own path.
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(ChangeError::Conflict(format!(
+                    "`{path}` is a symbolic link; write the file it points at by its own path"
+                )))
+            }
             _ => files::file_state(ws, &target).map_err(fs_error(path))?,
         };
         self.order.push(path.to_string());

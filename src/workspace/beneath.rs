@@ -221,7 +221,23 @@ impl Beneath {
         executable: bool,
     ) -> io::Result<()> {
         let dir = self.folder(parent, true)?;
-        let mode = if executable { 0o755 } else { 0o644 };
+        // A file that is there keeps its permissions (a 0600 file stays
+        // private); only the executable bits follow `executable`.
+        let mode = match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st)
+                if rustix::fs::FileType::from_raw_mode(st.st_mode)
+                    == rustix::fs::FileType::RegularFile =>
+            {
+                let kept = st.st_mode & 0o666;
+                if executable {
+                    kept | ((kept & 0o444) >> 2)
+                } else {
+                    kept
+                }
+            }
+            _ if executable => 0o755,
+            _ => 0o644,
+        };
         let (tmp_name, mut tmp) = temp_file(dir.as_fd(), mode)?;
         // No fsync: like git's own default, a write is safe from a crash of the
         // daemon (the kernel has it) but not from a power cut. The commit, the

@@ -244,3 +244,85 @@ async fn a_restart_on_a_head_that_does_not_build_serves_the_last_commit_that_doe
         "{status}"
     );
 }
+
+#[tokio::test]
+async fn a_tracked_symlink_is_neither_replaced_nor_dropped_silently_and_modes_are_kept() {
+    let d = Daemon::start().await;
+    std::os::unix::fs::symlink("hello.yaml", d.workspace.join("manifests/alias")).unwrap();
+    d.git(&["add", "manifests/alias"]);
+    d.git(&["commit", "-q", "-m", "A link"]);
+    let commits = d.commits();
+    let a = d
+        .put("/files/manifests/alias", json!({"content": "x\n"}))
+        .await;
+    assert_eq!(a.status, 409, "{}", a.json);
+    let a = d.delete("/files/manifests/alias").await;
+    assert_eq!(a.status, 409, "{}", a.json);
+    assert_eq!(d.commits(), commits);
+    assert!(
+        std::fs::symlink_metadata(d.workspace.join("manifests/alias"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
+    // A private file stays private when the API rewrites it.
+    use std::os::unix::fs::PermissionsExt;
+    assert!(
+        d.put("/files/notes/secret.txt", json!({"content": "a\n"}))
+            .await
+            .status
+            < 300
+    );
+    let file = d.workspace.join("notes/secret.txt");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(
+        d.put("/files/notes/secret.txt", json!({"content": "b\n"}))
+            .await
+            .status
+            < 300
+    );
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+#[tokio::test]
+async fn a_caller_that_hangs_up_stops_its_run_and_frees_its_slot() {
+    let d = Daemon::start().await;
+    d.add_endpoint(
+        "slow",
+        "concurrency: 1\ntimeout: 60s\n",
+        "#!/bin/sh\nsleep 30\necho done\n",
+    )
+    .await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let gone = impatient
+        .post(format!("{}/slow", d.url))
+        .bearer_auth(crate::support::TOKEN)
+        .json(&json!({}))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client was meant to give up");
+    // With the first run still holding the endpoint's one slot this would be
+    // 429 for the next 30 seconds.
+    let freed = d
+        .eventually(Duration::from_secs(5), |d| d.app.exec.running() == 0)
+        .await;
+    assert!(freed.is_some(), "the abandoned run goes on");
+    let a = d
+        .request(
+            "POST",
+            "/slow?async=true",
+            Some(json!({})),
+            Some(crate::support::TOKEN),
+        )
+        .await;
+    assert_eq!(a.status, 202, "{}", a.json);
+    let job = a.json["job_id"].as_str().unwrap().to_string();
+    assert!(d.delete(&format!("/jobs/{job}")).await.status < 300);
+}
