@@ -194,6 +194,15 @@ impl App {
             }
         }
         let workspace = Workspace::open(&config.workspace)?;
+        if github.is_none() {
+            // A write the daemon was killed in the middle of: the branch holds
+            // it, the working tree and index may not.
+            let repaired = source::change::repair(&repo, &workspace)
+                .context("finishing a write interrupted by a crash")?;
+            if !repaired.is_empty() {
+                tracing::warn!(paths = ?repaired, "finished writing a commit the daemon was stopped in the middle of");
+            }
+        }
         let (tokens, new_token, token_file) = setup_tokens(&config, &workspace)?;
         seed_database(&workspace).await;
         let remote = github.clone().map(|github| source::sync::Remote {

@@ -98,9 +98,13 @@ fn status(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
                 let registry = app.syncer.registry();
                 let status = app.syncer.status();
                 let repository = app.syncer.github_repository();
+                // Writes are refused while a human has another branch out.
+                let other = app.repo.other_checkout().ok().flatten();
                 warp::reply::json(&json!({
                     "commit": registry.commit,
                     "branch": app.config.branch,
+                    "checked_out": other.as_deref().unwrap_or(&app.config.branch),
+                    "writes": if other.is_some() { "refused: another branch is checked out in the workspace" } else { "taken" },
                     "source": if repository.is_some() { "github" } else { "local" },
                     "repository": repository,
                     "last_known_good": {"commit": registry.commit, "since": status.served_since},

@@ -244,6 +244,16 @@ impl Writer {
         change: Change,
         delivery: Delivery,
     ) -> Result<Applied, ChangeError> {
+        // A human who checked out another branch has the working tree: a
+        // commit to the served branch would write its files into that checkout.
+        let repo = self.repo.clone();
+        if let Some(other) = blocking(move || Ok(repo.other_checkout()?)).await? {
+            return Err(ChangeError::Conflict(format!(
+                "the workspace has `{other}` checked out, not `{}`: writes wait until `git checkout {}` there",
+                self.repo.branch(),
+                self.repo.branch()
+            )));
+        }
         if !change.may_change_settings {
             for path in change.ops.iter().flat_map(Op::paths) {
                 if self
@@ -854,6 +864,15 @@ fn commit_prepared(
         }
         let staged = stage(repo, prepared, head)?;
         let disk_changes = changed_on_disk(&prepared.plan)?;
+        if staged.new_commit {
+            // Should the daemon die between moving the branch and writing the
+            // working tree and index, start-up finishes the job (`repair`).
+            Intent {
+                parent: staged.parent.map(|p| p.to_string()),
+                paths: prepared.plan.order.clone(),
+            }
+            .write(workspace)?;
+        }
         let commit = if staged.new_commit {
             match repo.commit_tree(
                 staged.parent,
@@ -870,14 +889,108 @@ fn commit_prepared(
                 .parent
                 .unwrap_or_else(|| ObjectId::null(gix::hash::Kind::Sha1))
         };
+        failpoint("after-ref-update");
         let changed = staged.new_commit || !disk_changes.is_empty();
         write_worktree(workspace, &prepared.plan, &disk_changes)?;
         // The branch moved: whatever happens to the index now, the write is
         // acknowledged. An index git keeps locked is brought in step later.
         debt.record(repo, workspace, staged.edits.clone());
+        Intent::clear(workspace);
         return applied(prepared, staged, commit, changed);
     }
     Err(ChangeError::Repo(RepoError::Moved))
+}
+
+/// What the writer is about to commit, kept in `.git/dynapi/write-intent`
+/// from just before the branch moves until the working tree and the index
+/// hold the commit: a daemon killed in between finds it at start-up.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Intent {
+    parent: Option<String>,
+    paths: Vec<String>,
+}
+
+const INTENT_FILE: &str = "write-intent";
+
+impl Intent {
+    fn write(&self, ws: &Workspace) -> Result<(), ChangeError> {
+        let dir = ws.state_dir();
+        let json = serde_json::to_vec(self).map_err(|e| RepoError::Git(e.to_string()))?;
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(dir.join(INTENT_FILE), json))
+            .map_err(|e| ChangeError::Repo(RepoError::from(e)))
+    }
+
+    fn clear(ws: &Workspace) {
+        let _ = std::fs::remove_file(ws.state_dir().join(INTENT_FILE));
+    }
+}
+
+/// Finishes a write the daemon was killed in the middle of (start-up, local
+/// mode): when the branch holds the commit the intent names (its first parent
+/// is the intent's parent), each of its paths whose working-tree file is still
+/// as the parent had it gets the commit's version, on disk and in the index. A
+/// path a human changed since is left as it is. Answers the paths repaired.
+pub fn repair(repo: &Repo, ws: &Workspace) -> Result<Vec<String>, ChangeError> {
+    let Ok(text) = std::fs::read(ws.state_dir().join(INTENT_FILE)) else {
+        return Ok(Vec::new());
+    };
+    let intent: Option<Intent> = serde_json::from_slice(&text).ok();
+    let mut repaired = Vec::new();
+    if let (Some(intent), Some(head)) = (intent, repo.head()?) {
+        let parent = repo.first_parent(head)?;
+        let landed = parent.map(|p| p.to_string()) == intent.parent;
+        if landed {
+            let now = repo.files_of(repo.tree_of(head)?)?;
+            let before = match parent {
+                Some(p) => repo.files_of(repo.tree_of(p)?)?,
+                None => Default::default(),
+            };
+            let mut edits = Vec::new();
+            for path in &intent.paths {
+                let target = ws.resolve(path)?;
+                let on_disk = files::file_state(ws, &target).map_err(fs_error(path))?;
+                let was = before.get(path).map(|f| (f.id, f.executable));
+                let is = now.get(path);
+                if on_disk != was || is.map(|f| (f.id, f.executable)) == was {
+                    continue;
+                }
+                match is {
+                    Some(file) => {
+                        let contents = repo.blob(file.id)?;
+                        ws.write_atomic(&target, &contents, file.executable)
+                            .map_err(fs_error(path))?;
+                        edits.push(Edit::Write {
+                            path: path.clone(),
+                            contents,
+                            executable: file.executable,
+                        });
+                    }
+                    None => {
+                        if ws.remove_file(&target).is_ok() {
+                            ws.remove_empty_parents(&target);
+                        }
+                        edits.push(Edit::Delete { path: path.clone() });
+                    }
+                }
+                repaired.push(path.clone());
+            }
+            repo.update_index(ws.root(), &edits)?;
+        }
+    }
+    Intent::clear(ws);
+    Ok(repaired)
+}
+
+/// Dies on the spot (as `kill -9` would) when `DYNAPI_FAILPOINT` names
+/// `name`: how the tests stop the writer between two of its steps. Without
+/// the variable it costs one read of a cached value.
+fn failpoint(name: &str) {
+    static SET: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let set = SET.get_or_init(|| std::env::var("DYNAPI_FAILPOINT").ok());
+    if set.as_deref() == Some(name) {
+        std::process::abort();
+    }
 }
 
 /// Refuses a plan whose files changed on disk since it was made (412).

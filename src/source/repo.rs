@@ -382,6 +382,19 @@ impl Repo {
         })
     }
 
+    /// The branch a human has checked out in the workspace when it is not the
+    /// served one (`git checkout other`, or a detached HEAD: `Some("HEAD")`);
+    /// `None` when it is the served branch.
+    pub fn other_checkout(&self) -> Result<Option<String>, RepoError> {
+        let repo = self.repo.to_thread_local();
+        let head = repo.head_name().map_err(git)?;
+        Ok(match head {
+            Some(name) if name.as_bstr() == self.refname().as_bytes().as_bstr() => None,
+            Some(name) => Some(name.shorten().to_string()),
+            None => Some("HEAD".to_string()),
+        })
+    }
+
     /// The tree of `commit`.
     pub fn tree_of(&self, commit: ObjectId) -> Result<ObjectId, RepoError> {
         let repo = self.repo.to_thread_local();

@@ -326,3 +326,66 @@ async fn a_caller_that_hangs_up_stops_its_run_and_frees_its_slot() {
     let job = a.json["job_id"].as_str().unwrap().to_string();
     assert!(d.delete(&format!("/jobs/{job}")).await.status < 300);
 }
+
+#[tokio::test]
+async fn writes_wait_while_a_human_has_another_branch_checked_out() {
+    let d = Daemon::start().await;
+    d.git(&["checkout", "-q", "-b", "feature"]);
+    let commits = d.commits();
+    let a = d.put("/files/notes/x.txt", json!({"content": "x\n"})).await;
+    assert_eq!(a.status, 409, "{}", a.json);
+    assert!(a.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("feature"));
+    assert!(!d.workspace.join("notes/x.txt").exists());
+    let status = d.get("/status").await.json;
+    assert_eq!(status["checked_out"], json!("feature"), "{status}");
+    d.git(&["checkout", "-q", "main"]);
+    assert_eq!(d.commits(), commits);
+    let a = d.put("/files/notes/x.txt", json!({"content": "x\n"})).await;
+    assert!(a.status < 300, "{}", a.json);
+    assert_eq!(d.get("/status").await.json["checked_out"], json!("main"));
+}
+
+#[tokio::test]
+async fn a_daemon_killed_between_the_commit_and_the_working_tree_finishes_the_write_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let workspace = dir.path().join("workspace");
+    let start = |failpoint: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_dynapi"));
+        command.current_dir(dir.path());
+        if let Some(point) = failpoint {
+            command.env("DYNAPI_FAILPOINT", point);
+        }
+        crate::support::serve(command, &[])
+    };
+    let (mut child, url, token) = start(Some("after-ref-update"));
+    let client = reqwest::Client::new();
+    let killed = client
+        .put(format!("{url}/files/notes/x.txt"))
+        .bearer_auth(&token)
+        .json(&json!({"content": "written\n"}))
+        .send()
+        .await;
+    assert!(killed.is_err(), "the daemon died before it answered");
+    let _ = child.wait();
+    // The branch holds the write; the working tree and the index do not.
+    let git = |args: &[&str]| crate::support::git(&workspace, args);
+    assert_eq!(git(&["show", "HEAD:notes/x.txt"]), "written\n");
+    assert!(!workspace.join("notes/x.txt").exists());
+    assert_ne!(git(&["status", "--porcelain"]), "");
+
+    let (mut child, _, _) = start(None);
+    assert_eq!(
+        std::fs::read_to_string(workspace.join("notes/x.txt")).unwrap(),
+        "written\n"
+    );
+    assert_eq!(
+        git(&["status", "--porcelain"]),
+        "",
+        "the index lags the commit"
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+}
