@@ -303,7 +303,7 @@ fn endpoint_delivery(app: &App, mode: Option<&str>) -> Result<Delivery, ApiError
 /// when it is served. A change that went to a pull request is `Err`: the 202
 /// answer saying where it waits.
 async fn apply_and_serve(
-    app: &App,
+    app: &Arc<App>,
     caller: &Caller,
     change: Change,
     delivery: Delivery,

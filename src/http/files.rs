@@ -189,7 +189,7 @@ pub(crate) async fn settle(app: &App, applied: &Applied) {
 /// In GitHub mode, by pull request when the request's `mode` or the repository's
 /// `policy.files` says so.
 pub(crate) async fn commit(
-    app: &App,
+    app: &Arc<App>,
     caller: &Caller,
     message: String,
     ops: Vec<Op>,
@@ -198,7 +198,7 @@ pub(crate) async fn commit(
 }
 
 pub(crate) async fn commit_as(
-    app: &App,
+    app: &Arc<App>,
     caller: &Caller,
     message: String,
     ops: Vec<Op>,
@@ -222,7 +222,7 @@ pub(crate) async fn commit_as(
 /// Applies `change` through the writer and records it in the audit log, whether
 /// it was taken or refused. Every write a request makes comes through here.
 pub(crate) async fn apply(
-    app: &App,
+    app: &Arc<App>,
     caller: &Caller,
     change: Change,
     delivery: Delivery,
@@ -231,26 +231,33 @@ pub(crate) async fn apply(
     // where the caller's token becomes that permission.
     let mut change = change;
     change.may_change_settings = caller.scopes.contains(Scope::Admin);
-    let started = std::time::Instant::now();
-    let target = change
-        .ops
-        .iter()
-        .flat_map(Op::paths)
-        .collect::<Vec<_>>()
-        .join(", ");
-    let result = app
-        .writer
-        .apply_as(change, delivery)
-        .await
-        .map_err(ApiError::from);
-    let outcome = match &result {
-        Ok(a) if a.pull_request.is_some() => "pull_request",
-        Ok(_) => "ok",
-        Err(e) => e.code,
-    };
-    let commit = result.as_ref().ok().map(|a| a.commit.as_str());
-    audit_write(app, caller, &target, commit, outcome, started);
-    result
+    let (app, caller) = (app.clone(), caller.clone());
+    // Its own task: a caller that hangs up mid-write drops this future, not
+    // the write or its line in the audit log.
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let target = change
+            .ops
+            .iter()
+            .flat_map(Op::paths)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let result = app
+            .writer
+            .apply_as(change, delivery)
+            .await
+            .map_err(ApiError::from);
+        let outcome = match &result {
+            Ok(a) if a.pull_request.is_some() => "pull_request",
+            Ok(_) => "ok",
+            Err(e) => e.code,
+        };
+        let commit = result.as_ref().ok().map(|a| a.commit.as_str());
+        audit_write(&app, &caller, &target, commit, outcome, started);
+        result
+    })
+    .await
+    .map_err(ApiError::internal)?
 }
 
 /// One write in the audit log: what `caller` changed (`target`), the commit it

@@ -389,3 +389,38 @@ async fn a_daemon_killed_between_the_commit_and_the_working_tree_finishes_the_wr
     child.kill().unwrap();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_write_leaves_a_whole_write_in_git_and_the_audit_log() {
+    let d = Daemon::start().await;
+    let held = hold_index_lock(&d, Duration::from_millis(1500));
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gone = impatient
+        .put(format!("{}/files/notes/x.txt", d.url))
+        .bearer_auth(crate::support::TOKEN)
+        .json(&json!({"content": "written\n"}))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client was meant to give up");
+    // The next write waits for the first one to be whole: it sees its file.
+    let a = d
+        .patch(
+            "/files/notes/x.txt",
+            json!({"edits": [{"old": "written", "new": "edited"}]}),
+        )
+        .await;
+    assert!(a.status < 300, "{}", a.json);
+    held.join().unwrap();
+    assert_eq!(d.git(&["show", "HEAD:notes/x.txt"]), "edited\n");
+    assert_eq!(d.git(&["status", "--porcelain"]), "");
+    let audit =
+        std::fs::read_to_string(d.workspace.join(".git/dynapi/audit.log")).unwrap_or_default();
+    let writes = audit
+        .lines()
+        .filter(|l| l.contains("\"write\"") && l.contains("notes/x.txt"))
+        .count();
+    assert_eq!(writes, 2, "{audit}");
+}
