@@ -756,7 +756,10 @@ fn pump(outputs: &mut [Capture<'_>; 2], handle: &duct::Handle, deadline: Instant
                     outputs[*i].drain();
                 }
             }
-        } else if exited_at.is_none() && matches!(handle.try_wait(), Ok(Some(_))) {
+        }
+        // Checked whether or not output came: a background child that keeps
+        // writing must not hide that the script itself has ended.
+        if exited_at.is_none() && matches!(handle.try_wait(), Ok(Some(_))) {
             exited_at = Some(Instant::now());
         }
     }

@@ -424,3 +424,22 @@ async fn a_client_that_hangs_up_mid_write_leaves_a_whole_write_in_git_and_the_au
         .count();
     assert_eq!(writes, 2, "{audit}");
 }
+
+#[tokio::test]
+async fn a_script_that_leaves_a_chatty_child_behind_ends_when_it_ends() {
+    let d = Daemon::start().await;
+    d.add_endpoint(
+        "chatty",
+        "timeout: 20s\n",
+        "#!/bin/sh\n(while :; do echo more; done) &\necho main done\nexit 3\n",
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let a = d.post("/chatty", json!({})).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "it waited for the timeout"
+    );
+    assert_eq!(a.json["exit_code"], json!(3), "{}", a.json["exit_code"]);
+    assert_ne!(a.json["error"]["code"], json!("timeout"));
+}
