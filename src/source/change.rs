@@ -351,18 +351,27 @@ impl Writer {
                         path,
                         contents,
                         executable,
-                    } => TreeEntry {
+                    } => Ok(TreeEntry {
                         path: path.clone(),
                         executable: *executable,
                         contents: Some(contents.clone()),
-                    },
-                    Edit::Delete { path } => TreeEntry {
+                    }),
+                    Edit::Blob {
+                        path,
+                        id,
+                        executable,
+                    } => Ok(TreeEntry {
+                        path: path.clone(),
+                        executable: *executable,
+                        contents: Some(self.repo.blob(*id)?),
+                    }),
+                    Edit::Delete { path } => Ok(TreeEntry {
                         path: path.clone(),
                         executable: false,
                         contents: None,
-                    },
+                    }),
                 })
-                .collect();
+                .collect::<Result<_, RepoError>>()?;
             let author = &prepared.author;
             let commit = github
                 .create_commit(
@@ -461,6 +470,9 @@ struct Plan {
     after: HashMap<String, Option<Contents>>,
     /// Paths that are folders on disk.
     folders: Vec<String>,
+    /// The head's files, when the repository says `core.fileMode = false`:
+    /// their modes stand for the ones on disk.
+    tree_modes: Option<BTreeMap<String, super::repo::TreeFile>>,
 }
 
 impl Plan {
@@ -489,6 +501,12 @@ impl Plan {
                 )))
             }
             _ => files::file_state(ws, &target).map_err(fs_error(path))?,
+        };
+        // `core.fileMode = false`: the executable bit on disk means nothing
+        // (a filesystem that shows every file executable); the tree's counts.
+        let state = match &self.tree_modes {
+            Some(modes) => state.map(|(id, _)| (id, modes.get(path).is_some_and(|f| f.executable))),
+            None => state,
         };
         self.order.push(path.to_string());
         self.before.insert(path.to_string(), state);
@@ -589,8 +607,15 @@ fn check_match(
 }
 
 /// Works out what each operation leaves in the working tree.
-fn plan(ws: &Workspace, ops: &[Op]) -> Result<Plan, ChangeError> {
-    let mut plan = Plan::default();
+fn plan(
+    ws: &Workspace,
+    ops: &[Op],
+    tree_modes: Option<BTreeMap<String, super::repo::TreeFile>>,
+) -> Result<Plan, ChangeError> {
+    let mut plan = Plan {
+        tree_modes,
+        ..Plan::default()
+    };
     for op in ops {
         match op {
             Op::Write {
@@ -698,7 +723,12 @@ fn prepare(repo: &Repo, workspace: &Workspace, change: Change) -> Result<Prepare
         .map(|op| op.normalized(workspace))
         .collect::<Result<Vec<Op>, PathError>>()?;
     let planned_on = repo.head()?;
-    let plan = plan(workspace, &ops)?;
+    let tree_modes = match (repo.trusts_file_mode(), planned_on) {
+        (false, Some(head)) => Some(repo.files_of(repo.tree_of(head)?)?),
+        (false, None) => Some(BTreeMap::new()),
+        (true, _) => None,
+    };
+    let plan = plan(workspace, &ops, tree_modes)?;
     let paths: Vec<&str> = plan.order.iter().map(String::as_str).collect();
     let ignored = repo.ignored(&paths)?;
     Ok(Prepared {
@@ -1195,6 +1225,7 @@ fn worktree_changes(repo: &Repo, workspace: &Workspace) -> Result<Vec<Op>, Chang
     };
     let mut seen = HashSet::new();
     let mut ops = Vec::new();
+    let trust_mode = repo.trusts_file_mode();
     let walker = workspace.walker(root, true).build();
     for entry in walker {
         let entry = entry.map_err(|e| RepoError::Git(e.to_string()))?;
@@ -1207,7 +1238,11 @@ fn worktree_changes(repo: &Repo, workspace: &Workspace) -> Result<Vec<Op>, Chang
         let Ok(rel) = entry.path().strip_prefix(root) else {
             continue;
         };
-        let rel = rel.to_string_lossy().into_owned();
+        // A name that is not UTF-8 cannot be committed as it is spelled.
+        let Some(rel) = rel.to_str().map(str::to_string) else {
+            tracing::warn!(path = %rel.display(), "a file name that is not UTF-8 is left out of the commit");
+            continue;
+        };
         let mut file = match workspace.open_file(entry.path()) {
             Ok(file) => file,
             // Gone since the walk saw it, or now behind a symlink: not ours.
@@ -1216,6 +1251,11 @@ fn worktree_changes(repo: &Repo, workspace: &Workspace) -> Result<Vec<Op>, Chang
             Err(e) => return Err(RepoError::from(e).into()),
         };
         let (id, executable) = files::state_of(&mut file).map_err(RepoError::from)?;
+        let executable = if trust_mode {
+            executable
+        } else {
+            head_files.get(&rel).is_some_and(|f| f.executable)
+        };
         seen.insert(rel.clone());
         let unchanged = head_files
             .get(&rel)

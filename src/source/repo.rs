@@ -292,9 +292,9 @@ impl Repo {
         let mut edits = Vec::new();
         for (path, file) in &new {
             if old.get(path) != Some(file) {
-                edits.push(Edit::Write {
+                edits.push(Edit::Blob {
                     path: path.clone(),
-                    contents: self.blob(file.id)?,
+                    id: file.id,
                     executable: file.executable,
                 });
             }
@@ -317,14 +317,10 @@ impl Repo {
                 Err(e) => return Err(e.into()),
             }
         }
+        // One file in memory at a time.
         for edit in &edits {
-            if let Edit::Write {
-                contents,
-                executable,
-                ..
-            } = edit
-            {
-                ws.write_atomic(&target(edit)?, contents, *executable)?;
+            if let Edit::Blob { id, executable, .. } = edit {
+                ws.write_atomic(&target(edit)?, &self.blob(*id)?, *executable)?;
             }
         }
         self.update_index(ws.root(), &edits)?;
@@ -395,6 +391,18 @@ impl Repo {
         })
     }
 
+    /// Whether the executable bit on disk means something: git's
+    /// `core.fileMode` (true unless the repository says false).
+    /// Read from `.git/config` each time: a human may set it while the
+    /// daemon runs.
+    pub fn trusts_file_mode(&self) -> bool {
+        let path = self.git_dir().join("config");
+        gix::config::File::from_path_no_includes(path, gix::config::Source::Local)
+            .ok()
+            .and_then(|config| config.boolean("core.fileMode").ok().flatten())
+            .unwrap_or(true)
+    }
+
     /// The tree of `commit`.
     pub fn tree_of(&self, commit: ObjectId) -> Result<ObjectId, RepoError> {
         let repo = self.repo.to_thread_local();
@@ -443,8 +451,15 @@ impl Repo {
                 EntryKind::BlobExecutable => true,
                 _ => continue,
             };
+            // A name that is not UTF-8 cannot be spelled in a request, and a
+            // lossy spelling would write (and later commit) another file: left
+            // out of everything the daemon does with trees.
+            let Ok(path) = entry.filepath.to_str() else {
+                tracing::warn!(path = %entry.filepath, "a file name that is not UTF-8 is left alone");
+                continue;
+            };
             files.insert(
-                entry.filepath.to_str_lossy().into_owned(),
+                path.to_string(),
                 TreeFile {
                     id: entry.oid,
                     executable,
@@ -537,6 +552,18 @@ impl Repo {
                     };
                     editor.upsert(path.as_str(), kind, id)?;
                 }
+                Edit::Blob {
+                    path,
+                    id,
+                    executable,
+                } => {
+                    let kind = if *executable {
+                        EntryKind::BlobExecutable
+                    } else {
+                        EntryKind::Blob
+                    };
+                    editor.upsert(path.as_str(), kind, *id)?;
+                }
                 Edit::Delete { path } => {
                     editor.remove(path.as_str())?;
                 }
@@ -603,20 +630,30 @@ impl Repo {
         let touched: Vec<&str> = edits.iter().map(Edit::path).collect();
         index.remove_entries(|_, path, _| touched.iter().any(|t| path == t.as_bytes().as_bstr()));
         for edit in edits {
-            if let Edit::Write {
-                path,
-                contents,
-                executable,
-            } = edit
+            let (path, id, executable) = match edit {
+                Edit::Write {
+                    path,
+                    contents,
+                    executable,
+                } => (
+                    path,
+                    gix::objs::compute_hash(repo.object_hash(), gix::objs::Kind::Blob, contents)
+                        .map_err(git)?,
+                    executable,
+                ),
+                Edit::Blob {
+                    path,
+                    id,
+                    executable,
+                } => (path, *id, executable),
+                Edit::Delete { .. } => continue,
+            };
             {
                 let file = workdir.join(path);
                 let stat = gix::index::fs::Metadata::from_path_no_follow(&file)
                     .ok()
                     .and_then(|m| gix::index::entry::Stat::from_fs(&m).ok())
                     .unwrap_or_default();
-                let id =
-                    gix::objs::compute_hash(repo.object_hash(), gix::objs::Kind::Blob, contents)
-                        .map_err(git)?;
                 let mode = if *executable {
                     gix::index::entry::Mode::FILE_EXECUTABLE
                 } else {
@@ -824,6 +861,13 @@ pub enum Edit {
         contents: Vec<u8>,
         executable: bool,
     },
+    /// A blob the repository already has (a checkout's files: written one at
+    /// a time, never all held in memory together).
+    Blob {
+        path: String,
+        id: ObjectId,
+        executable: bool,
+    },
     Delete {
         path: String,
     },
@@ -832,7 +876,7 @@ pub enum Edit {
 impl Edit {
     pub fn path(&self) -> &str {
         match self {
-            Edit::Write { path, .. } | Edit::Delete { path } => path,
+            Edit::Write { path, .. } | Edit::Blob { path, .. } | Edit::Delete { path } => path,
         }
     }
 }

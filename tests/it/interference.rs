@@ -443,3 +443,51 @@ async fn a_script_that_leaves_a_chatty_child_behind_ends_when_it_ends() {
     assert_eq!(a.json["exit_code"], json!(3), "{}", a.json["exit_code"]);
     assert_ne!(a.json["error"]["code"], json!("timeout"));
 }
+
+#[tokio::test]
+async fn with_core_filemode_false_the_bits_on_disk_do_not_reach_commits() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Daemon::start().await;
+    d.git(&["config", "core.fileMode", "false"]);
+    assert!(
+        d.put("/files/notes/a.txt", json!({"content": "a\n"}))
+            .await
+            .status
+            < 300
+    );
+    let file = d.workspace.join("notes/a.txt");
+    // A filesystem that shows every file executable.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(
+        d.put("/files/notes/a.txt", json!({"content": "b\n"}))
+            .await
+            .status
+            < 300
+    );
+    assert!(d
+        .git(&["ls-tree", "HEAD", "notes/a.txt"])
+        .starts_with("100644"));
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let a = d.post("/git-sync", json!({})).await;
+    assert_eq!(a.json["committed"], json!(false), "{}", a.json);
+    assert!(d
+        .git(&["ls-tree", "HEAD", "notes/a.txt"])
+        .starts_with("100644"));
+}
+
+#[tokio::test]
+async fn a_file_name_that_is_not_utf8_is_never_committed_under_another_name() {
+    use std::os::unix::ffi::OsStrExt;
+    let d = Daemon::start().await;
+    let odd = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+    std::fs::write(d.workspace.join("notes-odd").with_file_name(odd), "x\n").unwrap();
+    std::fs::write(d.workspace.join("plain.txt"), "y\n").unwrap();
+    let a = d.post("/git-sync", json!({})).await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    let tracked = d.git(&["ls-files"]);
+    assert!(tracked.contains("plain.txt"), "{tracked}");
+    assert!(
+        !tracked.contains('\u{fffd}') && !tracked.contains("caf"),
+        "{tracked}"
+    );
+}
