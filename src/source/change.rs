@@ -312,10 +312,18 @@ impl Writer {
                         // and into the working tree only if it builds (it may
                         // sit on a bad push): the working tree holds commits
                         // that build, and a later good one brings this write.
-                        repo.fetch(&origin)?;
-                        if repo.registry_of(commit, repo.tree_of(id)?)?.is_ok() {
-                            let local = repo.head()?;
-                            repo.checkout(&ws, local, id)?;
+                        // GitHub's branch moved: the write stands whatever
+                        // the fetch does; one that fails (GitHub slow to
+                        // serve git) leaves the working tree to the next sync.
+                        match repo.fetch(&origin) {
+                            Ok(_) if repo.registry_of(commit, repo.tree_of(id)?)?.is_ok() => {
+                                let local = repo.head()?;
+                                repo.checkout(&ws, local, id)?;
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(%commit, "the write is on GitHub; fetching it failed, the next sync brings it: {e}")
+                            }
                         }
                     }
                     // Paths git does not track are written here only.

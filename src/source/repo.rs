@@ -20,6 +20,10 @@ use crate::workspace::TemplateFile;
 /// brought in step by a later write.
 pub const INDEX_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long one HTTP request of a fetch from GitHub may take, connection to
+/// last byte.
+pub const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
     #[error("git: {0}")]
@@ -106,13 +110,20 @@ impl Origin {
     ) -> Result<Option<Box<dyn std::any::Any>>, gix::Error> {
         use gix::protocol::transport::client::blocking_io::http;
         let mut options = repo.transport_options(self.url.as_str(), None)?;
-        if let Some(header) = &self.authorization {
-            if let Some(http) = options
-                .as_mut()
-                .and_then(|o| o.downcast_mut::<http::Options>())
-            {
+        if let Some(http) = options
+            .as_mut()
+            .and_then(|o| o.downcast_mut::<http::Options>())
+        {
+            if let Some(header) = &self.authorization {
                 http.extra_headers.push(header.clone());
             }
+            // Every request of a fetch ends within `FETCH_TIMEOUT`, so a hung
+            // connection cannot hold the writer (which fetches under its lock).
+            let backend = http::reqwest::Options {
+                configure_client: Some(Box::new(|builder| Ok(builder.timeout(FETCH_TIMEOUT)))),
+                configure_request: None,
+            };
+            http.backend = Some(std::sync::Arc::new(std::sync::Mutex::new(backend)));
         }
         Ok(options)
     }

@@ -794,3 +794,22 @@ async fn a_write_on_top_of_a_bad_push_never_brings_the_bad_files_here() {
     );
     assert_eq!(d.served(), good, "the last good commit is served");
 }
+
+#[tokio::test]
+async fn a_hung_git_connection_holds_no_write_past_the_fetch_timeout() {
+    let (gh, d) = start(Duration::from_millis(500)).await;
+    gh.set_git_hangs(true);
+    let before = gh.head(BRANCH);
+    // The writer fetches before it stages: the fetch gives up within
+    // FETCH_TIMEOUT, and the write is refused, never half made.
+    let a = d.put("/files/notes/x.txt", json!({"content": "x\n"})).await;
+    assert_eq!(a.status, 502, "{}", a.json);
+    assert_eq!(a.json["error"]["code"], json!("github_unavailable"));
+    assert_eq!(gh.head(BRANCH), before, "nothing reached GitHub");
+    gh.set_git_hangs(false);
+    // The writer is free again: the next write goes through.
+    let b = d.put("/files/notes/y.txt", json!({"content": "y\n"})).await;
+    assert!(b.status < 300, "{}", b.json);
+    assert!(d.workspace.join("notes/y.txt").exists());
+    assert!(!d.workspace.join("notes/x.txt").exists());
+}

@@ -71,6 +71,8 @@ struct State {
     requests: Vec<(std::time::Instant, String)>,
     /// Every request (git and API) answers 503 while set.
     down: bool,
+    /// git's smart HTTP requests get no answer while set (a hung connection).
+    git_hangs: bool,
 }
 
 pub struct GitHub {
@@ -118,7 +120,7 @@ impl GitHub {
                 .and(warp::query::raw().or(warp::any().map(String::new)).unify())
                 .and(warp::header::headers_cloned())
                 .and(warp::body::bytes())
-                .map(
+                .then(
                     move |method: warp::http::Method,
                           path: warp::path::FullPath,
                           query: String,
@@ -131,7 +133,16 @@ impl GitHub {
                             headers,
                             body,
                         };
-                        handle(&request, &state, &bare, &root, &base)
+                        let (state, bare, root, base) =
+                            (state.clone(), bare.clone(), root.clone(), base.clone());
+                        async move {
+                            let hangs = state.lock().unwrap().git_hangs
+                                && request.path.starts_with(&format!("/{OWNER}/{REPO}.git/"));
+                            if hangs {
+                                tokio::time::sleep(std::time::Duration::from_secs(300)).await;
+                            }
+                            handle(&request, &state, &bare, &root, &base)
+                        }
                     },
                 )
         };
@@ -271,6 +282,11 @@ impl GitHub {
     /// The API requests seen so far with when they came.
     pub fn timed_requests(&self) -> Vec<(std::time::Instant, String)> {
         self.state.lock().unwrap().requests.clone()
+    }
+
+    /// Makes git's smart HTTP hang (the API still answers), or answer again.
+    pub fn set_git_hangs(&self, hangs: bool) {
+        self.state.lock().unwrap().git_hangs = hangs;
     }
 
     /// Takes the whole emulator down (503 to everything), or back up.
