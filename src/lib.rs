@@ -23,6 +23,10 @@
 //! `serve` takes a bound listener and a shutdown token, so tests run the real
 //! daemon on `127.0.0.1:0`.
 
+// The route tree (`http::routes`) is one deep warp filter type; the optimized
+// build's trait solving goes past the default depth of 128 on it.
+#![recursion_limit = "256"]
+
 pub mod audit;
 pub mod auth;
 pub mod commands;
