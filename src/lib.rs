@@ -326,7 +326,11 @@ pub async fn serve(
             tasks.spawn(app.syncer.clone().poll(remote.poll, shutdown.clone()));
         }
         None if app.config.watch_local => {
-            tasks.spawn(app.syncer.clone().watch_local(shutdown.clone()));
+            tasks.spawn(
+                app.syncer
+                    .clone()
+                    .watch_local(app.config.watch_poll, shutdown.clone()),
+            );
         }
         None => {}
     }
