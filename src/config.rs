@@ -251,6 +251,9 @@ pub struct Config {
     /// Whether to watch the local branch for commits made outside the daemon
     /// (on by default; tests turn it off to see other triggers alone).
     pub watch_local: bool,
+    /// How often the local watcher reads the branch ref besides inotify's
+    /// events, and without them.
+    pub watch_poll: crate::source::sync::WatchPoll,
     /// GitHub mode, when set.
     pub remote: Option<Remote>,
     /// How long an OAuth access token lives (its refresh token gets another).
@@ -352,6 +355,7 @@ impl Config {
             files: FileLimits::default(),
             webhook_secret: None,
             watch_local: true,
+            watch_poll: Default::default(),
             remote: None,
             oauth_access_lifetime: Duration::from_secs(3600),
             connections: ConnectionLimits::default(),

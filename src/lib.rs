@@ -23,8 +23,8 @@
 //! `serve` takes a bound listener and a shutdown token, so tests run the real
 //! daemon on `127.0.0.1:0`.
 
-// warp's filter tree is deep enough that proving its futures `Unpin` in a
-// release build overflows the default limit of 128.
+// The route tree (`http::routes`) is one deep warp filter type; the optimized
+// build's trait solving goes past the default depth of 128 on it.
 #![recursion_limit = "256"]
 
 pub mod audit;
@@ -341,7 +341,11 @@ pub async fn serve(
             tasks.spawn(app.syncer.clone().poll(remote.poll, shutdown.clone()));
         }
         None if app.config.watch_local => {
-            tasks.spawn(app.syncer.clone().watch_local(shutdown.clone()));
+            tasks.spawn(
+                app.syncer
+                    .clone()
+                    .watch_local(app.config.watch_poll, shutdown.clone()),
+            );
         }
         None => {}
     }

@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry as Exposition;
 
+use crate::http::catalog::ByMethod;
 use crate::registry::{Method, Registry};
 
 type Labels = Vec<(&'static str, String)>;
@@ -33,7 +34,7 @@ pub struct Metrics {
     syncs: Family<Labels, Counter>,
     commit: Family<Labels, Gauge>,
     /// The built-in routes, to label a request with its template.
-    builtin: matchit::Router<String>,
+    builtin: ByMethod<String>,
 }
 
 /// The content type of `render`'s text.
@@ -84,13 +85,7 @@ impl Metrics {
             "The commit served (value 1, the commit in a label)",
             commit.clone(),
         );
-        let mut builtin = matchit::Router::new();
-        for op in crate::http::catalog::operations() {
-            let template = op.path.to_string();
-            // `{path}` holds slashes: a catch-all for the router.
-            let pattern = template.replace("{path}", "{*path}");
-            let _ = builtin.insert(format!("/{}{pattern}", op.method.as_str()), template);
-        }
+        let builtin = ByMethod::new(|op| op.path.to_string());
         Metrics {
             registry,
             requests,
@@ -105,8 +100,8 @@ impl Metrics {
 
     /// The route template `path` matched: a built-in's, an endpoint's, or `other`.
     pub fn route(&self, method: &str, path: &str, registry: &Registry) -> String {
-        if let Ok(found) = self.builtin.at(&format!("/{method}{path}")) {
-            return found.value.clone();
+        if let Some(template) = self.builtin.at(method, path) {
+            return template.clone();
         }
         Method::parse(method)
             .and_then(|m| registry.route(m, path))

@@ -94,17 +94,11 @@ fn job_view() -> Value {
 /// The scope each built-in route needs, by method and path, taken from
 /// `operations()`: the documents and the check read the same line, so a route
 /// cannot need one scope and be documented with another.
-pub struct Scopes(matchit::Router<Option<Scope>>);
+pub struct Scopes(ByMethod<Option<Scope>>);
 
 impl Scopes {
     fn new() -> Scopes {
-        let mut router = matchit::Router::new();
-        for op in operations() {
-            // `{path}` holds slashes: a catch-all for the router.
-            let pattern = op.path.replace("{path}", "{*path}");
-            let _ = router.insert(format!("/{}{pattern}", op.method.as_str()), op.scope);
-        }
-        Scopes(router)
+        Scopes(ByMethod::new(|op| op.scope))
     }
 
     /// The documented scope of `method path`: `None` when no built-in
@@ -112,11 +106,33 @@ impl Scopes {
     /// `Some(None)` for a route that needs no token.
     pub fn of(method: &str, path: &str) -> Option<Option<Scope>> {
         static TABLE: std::sync::LazyLock<Scopes> = std::sync::LazyLock::new(Scopes::new);
-        TABLE
-            .0
-            .at(&format!("/{method}{path}"))
+        TABLE.0.at(method, path).copied()
+    }
+}
+
+/// A value for each built-in operation, found by method and path: one route
+/// table per method, so a lookup is the path alone (this runs on every
+/// request).
+pub struct ByMethod<T>([matchit::Router<T>; 5]);
+
+impl<T> ByMethod<T> {
+    pub fn new(mut value: impl FnMut(&Operation) -> T) -> ByMethod<T> {
+        let mut routers: [matchit::Router<T>; 5] = Default::default();
+        for op in operations() {
+            // `{path}` holds slashes: a catch-all for the router.
+            let pattern = op.path.replace("{path}", "{*path}");
+            let _ = routers[op.method as usize].insert(pattern, value(&op));
+        }
+        ByMethod(routers)
+    }
+
+    /// The value of the operation `method path` matches, if one does.
+    pub fn at(&self, method: &str, path: &str) -> Option<&T> {
+        let method = Method::parse(method)?;
+        self.0[method as usize]
+            .at(path)
             .ok()
-            .map(|found| *found.value)
+            .map(|found| found.value)
     }
 }
 

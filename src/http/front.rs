@@ -114,7 +114,7 @@ impl Front {
         if let Ok(v) = HeaderValue::from_str(&id) {
             response.headers_mut().insert("x-request-id", v);
         }
-        tracing::info!(
+        tracing::debug!(
             target: "dynapi::request",
             method = %method,
             path = MCP_PATH,

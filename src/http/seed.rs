@@ -45,16 +45,7 @@ fn list_scripts(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rej
         .map(|auth: Auth, app: Arc<App>| {
             respond(auth.check().and_then(|_| {
                 let dir = app.workspace.resolve("scripts")?;
-                let mut scripts: Vec<String> = match app.workspace.read_dir(&dir) {
-                    Ok(entries) => entries
-                        .into_iter()
-                        .filter(|(_, meta)| meta.is_file())
-                        .map(|(name, _)| name.to_string_lossy().into_owned())
-                        .filter(|n| !n.starts_with(".dynapi-tmp-"))
-                        .collect(),
-                    Err(_) => Vec::new(),
-                };
-                scripts.sort();
+                let scripts = app.workspace.file_names(&dir).unwrap_or_default();
                 Ok(warp::reply::json(&json!({ "scripts": scripts })))
             }))
         })

@@ -1,8 +1,10 @@
 //! Where commits come from and go to. `repo` wraps the git repository (gix),
-//! `change` is the single writer, `sync` loads commits into registries.
+//! `change` is the single writer, `sync` loads commits into registries,
+//! `refwatch` says when the local branch may have moved (inotify).
 //! The local source is the embedded default; the workspace is the repository.
 
 pub mod change;
 pub mod github;
+pub mod refwatch;
 pub mod repo;
 pub mod sync;

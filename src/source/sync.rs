@@ -15,6 +15,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::github::GitHub;
+use super::refwatch::RefEvents;
 use super::repo::{Repo, RepoError};
 use crate::manifest::Problem;
 use crate::metrics::Metrics;
@@ -28,9 +29,6 @@ pub struct Remote {
     pub workspace: Workspace,
 }
 
-/// How often the local source looks at the branch ref for commits made outside the
-/// daemon. Reading one small file; cheap enough to make "within a second" true.
-const WATCH_INTERVAL: Duration = Duration::from_millis(200);
 /// The first wait after a failed sync, doubled each failure up to the second.
 const MIN_BACKOFF: Duration = Duration::from_millis(750);
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
@@ -433,15 +431,41 @@ impl Syncer {
     }
 
     /// Watches the branch ref of the local repository and triggers a sync when it
-    /// points somewhere new (a commit made outside the daemon).
-    pub async fn watch_local(self: Arc<Self>, shutdown: CancellationToken) {
+    /// points somewhere new (a commit made outside the daemon). inotify says
+    /// when to look (`refwatch`), so a human's commit is served as soon as git
+    /// renames its ref into place; the poll (`every.events`) is a safety net
+    /// beside it, and the only way (`every.alone`) when inotify cannot be set up.
+    pub async fn watch_local(self: Arc<Self>, every: WatchPoll, shutdown: CancellationToken) {
         let mut last = self.registry().commit.clone();
-        let mut ticker = tokio::time::interval(WATCH_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut events = match RefEvents::new(self.repo.git_dir(), self.repo.branch()) {
+            Ok(events) => Some(events),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot watch the branch with inotify ({e}); looking every {:?} instead",
+                    every.alone
+                );
+                None
+            }
+        };
+        let mut ticker = poll_every(if events.is_some() {
+            every.events
+        } else {
+            every.alone
+        });
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
+                changed = next_change(&mut events) => {
+                    if let Err(e) = changed {
+                        tracing::warn!(
+                            "the inotify watch on the branch failed ({e}); looking every {:?} instead",
+                            every.alone
+                        );
+                        events = None;
+                        ticker = poll_every(every.alone);
+                    }
+                }
             }
             let repo = self.repo.clone();
             let head = tokio::task::spawn_blocking(move || repo.head()).await;
@@ -486,6 +510,39 @@ fn last_that_builds(repo: &Repo, head: gix::ObjectId) -> Result<Option<Registry>
         commit = parent;
     }
     Ok(None)
+}
+
+/// How often the local watcher reads the branch ref without being told to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchPoll {
+    /// Beside inotify: a safety net for events lost (a watched folder
+    /// replaced, a branch packed away).
+    pub events: Duration,
+    /// When inotify cannot be set up: the only way commits are noticed.
+    pub alone: Duration,
+}
+
+impl Default for WatchPoll {
+    fn default() -> WatchPoll {
+        WatchPoll {
+            events: Duration::from_secs(5),
+            alone: Duration::from_millis(200),
+        }
+    }
+}
+
+fn poll_every(every: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
+}
+
+/// The next event of `events`; never, when there are none to wait for.
+async fn next_change(events: &mut Option<RefEvents>) -> std::io::Result<()> {
+    match events {
+        Some(events) => events.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Posts the `dynapi/manifests` status for `sha`; a failure to post is logged

@@ -185,6 +185,33 @@ impl Beneath {
         Ok(entries)
     }
 
+    /// The names of the regular files in the folder `rel` (symlinks are not
+    /// files here). The kinds come with the names (`d_type`), so nothing is
+    /// opened or looked at per entry; a file system that does not give kinds
+    /// gets `read_dir`'s look at each entry instead.
+    pub fn file_names(&self, rel: &Path) -> io::Result<Vec<OsString>> {
+        let fd = self.open_at(rel, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
+        let mut names = Vec::new();
+        for entry in rustix::fs::Dir::new(fd)? {
+            let entry = entry?;
+            match entry.file_type() {
+                rustix::fs::FileType::RegularFile => names.push(OsString::from(
+                    std::ffi::OsStr::from_bytes(entry.file_name().to_bytes()),
+                )),
+                rustix::fs::FileType::Unknown => {
+                    return Ok(self
+                        .read_dir(rel)?
+                        .into_iter()
+                        .filter(|(_, meta)| meta.is_file())
+                        .map(|(name, _)| name)
+                        .collect())
+                }
+                _ => {}
+            }
+        }
+        Ok(names)
+    }
+
     /// The folder `rel`, opened beneath the root (`O_PATH`), made first when
     /// `create` and it is missing, each missing folder with `mkdirat`.
     fn folder(&self, rel: &Path, create: bool) -> io::Result<OwnedFd> {

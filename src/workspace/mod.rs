@@ -262,6 +262,28 @@ impl Workspace {
         self.dir.read_dir(&self.real(path)?)
     }
 
+    /// The names of the regular files in the folder `path` (from `resolve`),
+    /// without the writer's temporary files.
+    pub fn file_names(&self, path: &Path) -> io::Result<Vec<String>> {
+        // `path` is confined already; opened as it is, beneath the root and
+        // through no symlink, it is its own real path. A symlink on the way
+        // takes the long way through `real`.
+        let literal = path
+            .strip_prefix(&self.root)
+            .map_err(|_| beneath::escapes())?;
+        let names = match self.dir.file_names(literal) {
+            Err(e) if beneath::is_escape(&e) => self.dir.file_names(&self.real(path)?)?,
+            other => other?,
+        };
+        let mut names: Vec<String> = names
+            .into_iter()
+            .map(|name| name.to_string_lossy().into_owned())
+            .filter(|name| !name.starts_with(TEMP_PREFIX))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// Writes `contents` at `path` atomically (see `Beneath::write_atomic`),
     /// making missing folders; a symlink at `path` itself is replaced.
     pub fn write_atomic(&self, path: &Path, contents: &[u8], executable: bool) -> io::Result<()> {
@@ -314,6 +336,27 @@ impl Workspace {
     /// path when it exists, so a final symlink is followed too) and checks that
     /// the real location is inside the root, component by component.
     fn confine(&self, request: &str, candidate: &Path) -> Result<PathBuf, PathError> {
+        // Most paths exist and pass through no symlink: the kernel says so in
+        // one call (opened beneath the root, refusing any symlink), and such a
+        // path is its own real path. Anything else (missing, a symlink on the
+        // way, not plain) is looked at the long way below, which gives the
+        // same answer for these paths without the many lookups of
+        // `canonicalize` from `/`.
+        if let Ok(inside) = candidate.strip_prefix(&self.root) {
+            if self.dir.open_path(inside).is_ok() {
+                if inside
+                    .components()
+                    .next()
+                    .is_some_and(|c| c.as_os_str().eq_ignore_ascii_case(".git"))
+                {
+                    return Err(PathError::Refused(
+                        request.to_string(),
+                        "it leads into `.git`",
+                    ));
+                }
+                return Ok(candidate.to_path_buf());
+            }
+        }
         let mut existing = candidate.to_path_buf();
         let mut rest = Vec::new();
         loop {

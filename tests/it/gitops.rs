@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use dynapi::source::sync::WatchPoll;
 use serde_json::json;
 
 use crate::support::Daemon;
@@ -27,6 +28,45 @@ async fn a_human_commit_is_served_within_a_second() {
     );
     let a = d.get("/greet/Linus").await;
     assert_eq!(a.json["output"], json!("Hello, Linus!\n"));
+}
+
+/// inotify, not the poll, notices the commit: with both polls an hour apart
+/// the commit is served all the same, and well within the poll's old 200 ms.
+#[tokio::test]
+async fn a_human_commit_is_noticed_without_waiting_for_the_poll() {
+    let d = Daemon::start_with(|c| {
+        c.watch_poll = WatchPoll {
+            events: Duration::from_secs(3600),
+            alone: Duration::from_secs(3600),
+        };
+    })
+    .await;
+    // Commits of every shape git makes: a loose ref, a packed one, and a
+    // branch moved by `reset` (one rename, no new objects).
+    for round in 0..3 {
+        let before = d.served();
+        match round {
+            0 => {
+                std::fs::write(d.workspace.join("notes.txt"), "one\n").unwrap();
+                d.git(&["add", "notes.txt"]);
+                d.git(&["commit", "-q", "-m", "A note"]);
+            }
+            1 => {
+                d.git(&["pack-refs", "--all"]);
+                std::fs::write(d.workspace.join("notes.txt"), "two\n").unwrap();
+                d.git(&["commit", "-q", "-am", "Another note"]);
+            }
+            _ => {
+                d.git(&["reset", "-q", "--hard", "HEAD~1"]);
+            }
+        }
+        let head = d.git(&["rev-parse", "HEAD"]).trim().to_string();
+        assert_ne!(head, before);
+        let took = d
+            .eventually(Duration::from_secs(2), |d| d.served() == head)
+            .await;
+        assert!(took.is_some(), "round {round}: the commit was not noticed");
+    }
 }
 
 #[tokio::test]
