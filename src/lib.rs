@@ -201,10 +201,18 @@ impl App {
         if github.is_none() {
             // A write the daemon was killed in the middle of: the branch holds
             // it, the working tree and index may not.
-            let repaired = source::change::repair(&repo, &workspace)
-                .context("finishing a write interrupted by a crash")?;
-            if !repaired.is_empty() {
-                tracing::warn!(paths = ?repaired, "finished writing a commit the daemon was stopped in the middle of");
+            // Never a reason not to start: what cannot be finished now is
+            // tried again before the next write.
+            match source::change::repair(&repo, &workspace) {
+                Ok(repaired) if !repaired.is_empty() => {
+                    tracing::warn!(paths = ?repaired, "finished writing a commit the daemon was stopped in the middle of");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(
+                        "a write the daemon was stopped in the middle of is not finished yet: {e}"
+                    );
+                }
             }
         }
         let (tokens, new_token, token_file) = setup_tokens(&config, &workspace)?;

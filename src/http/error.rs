@@ -14,6 +14,7 @@ use crate::manifest::Problem;
 use crate::sandbox::SandboxError;
 use crate::source::change::ChangeError;
 use crate::source::github::GitHubError;
+use crate::source::repo::RepoError;
 use crate::sql::SqlError;
 use crate::workspace::files::EditError;
 use crate::workspace::{FsError, PathError};
@@ -153,6 +154,15 @@ impl From<ChangeError> for ApiError {
                 "the change leaves every file as it was; nothing to commit",
             ),
             ChangeError::Path(p) => p.into(),
+            ChangeError::Repo(RepoError::IndexLocked(_)) => {
+                let mut e = ApiError::new(
+                    StatusCode::CONFLICT,
+                    "index_locked",
+                    format!("nothing was written: {e}; try again when that git command is done"),
+                );
+                e.retry_after = Some(5);
+                e
+            }
             ChangeError::Repo(r) => ApiError::internal(format!("the commit failed: {r}")),
             ChangeError::GitHub(g) => g.into(),
         }

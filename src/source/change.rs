@@ -173,7 +173,6 @@ pub struct Writer {
     repo: Repo,
     workspace: Workspace,
     lock: Arc<Mutex<()>>,
-    debt: IndexDebt,
     /// GitHub mode: commits are made on GitHub, then fetched.
     github: Option<GitHub>,
 }
@@ -213,7 +212,6 @@ impl Writer {
             repo,
             workspace,
             lock: Arc::new(Mutex::new(())),
-            debt: IndexDebt::default(),
             github,
         }
     }
@@ -230,11 +228,39 @@ impl Writer {
         delivery: Delivery,
     ) -> Result<Applied, ChangeError> {
         let writer = self.clone();
-        detached(async move {
+        let applied = detached(async move {
             let _serial = writer.lock.lock().await;
             writer.apply_locked(change, delivery).await
         })
-        .await
+        .await;
+        if self.github.is_none() && repair_pending(&self.workspace) {
+            self.repair_later();
+        }
+        applied
+    }
+
+    /// A committed write whose working tree or index could not be written
+    /// (`repair`) is tried again every second, under the writer's lock, until
+    /// it is done: a human's next `git commit` must find the index holding it.
+    fn repair_later(&self) {
+        let writer = self.clone();
+        tokio::spawn(async move {
+            for _ in 0..3600 {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let _serial = writer.lock.lock().await;
+                let (repo, ws) = (writer.repo.clone(), writer.workspace.clone());
+                let done = blocking(move || {
+                    repair(&repo, &ws)?;
+                    Ok(!repair_pending(&ws))
+                })
+                .await;
+                match done {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(e) => tracing::debug!("repair tried again later: {e}"),
+                }
+            }
+        });
     }
 
     /// `apply_as` once the writer's lock is held: every change, from any route,
@@ -273,9 +299,8 @@ impl Writer {
                 "pull requests need a GitHub repository (`dynapi serve --remote`); the local workspace takes commits".into(),
             ));
         }
-        let (repo, workspace, debt) =
-            (self.repo.clone(), self.workspace.clone(), self.debt.clone());
-        blocking(move || apply_blocking(&repo, &workspace, change, &debt)).await
+        let (repo, workspace) = (self.repo.clone(), self.workspace.clone());
+        blocking(move || apply_blocking(&repo, &workspace, change)).await
     }
 
     /// GitHub mode: the commit is made on GitHub with the Git Data API on the
@@ -295,9 +320,9 @@ impl Writer {
                 let head = repo
                     .fetch(&origin)
                     .map_err(|e| GitHubError::Unreachable(e.to_string()))?;
-                // The files as the caller saw them: the commit checked out here.
-                let seen = repo.head()?;
-                check_unchanged(&repo, &p, seen, head)?;
+                // The files as the caller saw them: the commit checked out
+                // here when the plan was made (a sync may have moved it since).
+                check_unchanged(&repo, &p, p.planned_on, head)?;
                 stage(&repo, &p, Some(head))
             })
             .await?;
@@ -306,24 +331,15 @@ impl Writer {
                 let origin = github.origin.clone();
                 blocking(move || {
                     if let Some(commit) = &commit {
-                        let id = ObjectId::from_hex(commit.as_bytes())
-                            .map_err(|e| RepoError::Git(e.to_string()))?;
-                        // The commit was made on GitHub: bring it here first,
-                        // and into the working tree only if it builds (it may
-                        // sit on a bad push): the working tree holds commits
-                        // that build, and a later good one brings this write.
-                        // GitHub's branch moved: the write stands whatever
-                        // the fetch does; one that fails (GitHub slow to
-                        // serve git) leaves the working tree to the next sync.
-                        match repo.fetch(&origin) {
-                            Ok(_) if repo.registry_of(commit, repo.tree_of(id)?)?.is_ok() => {
-                                let local = repo.head()?;
-                                repo.checkout(&ws, local, id)?;
-                            }
-                            Ok(_) => {}
-                            Err(e) => {
-                                tracing::warn!(%commit, "the write is on GitHub; fetching it failed, the next sync brings it: {e}")
-                            }
+                        // The commit was made on GitHub and GitHub's branch
+                        // moved: the write stands, whatever happens here. It
+                        // is brought into the working tree only if it builds
+                        // (it may sit on a bad push) and the branch is
+                        // checked out; anything that fails (GitHub slow to
+                        // serve git, git's index lock held) is left to the
+                        // next sync, never answered as a failed write.
+                        if let Err(e) = bring_here(&repo, &ws, &origin, commit) {
+                            tracing::warn!(%commit, "the write is on GitHub; the next sync brings it here: {e}");
                         }
                     }
                     // Paths git does not track are written here only.
@@ -332,7 +348,7 @@ impl Writer {
                         .filter(|path| staged.uncommitted.contains(path) || commit.is_none())
                         .collect();
                     let changed = staged.new_commit || !disk.is_empty();
-                    write_worktree(&ws, &p.plan, &disk)?;
+                    let written = write_worktree(&ws, &p.plan, &disk);
                     let at = match &commit {
                         Some(c) => ObjectId::from_hex(c.as_bytes())
                             .map_err(|e| RepoError::Git(e.to_string()))?,
@@ -340,6 +356,13 @@ impl Writer {
                             .parent
                             .unwrap_or_else(|| ObjectId::null(gix::hash::Kind::Sha1)),
                     };
+                    match written {
+                        Ok(()) => {}
+                        Err(e) if commit.is_none() => return Err(e),
+                        Err(e) => tracing::warn!(
+                            "the write is on GitHub; untracked files not written here: {e}"
+                        ),
+                    }
                     applied(&p, staged, at, changed)
                 })
             };
@@ -877,71 +900,119 @@ fn apply_blocking(
     repo: &Repo,
     workspace: &Workspace,
     change: Change,
-    debt: &IndexDebt,
 ) -> Result<Applied, ChangeError> {
-    debt.pay(repo, workspace);
+    // A write the working tree or index still owes (a failure after its
+    // branch moved) is finished before the next one plans on that tree.
+    if let Err(e) = repair(repo, workspace) {
+        tracing::warn!("an earlier write is still not in the working tree or index: {e}");
+    }
     let prepared = prepare(repo, workspace, change)?;
-    commit_prepared(repo, workspace, &prepared, debt)
+    commit_prepared(repo, workspace, &prepared)
 }
 
 /// Commits a planned change on the branch head, again on a new head when the
 /// branch moved (up to `MAX_ATTEMPTS`), then writes the working tree and the
-/// index. When the head is no longer the one the plan was made on (a human's
-/// `git pull`, `reset`, `commit`), the planned files are read again: one that
-/// changed on disk since the plan is a 412, never overwritten.
+/// index. Git's index lock is held from before the branch moves until the
+/// index holds the commit, as git itself does; a lock a human's git keeps past
+/// `INDEX_LOCK_WAIT` is an error before anything was written. Under the lock
+/// the planned files are read again: one that changed on disk since the plan
+/// (a human's edit, `git pull`, `reset`) is a 412, never overwritten. Once the
+/// branch moved the write is acknowledged: a working tree or index that could
+/// not be written is left to `repair` (the write intent stays), not reported
+/// as a failed commit.
 fn commit_prepared(
     repo: &Repo,
     workspace: &Workspace,
     prepared: &Prepared,
-    debt: &IndexDebt,
 ) -> Result<Applied, ChangeError> {
     for _ in 0..MAX_ATTEMPTS {
-        let head = repo.head()?;
-        if head != prepared.planned_on {
-            check_disk_unchanged(workspace, &prepared.plan)?;
+        let lock = repo.lock_index()?;
+        // Under the lock: a human's `git checkout` cannot slip in after this.
+        if let Some(other) = repo.other_checkout()? {
+            return Err(ChangeError::Conflict(format!(
+                "the workspace has `{other}` checked out, not `{}`",
+                repo.branch()
+            )));
         }
+        check_disk_unchanged(workspace, &prepared.plan)?;
+        let head = repo.head()?;
         let staged = stage(repo, prepared, head)?;
         let disk_changes = changed_on_disk(&prepared.plan)?;
-        if staged.new_commit {
-            // Should the daemon die between moving the branch and writing the
-            // working tree and index, start-up finishes the job (`repair`).
-            Intent {
-                parent: staged.parent.map(|p| p.to_string()),
-                paths: prepared.plan.order.clone(),
-            }
-            .write(workspace)?;
-        }
-        let commit = if staged.new_commit {
-            match repo.commit_tree(
-                staged.parent,
-                staged.tree,
-                &prepared.message,
-                &prepared.author,
-            ) {
-                Ok(commit) => commit,
-                Err(RepoError::Moved) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        } else {
-            staged
+        if !staged.new_commit {
+            // Nothing to commit: files git does not track, on disk only.
+            drop(lock);
+            write_worktree(workspace, &prepared.plan, &disk_changes)?;
+            let at = staged
                 .parent
-                .unwrap_or_else(|| ObjectId::null(gix::hash::Kind::Sha1))
+                .unwrap_or_else(|| ObjectId::null(gix::hash::Kind::Sha1));
+            return applied(prepared, staged, at, !disk_changes.is_empty());
+        }
+        // Should the daemon die between moving the branch and writing the
+        // working tree and index, start-up finishes the job (`repair`).
+        Intent {
+            parent: staged.parent.map(|p| p.to_string()),
+            paths: prepared.plan.order.clone(),
+        }
+        .write(workspace)?;
+        let commit = match repo.commit_tree(
+            staged.parent,
+            staged.tree,
+            &prepared.message,
+            &prepared.author,
+        ) {
+            Ok(commit) => commit,
+            Err(RepoError::Moved) => continue,
+            Err(e) => {
+                Intent::clear(workspace);
+                return Err(e.into());
+            }
         };
         failpoint("after-ref-update");
-        let changed = staged.new_commit || !disk_changes.is_empty();
-        write_worktree(workspace, &prepared.plan, &disk_changes)?;
-        // The branch moved: whatever happens to the index now, the write is
-        // acknowledged. An index git keeps locked is brought in step later.
-        debt.record(repo, workspace, staged.edits.clone());
-        Intent::clear(workspace);
-        return applied(prepared, staged, commit, changed);
+        // The branch moved: the write is acknowledged whatever happens now.
+        let worktree = write_worktree(workspace, &prepared.plan, &disk_changes);
+        // The index gets the commit even when the working tree could not be
+        // written, so that a human's next `git commit` keeps the write.
+        let index = repo.write_index(lock, &staged.edits);
+        match (&worktree, &index) {
+            (Ok(()), Ok(())) => Intent::clear(workspace),
+            _ => {
+                let worktree = worktree.err().map(|e| e.to_string());
+                let index = index.err().map(|e| e.to_string());
+                tracing::warn!(
+                    %commit,
+                    ?worktree,
+                    ?index,
+                    "committed; the working tree or index is finished later (write intent kept)"
+                );
+            }
+        }
+        return applied(prepared, staged, commit, true);
     }
     Err(ChangeError::Repo(RepoError::Moved))
 }
 
+/// GitHub mode, after GitHub's branch moved to `commit`: fetches it and
+/// checks it out here when it builds and the served branch is checked out.
+fn bring_here(
+    repo: &Repo,
+    ws: &Workspace,
+    origin: &super::repo::Origin,
+    commit: &str,
+) -> Result<(), ChangeError> {
+    let id = ObjectId::from_hex(commit.as_bytes()).map_err(|e| RepoError::Git(e.to_string()))?;
+    repo.fetch(origin)?;
+    if repo.registry_of(commit, repo.tree_of(id)?)?.is_err() || repo.other_checkout()?.is_some() {
+        return Ok(());
+    }
+    let local = repo.head()?;
+    repo.checkout(ws, local, id)?;
+    Ok(())
+}
+
 /// What the writer is about to commit, kept in `.git/dynapi/write-intent`
 /// from just before the branch moves until the working tree and the index
-/// hold the commit: a daemon killed in between finds it at start-up.
+/// hold the commit: a daemon killed in between, or a working tree or index
+/// that could not be written, is finished by `repair`.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Intent {
     parent: Option<String>,
@@ -964,58 +1035,124 @@ impl Intent {
     }
 }
 
-/// Finishes a write the daemon was killed in the middle of (start-up, local
-/// mode): when the branch holds the commit the intent names (its first parent
-/// is the intent's parent), each of its paths whose working-tree file is still
-/// as the parent had it gets the commit's version, on disk and in the index. A
-/// path a human changed since is left as it is. Answers the paths repaired.
+/// Whether a committed write is still owed to the working tree or index
+/// (`repair` has work to do).
+pub fn repair_pending(ws: &Workspace) -> bool {
+    ws.state_dir().join(INTENT_FILE).exists()
+}
+
+/// Finishes a write whose branch moved but whose working tree or index was
+/// not written (the daemon killed in between, a disk error, a folder in the
+/// way), in local mode: at start-up and before each write. When the branch
+/// holds the commit the intent names (its first parent is the intent's
+/// parent), each of its paths gets the commit's version in the index, and on
+/// disk where the file is still as the parent had it (or a folder holding
+/// only folders). A path a human changed since keeps the human's file, and
+/// the index still gets the commit's version. Never fails on one path: what
+/// cannot be done is logged and left. Answers the paths repaired; the intent
+/// stays when the index could not be written (tried again later).
 pub fn repair(repo: &Repo, ws: &Workspace) -> Result<Vec<String>, ChangeError> {
     let Ok(text) = std::fs::read(ws.state_dir().join(INTENT_FILE)) else {
         return Ok(Vec::new());
     };
     let intent: Option<Intent> = serde_json::from_slice(&text).ok();
-    let mut repaired = Vec::new();
-    if let (Some(intent), Some(head)) = (intent, repo.head()?) {
-        let parent = repo.first_parent(head)?;
-        let landed = parent.map(|p| p.to_string()) == intent.parent;
-        if landed {
-            let now = repo.files_of(repo.tree_of(head)?)?;
-            let before = match parent {
-                Some(p) => repo.files_of(repo.tree_of(p)?)?,
-                None => Default::default(),
-            };
-            let mut edits = Vec::new();
-            for path in &intent.paths {
-                let target = ws.resolve(path)?;
-                let on_disk = files::file_state(ws, &target).map_err(fs_error(path))?;
-                let was = before.get(path).map(|f| (f.id, f.executable));
-                let is = now.get(path);
-                if on_disk != was || is.map(|f| (f.id, f.executable)) == was {
-                    continue;
-                }
-                match is {
-                    Some(file) => {
-                        let contents = repo.blob(file.id)?;
-                        ws.write_atomic(&target, &contents, file.executable)
-                            .map_err(fs_error(path))?;
-                        edits.push(Edit::Write {
-                            path: path.clone(),
-                            contents,
-                            executable: file.executable,
-                        });
-                    }
-                    None => {
-                        if ws.remove_file(&target).is_ok() {
-                            ws.remove_empty_parents(&target);
-                        }
-                        edits.push(Edit::Delete { path: path.clone() });
-                    }
-                }
-                repaired.push(path.clone());
-            }
-            repo.update_index(ws.root(), &edits)?;
+    let (Some(intent), Some(head)) = (intent, repo.head()?) else {
+        Intent::clear(ws);
+        return Ok(Vec::new());
+    };
+    let parent = repo.first_parent(head)?;
+    if parent.map(|p| p.to_string()) != intent.parent {
+        // The branch never moved (killed before), or moved on since: either
+        // way git and the working tree say what the branch holds.
+        Intent::clear(ws);
+        return Ok(Vec::new());
+    }
+    // The writer takes git's index lock before it writes the intent: a lock
+    // file no newer than the intent is the one a killed daemon left (any git
+    // that came after it would have found it there and given up). Git asks a
+    // human to remove such a file by hand; the intent lets the daemon know.
+    let intent_file = ws.state_dir().join(INTENT_FILE);
+    let index_lock = repo.git_dir().join("index.lock");
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let (Some(locked), Some(intended)) = (modified(&index_lock), modified(&intent_file)) {
+        if locked <= intended {
+            tracing::warn!("removing the index lock a stopped write left");
+            let _ = std::fs::remove_file(&index_lock);
         }
     }
+    let lock = repo.lock_index()?;
+    // Written again under this lock, so that the intent stays newer than a
+    // lock this repair leaves should it be stopped too.
+    std::fs::write(&intent_file, &text).map_err(RepoError::from)?;
+    let now = repo.files_of(repo.tree_of(head)?)?;
+    let before = match parent {
+        Some(p) => repo.files_of(repo.tree_of(p)?)?,
+        None => Default::default(),
+    };
+    let trust_mode = repo.trusts_file_mode();
+    let state = |f: Option<&super::repo::TreeFile>| f.map(|f| (f.id, f.executable || !trust_mode));
+    let mut edits = Vec::new();
+    let mut repaired = Vec::new();
+    // Removals first, then writes (a folder that becomes a file).
+    let mut paths: Vec<&String> = intent
+        .paths
+        .iter()
+        .filter(|p| !now.contains_key(*p))
+        .collect();
+    paths.extend(intent.paths.iter().filter(|p| now.contains_key(*p)));
+    for path in paths {
+        let is = now.get(path);
+        let was = before.get(path);
+        if is == was {
+            continue;
+        }
+        edits.push(match is {
+            Some(file) => Edit::Blob {
+                path: path.clone(),
+                id: file.id,
+                executable: file.executable,
+            },
+            None => Edit::Delete { path: path.clone() },
+        });
+        let target = match ws.resolve(path) {
+            Ok(target) => target,
+            Err(e) => {
+                tracing::warn!(path = %path, "not repaired on disk: {e}");
+                continue;
+            }
+        };
+        let on_disk = match files::file_state(ws, &target) {
+            Ok(found) => found.map(|(id, x)| (id, x || !trust_mode)),
+            // A folder where the file goes: taken only when it holds no file.
+            Err(_) if is.is_some() && ws.remove_empty_tree(&target).is_ok() => None,
+            Err(e) => {
+                tracing::warn!(path = %path, "not repaired on disk: {e}");
+                continue;
+            }
+        };
+        if on_disk != state(was) || on_disk == state(is) {
+            continue;
+        }
+        let done = match is {
+            Some(file) => repo
+                .blob(file.id)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|contents| ws.write_atomic(&target, &contents, file.executable)),
+            None => match ws.remove_file(&target) {
+                Ok(()) => {
+                    ws.remove_empty_parents(&target);
+                    Ok(())
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            },
+        };
+        match done {
+            Ok(()) => repaired.push(path.clone()),
+            Err(e) => tracing::warn!(path = %path, "not repaired on disk: {e}"),
+        }
+    }
+    repo.write_index(lock, &edits)?;
     Intent::clear(ws);
     Ok(repaired)
 }
@@ -1034,9 +1171,29 @@ fn failpoint(name: &str) {
 /// Refuses a plan whose files changed on disk since it was made (412).
 fn check_disk_unchanged(ws: &Workspace, plan: &Plan) -> Result<(), ChangeError> {
     for path in &plan.order {
-        let now = files::file_state(ws, &plan.targets[path]).map_err(fs_error(path))?;
+        let target = &plan.targets[path];
+        let now = match files::file_state(ws, target) {
+            Ok(now) => now,
+            // Still the folder the plan saw.
+            Err(_)
+                if plan.folders.contains(path)
+                    && ws
+                        .metadata_as_spelled(target)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|m| m.is_dir()) =>
+            {
+                continue
+            }
+            Err(e) => return Err(fs_error(path)(e)),
+        };
         let then = plan.before[path];
-        if now != then {
+        // With `core.fileMode = false` the plan took the tree's bit, not the disk's.
+        let same = match plan.tree_modes {
+            Some(_) => now.map(|(id, _)| id) == then.map(|(id, _)| id),
+            None => now == then,
+        };
+        if !same {
             let name = |s: Option<(ObjectId, bool)>| {
                 s.map_or_else(|| "none".to_string(), |(id, _)| id.to_string())
             };
@@ -1048,40 +1205,6 @@ fn check_disk_unchanged(ws: &Workspace, plan: &Plan) -> Result<(), ChangeError> 
         }
     }
     Ok(())
-}
-
-/// Index entries the writer owes: a commit stands once the branch moved, even
-/// when git's index lock stayed held past `INDEX_LOCK_WAIT` (a long `git
-/// status`); the entries are written by the next write, first thing.
-#[derive(Clone, Default)]
-struct IndexDebt(Arc<std::sync::Mutex<Vec<Edit>>>);
-
-impl IndexDebt {
-    /// Writes `edits` (after any still owed) to the index, or keeps them owed.
-    fn record(&self, repo: &Repo, ws: &Workspace, edits: Vec<Edit>) {
-        let mut owed = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        owed.extend(edits);
-        // The last edit of a path is the one that counts.
-        let mut seen = HashSet::new();
-        let mut latest: Vec<Edit> = owed
-            .drain(..)
-            .rev()
-            .filter(|e| seen.insert(e.path().to_string()))
-            .collect();
-        latest.reverse();
-        if let Err(e) = repo.update_index(ws.root(), &latest) {
-            tracing::warn!(error = %e, paths = latest.len(), "the index was not updated; the next write will");
-            *owed = latest;
-        }
-    }
-
-    /// Writes what is owed, if anything.
-    fn pay(&self, repo: &Repo, ws: &Workspace) {
-        if self.0.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
-            return;
-        }
-        self.record(repo, ws, Vec::new());
-    }
 }
 
 /// The paths whose working-tree file the plan changes.
@@ -1150,7 +1273,9 @@ fn write_worktree(ws: &Workspace, plan: &Plan, changed: &[String]) -> Result<(),
     }
     for path in changed {
         if let Some(Some((contents, executable))) = plan.after.get(path) {
-            ws.write_atomic(&plan.targets[path], contents, *executable)
+            let target = &plan.targets[path];
+            ws.remove_empty_tree(target).map_err(fs_error(path))?;
+            ws.write_atomic(target, contents, *executable)
                 .map_err(fs_error(path))?;
         }
     }
@@ -1349,7 +1474,7 @@ mod tests {
         std::fs::write(root.join("notes.txt"), "one, pulled\n").unwrap();
         git(&root, &["commit", "-q", "-am", "Pulled"]);
         let pulled = repo.head().unwrap();
-        let refused = commit_prepared(&repo, &ws, &prepared, &IndexDebt::default());
+        let refused = commit_prepared(&repo, &ws, &prepared);
         assert!(
             matches!(refused, Err(ChangeError::Precondition { ref path, .. }) if path == "notes.txt"),
             "{:?}",
@@ -1366,11 +1491,112 @@ mod tests {
         std::fs::write(root.join("other.txt"), "x\n").unwrap();
         git(&root, &["add", "other.txt"]);
         git(&root, &["commit", "-q", "-m", "Other"]);
-        let applied = commit_prepared(&repo, &ws, &prepared, &IndexDebt::default()).unwrap();
+        let applied = commit_prepared(&repo, &ws, &prepared).unwrap();
         assert!(applied.new_commit);
         assert_eq!(
             std::fs::read_to_string(root.join("notes.txt")).unwrap(),
             "one, edited\n"
+        );
+    }
+
+    fn git_out(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// commit_prepared's steps up to the branch moving (the `after-ref-update`
+    /// failpoint): the intent written, the commit made.
+    fn commit_then_die(repo: &Repo, ws: &Workspace, prepared: &Prepared) -> Staged {
+        let staged = stage(repo, prepared, repo.head().unwrap()).unwrap();
+        Intent {
+            parent: staged.parent.map(|p| p.to_string()),
+            paths: prepared.plan.order.clone(),
+        }
+        .write(ws)
+        .unwrap();
+        repo.commit_tree(
+            staged.parent,
+            staged.tree,
+            &prepared.message,
+            &prepared.author,
+        )
+        .unwrap();
+        staged
+    }
+
+    #[test]
+    fn a_crash_after_the_working_tree_and_before_the_index_is_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ws");
+        let files = [TemplateFile {
+            path: "notes.txt".into(),
+            contents: b"one\n".to_vec(),
+            executable: false,
+        }];
+        let author = edit("", "").author;
+        let repo = Repo::init(&root, "main", &files, &author).unwrap();
+        let ws = Workspace::open(&root).unwrap();
+        let prepared = prepare(&repo, &ws, edit("one", "two")).unwrap();
+        commit_then_die(&repo, &ws, &prepared);
+        // Killed while waiting up to INDEX_LOCK_WAIT for git's index lock:
+        // the working tree holds the commit, the index does not.
+        let disk = changed_on_disk(&prepared.plan).unwrap();
+        write_worktree(&ws, &prepared.plan, &disk).unwrap();
+        // Start-up.
+        repair(&repo, &ws).unwrap();
+        assert_eq!(
+            git_out(&root, &["status", "--porcelain"]),
+            "",
+            "the index still holds the old notes.txt: a human's next `git commit` undoes the write"
+        );
+    }
+
+    #[test]
+    fn a_crash_in_a_write_that_turns_a_folder_into_a_file_does_not_stop_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ws");
+        let files = [TemplateFile {
+            path: "docs/index.md".into(),
+            contents: b"# Docs\n".to_vec(),
+            executable: false,
+        }];
+        let author = edit("", "").author;
+        let repo = Repo::init(&root, "main", &files, &author).unwrap();
+        let ws = Workspace::open(&root).unwrap();
+        // What `POST /revert` of "docs became a folder" sends (BTreeSet order).
+        let change = Change {
+            message: "docs as a file".into(),
+            author: author.clone(),
+            ops: vec![
+                Op::Write {
+                    path: "docs".into(),
+                    contents: b"a file\n".to_vec(),
+                    executable: Some(false),
+                    if_match: None,
+                },
+                Op::Delete {
+                    path: "docs/index.md".into(),
+                    if_match: None,
+                },
+            ],
+            validation: Validation::NoNewProblems,
+            may_change_settings: false,
+        };
+        let prepared = prepare(&repo, &ws, change).unwrap();
+        commit_then_die(&repo, &ws, &prepared);
+        let repaired = repair(&repo, &ws);
+        assert!(
+            repaired.is_ok(),
+            "start-up refuses to run: {:?}",
+            repaired.err().map(|e| e.to_string())
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("docs")).unwrap(),
+            "a file\n"
         );
     }
 }

@@ -20,9 +20,69 @@ use crate::workspace::TemplateFile;
 /// brought in step by a later write.
 pub const INDEX_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// How long one HTTP request of a fetch from GitHub may take, connection to
-/// last byte.
+/// How long one read of a fetch from GitHub may wait (reqwest's blocking
+/// client applies it to each read, not to the whole request).
 pub const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long a whole fetch may take before it is interrupted (`Deadline`): a
+/// server that trickles bytes, each read in time, still cannot hold the
+/// writer, which fetches under its lock.
+pub const FETCH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Sets an interrupt flag gix checks while it receives a pack once
+/// `FETCH_DEADLINE` has passed; a thread that sleeps until then, woken and
+/// gone as soon as the fetch ends (dropped).
+struct Deadline {
+    interrupt: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    watcher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Deadline {
+    fn start() -> Deadline {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let interrupt = std::sync::Arc::new(AtomicBool::new(false));
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let (set, finished) = (interrupt.clone(), done.clone());
+        let end = std::time::Instant::now() + FETCH_DEADLINE;
+        let watcher = std::thread::Builder::new()
+            .name("fetch-deadline".into())
+            .spawn(move || loop {
+                if finished.load(Ordering::SeqCst) {
+                    return;
+                }
+                let now = std::time::Instant::now();
+                if now >= end {
+                    set.store(true, Ordering::SeqCst);
+                    return;
+                }
+                std::thread::park_timeout(end - now);
+            })
+            .ok();
+        Deadline {
+            interrupt,
+            done,
+            watcher,
+        }
+    }
+
+    fn flag(&self) -> &std::sync::atomic::AtomicBool {
+        &self.interrupt
+    }
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(watcher) = self.watcher.take() {
+            watcher.thread().unpark();
+            let _ = watcher.join();
+        }
+    }
+}
+
+/// Git's index lock, held (`Repo::lock_index`); removed when dropped unwritten.
+pub struct IndexLock(gix::lock::File);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -30,6 +90,9 @@ pub enum RepoError {
     Git(String),
     #[error("the branch moved while committing")]
     Moved,
+    /// Git's index lock stayed held past `INDEX_LOCK_WAIT`.
+    #[error("the index is locked by another git process: {0}")]
+    IndexLocked(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -117,8 +180,9 @@ impl Origin {
             if let Some(header) = &self.authorization {
                 http.extra_headers.push(header.clone());
             }
-            // Every request of a fetch ends within `FETCH_TIMEOUT`, so a hung
-            // connection cannot hold the writer (which fetches under its lock).
+            // No read of a fetch waits past `FETCH_TIMEOUT`, so a hung
+            // connection cannot hold the writer (which fetches under its
+            // lock); `Deadline` bounds the whole fetch.
             let backend = http::reqwest::Options {
                 configure_client: Some(Box::new(|builder| Ok(builder.timeout(FETCH_TIMEOUT)))),
                 configure_request: None,
@@ -187,7 +251,7 @@ impl Repo {
         }
         let tree = this.tree_with(None, &edits)?;
         this.commit_tree(None, tree, "Start from the dynapi template", author)?;
-        this.update_index(dir, &edits)?;
+        this.update_index(&edits)?;
         Ok(this)
     }
 
@@ -195,6 +259,7 @@ impl Repo {
     /// its files into the working tree (confined by `ws_root`'s workspace).
     pub fn clone(from: &Origin, dir: &Path, branch: &str) -> Result<Repo, RepoError> {
         std::fs::create_dir_all(dir)?;
+        // No deadline: a first clone of a large repository may take long.
         let interrupt = std::sync::atomic::AtomicBool::new(false);
         let origin = from.clone();
         let (repo, _) = gix::prepare_clone(from.url.as_str(), dir)
@@ -251,7 +316,7 @@ impl Repo {
     fn fetch_ref(&self, from: &Origin, name: &str, local: &str) -> Result<ObjectId, RepoError> {
         let _one = self.fetch_lock.lock().unwrap_or_else(|e| e.into_inner());
         let repo = self.repo.to_thread_local();
-        let interrupt = std::sync::atomic::AtomicBool::new(false);
+        let deadline = Deadline::start();
         let spec = format!("+{name}:{local}");
         let fetched = (|| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             let remote = repo
@@ -263,7 +328,7 @@ impl Repo {
             }
             connection
                 .prepare_fetch(gix::progress::Discard, Default::default())?
-                .receive(gix::progress::Discard, &interrupt)?;
+                .receive(gix::progress::Discard, deadline.flag())?;
             Ok(())
         })();
         fetched.map_err(|e| RepoError::Git(redact(&chain(e.as_ref()))))?;
@@ -313,28 +378,43 @@ impl Repo {
         for path in old.keys().filter(|p| !new.contains_key(*p)) {
             edits.push(Edit::Delete { path: path.clone() });
         }
+        // A path this workspace refuses (a name with a backslash, `.GIT/x`,
+        // one through a symlink) is left out, never a checkout that fails
+        // for good and wedges every sync after it.
+        let mut targets = Vec::with_capacity(edits.len());
+        edits.retain(|edit| match ws.resolve(edit.path()) {
+            Ok(target) => {
+                targets.push(target);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(path = edit.path(), "left out of the checkout: {e}");
+                false
+            }
+        });
+        // Git's index lock from before the first file is written until the
+        // index holds them (`lock_index`).
+        let lock = self.lock_index()?;
         // Removals first, with the folders they leave empty, then writes: a
         // file that became a folder (`docs` to `docs/index.md`) or the other
         // way round finds its place free.
-        let target = |edit: &Edit| {
-            ws.resolve(edit.path())
-                .map_err(|e| RepoError::Git(e.to_string()))
-        };
-        for edit in edits.iter().filter(|e| matches!(e, Edit::Delete { .. })) {
-            let target = target(edit)?;
-            match ws.remove_file(&target) {
-                Ok(()) => ws.remove_empty_parents(&target),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
+        for (edit, target) in edits.iter().zip(&targets) {
+            if matches!(edit, Edit::Delete { .. }) {
+                match ws.remove_file(target) {
+                    Ok(()) => ws.remove_empty_parents(target),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         // One file in memory at a time.
-        for edit in &edits {
+        for (edit, target) in edits.iter().zip(&targets) {
             if let Edit::Blob { id, executable, .. } = edit {
-                ws.write_atomic(&target(edit)?, &self.blob(*id)?, *executable)?;
+                ws.remove_empty_tree(target)?;
+                ws.write_atomic(target, &self.blob(*id)?, *executable)?;
             }
         }
-        self.update_index(ws.root(), &edits)?;
+        self.write_index(lock, &edits)?;
         self.set_branch(to)
     }
 
@@ -619,24 +699,43 @@ impl Repo {
         }
     }
 
-    /// Brings the index in step with files the daemon just committed and wrote, so
-    /// `git status` in the workspace stays clean. Entries for other paths (a human's
-    /// staged work) are left alone.
-    pub fn update_index(&self, workdir: &Path, edits: &[Edit]) -> Result<(), RepoError> {
+    /// Takes git's own index lock (`.git/index.lock`), waiting up to
+    /// `INDEX_LOCK_WAIT` for a human's `git status` or `git add` to let go.
+    /// Held from before the branch moves until the index is written, as git
+    /// itself does: a human's `git commit` cannot start in between and find
+    /// the branch moved but the index without the change.
+    pub fn lock_index(&self) -> Result<IndexLock, RepoError> {
         let repo = self.repo.to_thread_local();
-        // git's own lock first, waiting as long as a human's `git status` or
-        // `git add` may hold it; only then read, change and write, so what a
-        // human staged meanwhile is read, not overwritten.
-        let lock = gix::lock::File::acquire_to_update_resource(
+        gix::lock::File::acquire_to_update_resource(
             repo.index_path(),
             gix::lock::acquire::Fail::AfterDurationWithBackoff(INDEX_LOCK_WAIT),
             None,
             0,
         )
-        .map_err(|e| RepoError::Git(format!("the index is locked: {e}")))?;
+        .map(IndexLock)
+        .map_err(|e| RepoError::IndexLocked(e.to_string()))
+    }
+
+    /// Takes the index lock and writes `edits` to the index (`write_index`).
+    pub fn update_index(&self, edits: &[Edit]) -> Result<(), RepoError> {
+        self.write_index(self.lock_index()?, edits)
+    }
+
+    /// Writes `edits` into the index under `lock`: read once the lock is
+    /// held, so what a human staged meanwhile is kept. Entries get no stat
+    /// of the file on disk (git hashes them again at the next `git status`):
+    /// a stat taken now could be of a human's edit made since the write, and
+    /// would hide it as clean.
+    pub fn write_index(&self, lock: IndexLock, edits: &[Edit]) -> Result<(), RepoError> {
+        let repo = self.repo.to_thread_local();
         let mut index = match repo.open_index() {
             Ok(i) => i,
-            Err(_) => repo.index_from_tree(&ObjectId::empty_tree(repo.object_hash()))?,
+            // No index yet: a new repository. Any other error (an index git
+            // cannot read) is not replaced by one holding only these paths.
+            Err(_) if !repo.index_path().exists() => {
+                repo.index_from_tree(&ObjectId::empty_tree(repo.object_hash()))?
+            }
+            Err(e) => return Err(RepoError::Git(format!("could not read the index: {e}"))),
         };
         let touched: Vec<&str> = edits.iter().map(Edit::path).collect();
         index.remove_entries(|_, path, _| touched.iter().any(|t| path == t.as_bytes().as_bstr()));
@@ -659,29 +758,22 @@ impl Repo {
                 } => (path, *id, executable),
                 Edit::Delete { .. } => continue,
             };
-            {
-                let file = workdir.join(path);
-                let stat = gix::index::fs::Metadata::from_path_no_follow(&file)
-                    .ok()
-                    .and_then(|m| gix::index::entry::Stat::from_fs(&m).ok())
-                    .unwrap_or_default();
-                let mode = if *executable {
-                    gix::index::entry::Mode::FILE_EXECUTABLE
-                } else {
-                    gix::index::entry::Mode::FILE
-                };
-                index.dangerously_push_entry(
-                    stat,
-                    id,
-                    gix::index::entry::Flags::empty(),
-                    mode,
-                    BStr::new(path.as_bytes()),
-                );
-            }
+            let mode = if *executable {
+                gix::index::entry::Mode::FILE_EXECUTABLE
+            } else {
+                gix::index::entry::Mode::FILE
+            };
+            index.dangerously_push_entry(
+                gix::index::entry::Stat::default(),
+                id,
+                gix::index::entry::Flags::empty(),
+                mode,
+                BStr::new(path.as_bytes()),
+            );
         }
         index.sort_entries();
         index.remove_tree();
-        let mut out = std::io::BufWriter::with_capacity(64 * 1024, lock);
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, lock.0);
         index
             .write_to(&mut out, Default::default())
             .map_err(|e| RepoError::Git(format!("could not write the index: {e}")))?;

@@ -202,9 +202,11 @@ impl Syncer {
             let tree = repo.tree_of(head)?;
             let registry = repo.registry_of(&head_str, tree)?;
             // Only a servable commit reaches the working tree, where scripts run.
+            // Never into a human's other branch: its files stay as they are
+            // until the served branch is checked out again (`/status` says so).
             if let (Some(remote), Ok(_)) = (&remote, &registry) {
                 let local = repo.head()?;
-                if local != Some(head) {
+                if local != Some(head) && repo.other_checkout()?.is_none() {
                     repo.checkout(&remote.workspace, local, head)?;
                 }
             }

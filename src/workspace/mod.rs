@@ -327,6 +327,24 @@ impl Workspace {
         }
     }
 
+    /// Where a file is to be written at `path` and a folder is (a folder that
+    /// becomes a file), removes that folder when it holds only folders, bottom
+    /// up; `DirectoryNotEmpty` when anything else is in it. Nothing at `path`,
+    /// or a file, is left as it is.
+    pub fn remove_empty_tree(&self, path: &Path) -> io::Result<()> {
+        match self.metadata_as_spelled(path) {
+            Ok(Some(meta)) if meta.is_dir() => {}
+            _ => return Ok(()),
+        }
+        for (name, meta) in self.read_dir(path)? {
+            if !meta.is_dir() {
+                return Err(io::Error::from(io::ErrorKind::DirectoryNotEmpty));
+            }
+            self.remove_empty_tree(&path.join(name))?;
+        }
+        self.remove_dir(path)
+    }
+
     /// Makes the folder at `path` and the missing ones above it.
     pub fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         self.dir.create_dir_all(&self.real(path)?)

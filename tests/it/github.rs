@@ -813,3 +813,67 @@ async fn a_hung_git_connection_holds_no_write_past_the_fetch_timeout() {
     assert!(d.workspace.join("notes/y.txt").exists());
     assert!(!d.workspace.join("notes/x.txt").exists());
 }
+
+#[tokio::test]
+async fn a_write_on_github_is_acknowledged_when_the_local_index_stays_locked() {
+    let (gh, d) = start(Duration::from_secs(600)).await;
+    let lock = d.workspace.join(".git/index.lock");
+    std::fs::write(&lock, b"").unwrap();
+    let held = {
+        let lock = lock.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(dynapi::source::repo::INDEX_LOCK_WAIT + Duration::from_secs(2));
+            std::fs::remove_file(&lock).unwrap();
+        })
+    };
+    let before = gh.head(BRANCH);
+    let a = d.put("/files/notes/x.txt", json!({"content": "x\n"})).await;
+    let after = gh.head(BRANCH);
+    held.join().unwrap();
+    assert_ne!(after, before, "the write is on GitHub");
+    assert!(
+        a.status < 300,
+        "on GitHub, answered as a failure: {} {}",
+        a.status,
+        a.json
+    );
+}
+
+#[tokio::test]
+async fn a_sync_never_writes_into_a_human_s_other_branch() {
+    let (gh, d) = start(Duration::from_secs(600)).await;
+    git(&d.workspace, &["checkout", "-q", "-b", "feature"]);
+    gh.push(BRANCH, &[("docs/theirs.md", "theirs\n")], "Their change");
+    let _ = d.post("/sync", json!({})).await;
+    assert!(
+        !d.workspace.join("docs/theirs.md").exists(),
+        "the push to {BRANCH} was written into the `feature` checkout"
+    );
+    assert_eq!(git(&d.workspace, &["status", "--porcelain"]), "");
+}
+
+#[tokio::test]
+async fn a_pushed_name_the_workspace_refuses_is_left_out_and_sync_goes_on() {
+    let (gh, d) = start(Duration::from_secs(600)).await;
+    // A name git accepts and the workspace never writes (a backslash).
+    gh.push(
+        BRANCH,
+        &[("docs/a\\b.md", "odd\n"), ("docs/first.md", "first\n")],
+        "An odd name",
+    );
+    let a = d.post("/sync", json!({})).await;
+    assert!(a.status < 300, "{}", a.json);
+    assert_eq!(
+        std::fs::read_to_string(d.workspace.join("docs/first.md")).unwrap(),
+        "first\n"
+    );
+    assert!(!d.workspace.join("docs/a\\b.md").exists());
+    // Later pushes are still served: the sync is not wedged on the odd name.
+    gh.push(BRANCH, &[("docs/second.md", "second\n")], "A later change");
+    let a = d.post("/sync", json!({})).await;
+    assert!(a.status < 300, "{}", a.json);
+    assert_eq!(
+        std::fs::read_to_string(d.workspace.join("docs/second.md")).unwrap(),
+        "second\n"
+    );
+}

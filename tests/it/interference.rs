@@ -36,7 +36,7 @@ async fn a_write_waits_for_a_held_index_lock_and_git_status_stays_clean() {
 }
 
 #[tokio::test]
-async fn a_commit_stands_when_the_index_stays_locked_and_the_index_catches_up() {
+async fn a_write_refused_while_the_index_stays_locked_leaves_nothing_behind() {
     let d = Daemon::start().await;
     let commits = d.commits();
     let held = hold_index_lock(
@@ -47,16 +47,16 @@ async fn a_commit_stands_when_the_index_stays_locked_and_the_index_catches_up() 
     let a = d
         .put("/files/notes/x.txt", json!({"content": "written\n"}))
         .await;
-    // The branch moved: that is a success, not "the commit failed".
-    assert!(a.status < 300, "{}", a.json);
-    assert!(a.json["commit"].is_string(), "{}", a.json);
+    // git's lock is taken before the branch moves: a human's git that keeps
+    // it is a refusal with nothing done, never a commit the index lacks.
+    assert_eq!(a.status, 409, "{}", a.json);
+    assert_eq!(a.json["error"]["code"], json!("index_locked"), "{}", a.json);
     assert!(started.elapsed() >= dynapi::source::repo::INDEX_LOCK_WAIT);
-    assert_eq!(d.commits(), commits + 1);
+    assert_eq!(d.commits(), commits);
+    assert!(!d.workspace.join("notes/x.txt").exists());
     held.join().unwrap();
-    // The next write brings the index in step: the human's next `git commit`
-    // cannot undo the first write.
     let a = d
-        .put("/files/notes/y.txt", json!({"content": "more\n"}))
+        .put("/files/notes/x.txt", json!({"content": "written\n"}))
         .await;
     assert!(a.status < 300, "{}", a.json);
     assert_eq!(d.git(&["status", "--porcelain"]), "");
@@ -64,7 +64,6 @@ async fn a_commit_stands_when_the_index_stays_locked_and_the_index_catches_up() 
     d.git(&["add", "human.txt"]);
     d.git(&["commit", "-q", "-m", "A human commit"]);
     assert_eq!(d.git(&["show", "HEAD:notes/x.txt"]), "written\n");
-    assert_eq!(d.git(&["show", "HEAD:notes/y.txt"]), "more\n");
 }
 
 #[tokio::test]
@@ -490,4 +489,32 @@ async fn a_file_name_that_is_not_utf8_is_never_committed_under_another_name() {
         !tracked.contains('\u{fffd}') && !tracked.contains("caf"),
         "{tracked}"
     );
+}
+
+#[tokio::test]
+async fn a_revert_onto_a_folder_of_empty_folders_is_committed_and_written() {
+    let d = Daemon::start().await;
+    assert!(
+        d.put("/files/docs", json!({"content": "a file\n"}))
+            .await
+            .status
+            < 300
+    );
+    d.git(&["rm", "-q", "docs"]);
+    std::fs::create_dir(d.workspace.join("docs")).unwrap();
+    std::fs::write(d.workspace.join("docs/index.md"), "# Docs\n").unwrap();
+    d.git(&["add", "docs/index.md"]);
+    d.git(&["commit", "-q", "-m", "docs as a folder"]);
+    let folder = d.git(&["rev-parse", "HEAD"]).trim().to_string();
+    // An empty folder git does not track (a script's output folder).
+    std::fs::create_dir(d.workspace.join("docs/images")).unwrap();
+    let commits = d.commits();
+    let a = d.post("/revert", json!({ "commit": folder })).await;
+    assert!(a.status < 300, "{}", a.json);
+    assert_eq!(d.commits(), commits + 1);
+    assert_eq!(
+        std::fs::read_to_string(d.workspace.join("docs")).unwrap(),
+        "a file\n"
+    );
+    assert_eq!(d.git(&["status", "--porcelain"]), "");
 }
