@@ -35,6 +35,7 @@ pub mod exec;
 pub mod http;
 pub mod jobs;
 pub mod manifest;
+pub mod memory;
 pub mod metrics;
 pub mod oauth;
 pub mod openapi;
@@ -198,6 +199,11 @@ impl App {
             }
         }
         let workspace = Workspace::open(&config.workspace)?;
+        // Git's index lock a killed daemon left would stop every write and
+        // every checkout (and a human's git) for good.
+        if repo.clear_own_index_lock() {
+            tracing::warn!("removed git's index lock a stopped daemon left");
+        }
         if github.is_none() {
             // A write the daemon was killed in the middle of: the branch holds
             // it, the working tree and index may not.
@@ -263,6 +269,9 @@ impl App {
             config,
             started: Instant::now(),
         });
+        // A write start-up could not finish (git's index lock held by a
+        // human): tried again every second.
+        app.writer.repair_later();
         tracing::info!(
             "sandbox: `{}` in dynapi.yaml; {}",
             app.syncer.registry().settings.sandbox,
@@ -344,6 +353,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(app.syncer.clone().run(shutdown.clone()));
+    tasks.spawn(memory::trim_every(shutdown.clone()));
     match &app.config.remote {
         Some(remote) => {
             tasks.spawn(app.syncer.clone().poll(remote.poll, shutdown.clone()));

@@ -57,20 +57,61 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
 
 /// What `GET /endpoints` says of one endpoint.
 fn describe(e: &Endpoint) -> Value {
-    json!({
-        "name": e.name,
-        "description": e.description,
-        "method": e.method,
-        "path": e.path,
-        "scope": e.scope.as_str(),
-        "consequential": e.consequential,
-        "async": e.is_async,
-        "output": e.output,
-        "timeout_ms": e.timeout.as_millis() as u64,
-        "file": e.file,
-        "script": e.script,
-        "params": e.params_schema(),
-    })
+    serde_json::to_value(Description(e)).unwrap_or(Value::Null)
+}
+
+/// One endpoint as `GET /endpoints` shows it, serialized straight from the
+/// registry: with 1,000 endpoints, no tree of JSON values is built first.
+struct Description<'a>(&'a Endpoint);
+
+impl serde::Serialize for Description<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let e = self.0;
+        let mut map = s.serialize_map(Some(12))?;
+        map.serialize_entry("name", &e.name)?;
+        map.serialize_entry("description", &e.description)?;
+        map.serialize_entry("method", &e.method)?;
+        map.serialize_entry("path", &e.path)?;
+        map.serialize_entry("scope", e.scope.as_str())?;
+        map.serialize_entry("consequential", &e.consequential)?;
+        map.serialize_entry("async", &e.is_async)?;
+        map.serialize_entry("output", &e.output)?;
+        map.serialize_entry("timeout_ms", &(e.timeout.as_millis() as u64))?;
+        map.serialize_entry("file", &e.file)?;
+        map.serialize_entry("script", &e.script)?;
+        map.serialize_entry("params", &e.params_schema())?;
+        map.end()
+    }
+}
+
+/// The answer of `GET /endpoints`: the commit and each endpoint.
+struct Listing<'a>(&'a crate::registry::Registry);
+
+impl serde::Serialize for Listing<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(2))?;
+        map.serialize_entry("commit", &self.0.commit)?;
+        map.serialize_entry(
+            "endpoints",
+            &Each(self.0.endpoints().iter().map(|e| Description(e))),
+        )?;
+        map.end()
+    }
+}
+
+/// A sequence serialized from an iterator, one element at a time.
+struct Each<I>(I);
+
+impl<I, T> serde::Serialize for Each<I>
+where
+    I: Iterator<Item = T> + Clone,
+    T: serde::Serialize,
+{
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.clone())
+    }
 }
 
 /// GET /endpoints — every endpoint of the served commit, with its parameter schema.
@@ -82,9 +123,7 @@ fn list(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> 
         .map(|auth: Auth, app: Arc<App>| {
             respond(auth.check().map(|_| {
                 let registry = app.syncer.registry();
-                let endpoints: Vec<Value> =
-                    registry.endpoints().iter().map(|e| describe(e)).collect();
-                warp::reply::json(&json!({"commit": registry.commit, "endpoints": endpoints}))
+                warp::reply::json(&Listing(&registry))
             }))
         })
 }

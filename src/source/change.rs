@@ -173,6 +173,8 @@ pub struct Writer {
     repo: Repo,
     workspace: Workspace,
     lock: Arc<Mutex<()>>,
+    /// Whether a `repair_later` task runs (one at a time).
+    repairing: Arc<std::sync::atomic::AtomicBool>,
     /// GitHub mode: commits are made on GitHub, then fetched.
     github: Option<GitHub>,
 }
@@ -212,6 +214,7 @@ impl Writer {
             repo,
             workspace,
             lock: Arc::new(Mutex::new(())),
+            repairing: Default::default(),
             github,
         }
     }
@@ -233,16 +236,23 @@ impl Writer {
             writer.apply_locked(change, delivery).await
         })
         .await;
-        if self.github.is_none() && repair_pending(&self.workspace) {
-            self.repair_later();
-        }
+        self.repair_later();
         applied
     }
 
-    /// A committed write whose working tree or index could not be written
-    /// (`repair`) is tried again every second, under the writer's lock, until
-    /// it is done: a human's next `git commit` must find the index holding it.
-    fn repair_later(&self) {
+    /// Local mode: when a committed write is still owed to the working tree
+    /// or index (`repair_pending`), tries `repair` again every second, under
+    /// the writer's lock, until it is done (for an hour at most): a human's
+    /// next `git commit` must find the index holding it. One such task at a
+    /// time. Called after each write and at start-up.
+    pub fn repair_later(&self) {
+        use std::sync::atomic::Ordering;
+        if self.github.is_some()
+            || !repair_pending(&self.workspace)
+            || self.repairing.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
         let writer = self.clone();
         tokio::spawn(async move {
             for _ in 0..3600 {
@@ -255,11 +265,12 @@ impl Writer {
                 })
                 .await;
                 match done {
-                    Ok(true) => return,
+                    Ok(true) => break,
                     Ok(false) => {}
                     Err(e) => tracing::debug!("repair tried again later: {e}"),
                 }
             }
+            writer.repairing.store(false, Ordering::SeqCst);
         });
     }
 
@@ -949,11 +960,7 @@ fn commit_prepared(
         }
         // Should the daemon die between moving the branch and writing the
         // working tree and index, start-up finishes the job (`repair`).
-        Intent {
-            parent: staged.parent.map(|p| p.to_string()),
-            paths: prepared.plan.order.clone(),
-        }
-        .write(workspace)?;
+        Intent::of(prepared, &staged).write(workspace)?;
         let commit = match repo.commit_tree(
             staged.parent,
             staged.tree,
@@ -961,7 +968,12 @@ fn commit_prepared(
             &prepared.author,
         ) {
             Ok(commit) => commit,
-            Err(RepoError::Moved) => continue,
+            Err(RepoError::Moved) => {
+                // Not ours: a human's commit on the same parent must never
+                // be taken for this one.
+                Intent::clear(workspace);
+                continue;
+            }
             Err(e) => {
                 Intent::clear(workspace);
                 return Err(e.into());
@@ -1016,7 +1028,32 @@ fn bring_here(
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Intent {
     parent: Option<String>,
+    /// The tree of the commit about to be made: the commit on the branch is
+    /// the writer's only if its tree is this one.
+    tree: String,
     paths: Vec<String>,
+    /// Each path as the plan found it on disk (blob id, executable), `None`
+    /// for nothing: a file still so was not written yet.
+    before: BTreeMap<String, Option<(String, bool)>>,
+}
+
+impl Intent {
+    fn of(prepared: &Prepared, staged: &Staged) -> Intent {
+        Intent {
+            parent: staged.parent.map(|p| p.to_string()),
+            tree: staged.tree.to_string(),
+            paths: prepared.plan.order.clone(),
+            before: prepared
+                .plan
+                .order
+                .iter()
+                .map(|p| {
+                    let state = prepared.plan.before[p].map(|(id, x)| (id.to_string(), x));
+                    (p.clone(), state)
+                })
+                .collect(),
+        }
+    }
 }
 
 const INTENT_FILE: &str = "write-intent";
@@ -1043,14 +1080,14 @@ pub fn repair_pending(ws: &Workspace) -> bool {
 
 /// Finishes a write whose branch moved but whose working tree or index was
 /// not written (the daemon killed in between, a disk error, a folder in the
-/// way), in local mode: at start-up and before each write. When the branch
-/// holds the commit the intent names (its first parent is the intent's
-/// parent), each of its paths gets the commit's version in the index, and on
-/// disk where the file is still as the parent had it (or a folder holding
-/// only folders). A path a human changed since keeps the human's file, and
-/// the index still gets the commit's version. Never fails on one path: what
-/// cannot be done is logged and left. Answers the paths repaired; the intent
-/// stays when the index could not be written (tried again later).
+/// way), in local mode: at start-up, before each write and every second
+/// after a write that left one (`Writer::repair_later`). When the branch head
+/// is the commit the intent names (its parent and tree), each path the
+/// commit changed gets the commit's version in the index, and on disk where
+/// the file is still as the plan found it (or is a folder holding only
+/// folders). A path a human changed since keeps the human's file (the index
+/// still gets the commit's version). Answers the paths written on disk; the
+/// intent stays while the index or a disk write could not be done.
 pub fn repair(repo: &Repo, ws: &Workspace) -> Result<Vec<String>, ChangeError> {
     let Ok(text) = std::fs::read(ws.state_dir().join(INTENT_FILE)) else {
         return Ok(Vec::new());
@@ -1061,38 +1098,32 @@ pub fn repair(repo: &Repo, ws: &Workspace) -> Result<Vec<String>, ChangeError> {
         return Ok(Vec::new());
     };
     let parent = repo.first_parent(head)?;
-    if parent.map(|p| p.to_string()) != intent.parent {
-        // The branch never moved (killed before), or moved on since: either
+    let tree = repo.tree_of(head)?;
+    if parent.map(|p| p.to_string()) != intent.parent
+        || ObjectId::from_hex(intent.tree.as_bytes()).ok() != Some(tree)
+    {
+        // The branch never moved (stopped before), or moved on since: either
         // way git and the working tree say what the branch holds.
         Intent::clear(ws);
         return Ok(Vec::new());
     }
-    // The writer takes git's index lock before it writes the intent: a lock
-    // file no newer than the intent is the one a killed daemon left (any git
-    // that came after it would have found it there and given up). Git asks a
-    // human to remove such a file by hand; the intent lets the daemon know.
-    let intent_file = ws.state_dir().join(INTENT_FILE);
-    let index_lock = repo.git_dir().join("index.lock");
-    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if let (Some(locked), Some(intended)) = (modified(&index_lock), modified(&intent_file)) {
-        if locked <= intended {
-            tracing::warn!("removing the index lock a stopped write left");
-            let _ = std::fs::remove_file(&index_lock);
-        }
-    }
     let lock = repo.lock_index()?;
-    // Written again under this lock, so that the intent stays newer than a
-    // lock this repair leaves should it be stopped too.
-    std::fs::write(&intent_file, &text).map_err(RepoError::from)?;
-    let now = repo.files_of(repo.tree_of(head)?)?;
+    let now = repo.files_of(tree)?;
     let before = match parent {
         Some(p) => repo.files_of(repo.tree_of(p)?)?,
         None => Default::default(),
     };
     let trust_mode = repo.trusts_file_mode();
-    let state = |f: Option<&super::repo::TreeFile>| f.map(|f| (f.id, f.executable || !trust_mode));
+    let same = |a: Option<(ObjectId, bool)>, b: Option<(ObjectId, bool)>| {
+        if trust_mode {
+            a == b
+        } else {
+            a.map(|(id, _)| id) == b.map(|(id, _)| id)
+        }
+    };
     let mut edits = Vec::new();
     let mut repaired = Vec::new();
+    let mut unfinished = false;
     // Removals first, then writes (a folder that becomes a file).
     let mut paths: Vec<&String> = intent
         .paths
@@ -1102,8 +1133,8 @@ pub fn repair(repo: &Repo, ws: &Workspace) -> Result<Vec<String>, ChangeError> {
     paths.extend(intent.paths.iter().filter(|p| now.contains_key(*p)));
     for path in paths {
         let is = now.get(path);
-        let was = before.get(path);
-        if is == was {
+        if is == before.get(path) {
+            // Not in the commit (a file git ignores): on disk only.
             continue;
         }
         edits.push(match is {
@@ -1121,16 +1152,31 @@ pub fn repair(repo: &Repo, ws: &Workspace) -> Result<Vec<String>, ChangeError> {
                 continue;
             }
         };
+        let planned = intent
+            .before
+            .get(path)
+            .cloned()
+            .flatten()
+            .and_then(|(id, x)| Some((ObjectId::from_hex(id.as_bytes()).ok()?, x)));
+        let target_state = is.map(|f| (f.id, f.executable));
         let on_disk = match files::file_state(ws, &target) {
-            Ok(found) => found.map(|(id, x)| (id, x || !trust_mode)),
+            Ok(found) => found,
             // A folder where the file goes: taken only when it holds no file.
-            Err(_) if is.is_some() && ws.remove_empty_tree(&target).is_ok() => None,
+            Err(_)
+                if is.is_some() && planned.is_none() && ws.remove_empty_tree(&target).is_ok() =>
+            {
+                None
+            }
             Err(e) => {
                 tracing::warn!(path = %path, "not repaired on disk: {e}");
                 continue;
             }
         };
-        if on_disk != state(was) || on_disk == state(is) {
+        if same(on_disk, target_state) {
+            continue;
+        }
+        if !same(on_disk, planned) {
+            tracing::warn!(path = %path, "changed since the write was planned: left as it is");
             continue;
         }
         let done = match is {
@@ -1149,11 +1195,16 @@ pub fn repair(repo: &Repo, ws: &Workspace) -> Result<Vec<String>, ChangeError> {
         };
         match done {
             Ok(()) => repaired.push(path.clone()),
-            Err(e) => tracing::warn!(path = %path, "not repaired on disk: {e}"),
+            Err(e) => {
+                tracing::warn!(path = %path, "not repaired on disk yet: {e}");
+                unfinished = true;
+            }
         }
     }
     repo.write_index(lock, &edits)?;
-    Intent::clear(ws);
+    if !unfinished {
+        Intent::clear(ws);
+    }
     Ok(repaired)
 }
 
@@ -1184,6 +1235,15 @@ fn check_disk_unchanged(ws: &Workspace, plan: &Plan) -> Result<(), ChangeError> 
                         .is_some_and(|m| m.is_dir()) =>
             {
                 continue
+            }
+            // A folder now where the plan saw none.
+            Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => {
+                return Err(ChangeError::Precondition {
+                    path: path.clone(),
+                    expected: plan.before[path]
+                        .map_or_else(|| "none".to_string(), |(id, _)| id.to_string()),
+                    current: "a folder".to_string(),
+                })
             }
             Err(e) => return Err(fs_error(path)(e)),
         };
@@ -1456,18 +1516,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_plan_is_not_committed_over_a_file_a_pull_changed_since() {
+    /// A new repository in a temporary folder, its one commit holding `path`.
+    fn one_file_repo(path: &str, contents: &[u8]) -> (tempfile::TempDir, PathBuf, Repo, Workspace) {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("ws");
         let files = [TemplateFile {
-            path: "notes.txt".into(),
-            contents: b"one\n".to_vec(),
+            path: path.into(),
+            contents: contents.to_vec(),
             executable: false,
         }];
-        let author = edit("", "").author;
-        let repo = Repo::init(&root, "main", &files, &author).unwrap();
+        let repo = Repo::init(&root, "main", &files, &edit("", "").author).unwrap();
         let ws = Workspace::open(&root).unwrap();
+        (dir, root, repo, ws)
+    }
+
+    #[test]
+    fn a_plan_is_not_committed_over_a_file_a_pull_changed_since() {
+        let (_dir, root, repo, ws) = one_file_repo("notes.txt", b"one\n");
         let prepared = prepare(&repo, &ws, edit("one", "two")).unwrap();
         // A human's `git pull` lands between the plan and the commit: the file
         // changes on disk and the branch moves.
@@ -1512,12 +1577,7 @@ mod tests {
     /// failpoint): the intent written, the commit made.
     fn commit_then_die(repo: &Repo, ws: &Workspace, prepared: &Prepared) -> Staged {
         let staged = stage(repo, prepared, repo.head().unwrap()).unwrap();
-        Intent {
-            parent: staged.parent.map(|p| p.to_string()),
-            paths: prepared.plan.order.clone(),
-        }
-        .write(ws)
-        .unwrap();
+        Intent::of(prepared, &staged).write(ws).unwrap();
         repo.commit_tree(
             staged.parent,
             staged.tree,
@@ -1530,16 +1590,7 @@ mod tests {
 
     #[test]
     fn a_crash_after_the_working_tree_and_before_the_index_is_repaired() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("ws");
-        let files = [TemplateFile {
-            path: "notes.txt".into(),
-            contents: b"one\n".to_vec(),
-            executable: false,
-        }];
-        let author = edit("", "").author;
-        let repo = Repo::init(&root, "main", &files, &author).unwrap();
-        let ws = Workspace::open(&root).unwrap();
+        let (_dir, root, repo, ws) = one_file_repo("notes.txt", b"one\n");
         let prepared = prepare(&repo, &ws, edit("one", "two")).unwrap();
         commit_then_die(&repo, &ws, &prepared);
         // Killed while waiting up to INDEX_LOCK_WAIT for git's index lock:
@@ -1557,20 +1608,11 @@ mod tests {
 
     #[test]
     fn a_crash_in_a_write_that_turns_a_folder_into_a_file_does_not_stop_start_up() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("ws");
-        let files = [TemplateFile {
-            path: "docs/index.md".into(),
-            contents: b"# Docs\n".to_vec(),
-            executable: false,
-        }];
-        let author = edit("", "").author;
-        let repo = Repo::init(&root, "main", &files, &author).unwrap();
-        let ws = Workspace::open(&root).unwrap();
+        let (_dir, root, repo, ws) = one_file_repo("docs/index.md", b"# Docs\n");
         // What `POST /revert` of "docs became a folder" sends (BTreeSet order).
         let change = Change {
             message: "docs as a file".into(),
-            author: author.clone(),
+            author: edit("", "").author,
             ops: vec![
                 Op::Write {
                     path: "docs".into(),
@@ -1598,5 +1640,53 @@ mod tests {
             std::fs::read_to_string(root.join("docs")).unwrap(),
             "a file\n"
         );
+    }
+
+    #[test]
+    fn repair_writes_an_edit_planned_on_a_file_with_uncommitted_changes() {
+        let (_dir, root, repo, ws) = one_file_repo("notes.txt", b"one\n");
+        // The plan starts from the disk, which the parent commit does not hold.
+        std::fs::write(root.join("notes.txt"), "one\nlocal\n").unwrap();
+        let prepared = prepare(&repo, &ws, edit("one", "two")).unwrap();
+        commit_then_die(&repo, &ws, &prepared);
+        repair(&repo, &ws).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.join("notes.txt")).unwrap(),
+            "two\nlocal\n"
+        );
+        assert!(!repair_pending(&ws));
+    }
+
+    #[test]
+    fn a_human_commit_on_the_same_parent_is_never_taken_for_the_writer_s() {
+        let (_dir, root, repo, ws) = one_file_repo("notes.txt", b"one\n");
+        let prepared = prepare(&repo, &ws, edit("one", "two")).unwrap();
+        let staged = stage(&repo, &prepared, repo.head().unwrap()).unwrap();
+        // Stopped after the intent, before the branch moved; a human commits.
+        Intent::of(&prepared, &staged).write(&ws).unwrap();
+        std::fs::write(root.join("notes.txt"), "one, the human's\n").unwrap();
+        git(&root, &["commit", "-q", "-am", "Human"]);
+        assert_eq!(repair(&repo, &ws).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            std::fs::read_to_string(root.join("notes.txt")).unwrap(),
+            "one, the human's\n"
+        );
+        assert!(!repair_pending(&ws));
+    }
+
+    #[test]
+    fn only_an_index_lock_the_daemon_left_is_removed_at_start() {
+        let (_dir, root, repo, _ws) = one_file_repo("notes.txt", b"one\n");
+        // A human's git holds the lock: never the daemon's to remove.
+        std::fs::write(root.join(".git/index.lock"), b"").unwrap();
+        assert!(!repo.clear_own_index_lock());
+        assert!(root.join(".git/index.lock").exists());
+        std::fs::remove_file(root.join(".git/index.lock")).unwrap();
+        // The daemon killed while it held the lock (as abort() leaves it).
+        std::mem::forget(repo.lock_index().unwrap());
+        assert!(root.join(".git/index.lock").exists());
+        assert!(repo.clear_own_index_lock());
+        assert!(!root.join(".git/index.lock").exists());
+        repo.lock_index().unwrap();
     }
 }

@@ -82,7 +82,20 @@ impl Drop for Deadline {
 }
 
 /// Git's index lock, held (`Repo::lock_index`); removed when dropped unwritten.
-pub struct IndexLock(gix::lock::File);
+/// While it is held, `.git/dynapi/index-lock` says the daemon holds it: a
+/// daemon killed meanwhile leaves both, and the next start removes them
+/// (`Repo::clear_own_index_lock`), where git would ask a human to.
+pub struct IndexLock {
+    file: Option<gix::lock::File>,
+    marker: PathBuf,
+}
+
+impl Drop for IndexLock {
+    fn drop(&mut self) {
+        drop(self.file.take());
+        let _ = std::fs::remove_file(&self.marker);
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -706,14 +719,40 @@ impl Repo {
     /// the branch moved but the index without the change.
     pub fn lock_index(&self) -> Result<IndexLock, RepoError> {
         let repo = self.repo.to_thread_local();
-        gix::lock::File::acquire_to_update_resource(
+        let file = gix::lock::File::acquire_to_update_resource(
             repo.index_path(),
             gix::lock::acquire::Fail::AfterDurationWithBackoff(INDEX_LOCK_WAIT),
             None,
             0,
         )
-        .map(IndexLock)
-        .map_err(|e| RepoError::IndexLocked(e.to_string()))
+        .map_err(|e| RepoError::IndexLocked(e.to_string()))?;
+        let marker = self.index_lock_marker();
+        if let Some(dir) = marker.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let lock = IndexLock {
+            file: Some(file),
+            marker,
+        };
+        std::fs::write(&lock.marker, std::process::id().to_string())?;
+        Ok(lock)
+    }
+
+    fn index_lock_marker(&self) -> PathBuf {
+        self.git_dir().join("dynapi").join("index-lock")
+    }
+
+    /// At start-up: removes git's index lock when the daemon's marker says a
+    /// daemon killed while holding it left it (no human's git can have taken
+    /// it since: the file was there). Answers whether it did.
+    pub fn clear_own_index_lock(&self) -> bool {
+        let marker = self.index_lock_marker();
+        if !marker.exists() {
+            return false;
+        }
+        let removed = std::fs::remove_file(self.git_dir().join("index.lock")).is_ok();
+        let _ = std::fs::remove_file(marker);
+        removed
     }
 
     /// Takes the index lock and writes `edits` to the index (`write_index`).
@@ -773,15 +812,21 @@ impl Repo {
         }
         index.sort_entries();
         index.remove_tree();
-        let mut out = std::io::BufWriter::with_capacity(64 * 1024, lock.0);
+        let mut lock = lock;
+        let file = lock
+            .file
+            .take()
+            .ok_or_else(|| RepoError::Git("the index lock was released".into()))?;
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, file);
         index
             .write_to(&mut out, Default::default())
             .map_err(|e| RepoError::Git(format!("could not write the index: {e}")))?;
-        let lock = out
+        let file = out
             .into_inner()
             .map_err(|e| RepoError::Git(format!("could not write the index: {e}")))?;
-        lock.commit()
+        file.commit()
             .map_err(|e| RepoError::Git(format!("could not write the index: {}", e.error)))?;
+        // `lock` goes now, and with it the daemon's marker.
         Ok(())
     }
 

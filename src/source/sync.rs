@@ -150,7 +150,10 @@ impl Syncer {
     /// while its blocking work goes on.
     pub async fn sync(self: &Arc<Self>, trigger: Trigger) -> SyncReport {
         let this = self.clone();
-        match tokio::spawn(async move { this.sync_whole(trigger).await }).await {
+        let report = tokio::spawn(async move { this.sync_whole(trigger).await }).await;
+        // A registry built (and the one it replaced) freed a lot at once.
+        tokio::task::spawn_blocking(crate::memory::trim);
+        match report {
             Ok(report) => report,
             Err(e) => SyncReport {
                 commit: None,
@@ -192,6 +195,14 @@ impl Syncer {
             };
             let head_str = head.to_string();
             if head_str == served {
+                // Served already; its checkout may have waited for a human's
+                // other branch to be left.
+                if let Some(remote) = &remote {
+                    let local = repo.head()?;
+                    if local != Some(head) && repo.other_checkout()?.is_none() {
+                        repo.checkout(&remote.workspace, local, head)?;
+                    }
+                }
                 return Ok(Some(Built {
                     head: head_str,
                     registry: None,

@@ -877,3 +877,21 @@ async fn a_pushed_name_the_workspace_refuses_is_left_out_and_sync_goes_on() {
         "second\n"
     );
 }
+
+#[tokio::test]
+async fn a_daemon_killed_in_a_checkout_starts_again_and_catches_up() {
+    let (gh, mut d) = start(Duration::from_secs(600)).await;
+    // What a daemon killed inside a checkout leaves: git's index lock and
+    // the daemon's marker that it held it.
+    std::fs::write(d.workspace.join(".git/index.lock"), b"").unwrap();
+    std::fs::write(d.workspace.join(".git/dynapi/index-lock"), b"1").unwrap();
+    gh.push(BRANCH, &[("docs/theirs.md", "theirs\n")], "Their change");
+    d.restart().await;
+    let a = d.get("/status").await;
+    assert!(a.status < 300, "{}", a.json);
+    assert_eq!(
+        std::fs::read_to_string(d.workspace.join("docs/theirs.md")).unwrap(),
+        "theirs\n"
+    );
+    assert!(!d.workspace.join(".git/index.lock").exists());
+}
