@@ -23,6 +23,10 @@
 //! `serve` takes a bound listener and a shutdown token, so tests run the real
 //! daemon on `127.0.0.1:0`.
 
+// warp's filter tree is deep enough that proving its futures `Unpin` in a
+// release build overflows the default limit of 128.
+#![recursion_limit = "256"]
+
 pub mod audit;
 pub mod auth;
 pub mod commands;
