@@ -1,10 +1,11 @@
-# Shared by the benchmarks (sourced, not run): a release build in $bin, a temp
+# Shared by the benchmarks (sourced, not run): a release build in $bin (or
+# DYNAPI_BIN, a binary built earlier, e.g. of the commit to compare with), a temp
 # folder in $tmp removed on exit with every background job, a free port, and a
 # wait for a URL to answer.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-cargo build --release --quiet --manifest-path "$here/Cargo.toml"
-bin="${CARGO_TARGET_DIR:-$here/target}/release/dynapi"
+[ -n "${DYNAPI_BIN:-}" ] || cargo build --release --quiet --manifest-path "$here/Cargo.toml"
+bin="${DYNAPI_BIN:-${CARGO_TARGET_DIR:-$here/target}/release/dynapi}"
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 
