@@ -428,24 +428,21 @@ fn process(pid: i32) -> Option<(i32, i32, i32)> {
     Some((pid, ppid, pgrp))
 }
 
-/// This process's children, from each thread's `children` file
-/// (`CONFIG_PROC_CHILDREN`); `None` where the kernel has no such file.
-fn own_children() -> Option<Vec<i32>> {
-    let mut children = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
-        let Ok(list) = std::fs::read_to_string(task.path().join("children")) else {
-            // The thread ended meanwhile, or the kernel has no such file.
-            if task.path().exists() {
-                return None;
-            }
-            continue;
-        };
-        children.extend(
-            list.split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok()),
-        );
-    }
-    Some(children)
+/// The children of this process's main thread, from its `children` file
+/// (`CONFIG_PROC_CHILDREN`); `None` where the kernel has no such file. An
+/// orphan goes to the first live thread of its subreaper (the kernel's
+/// `find_new_reaper`), which is the main thread while the daemon runs, so
+/// everything adopted is listed there; scripts are children of the blocking
+/// threads that started them and are not. One small file per run, where each
+/// thread's took one read each.
+fn adopted_children() -> Option<Vec<i32>> {
+    let me = std::process::id();
+    let list = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")).ok()?;
+    Some(
+        list.split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .collect(),
+    )
 }
 
 /// Kills every process this daemon adopted from a script (sandboxed, or in
@@ -454,16 +451,22 @@ fn own_children() -> Option<Vec<i32>> {
 /// running keep theirs: their main process is a subreaper, so their orphans are
 /// its children, not the daemon's.
 fn sweep(ended_group: Option<i32>) {
+    // The common case, nothing adopted: one small file, no lock, no more of /proc.
+    if adopted_children().is_some_and(|children| children.is_empty()) {
+        return;
+    }
     let me = std::process::id() as i32;
     let spawned = spawned();
     let ours = |pid: i32| spawned.as_ref().is_some_and(|m| m.contains_key(&pid));
     let adopted = |&(pid, ppid, pgrp): &(i32, i32, i32)| {
         ppid == me && !ours(pid) && (Some(pgrp) == ended_group || sandboxed(&pid.to_string()))
     };
-    // The common case, nothing adopted, without reading all of /proc.
-    if let Some(children) = own_children() {
+    // Children of the main thread that are not scripts' (a test's own), without
+    // reading all of /proc.
+    if let Some(children) = adopted_children() {
         if !children
             .into_iter()
+            .filter(|&pid| !ours(pid))
             .filter_map(process)
             .any(|p| adopted(&p))
         {

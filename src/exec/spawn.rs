@@ -23,6 +23,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::ptr;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::sandbox::Prepared;
@@ -106,7 +107,7 @@ impl Command {
             sandbox,
             error: AtomicI32::new(0),
         };
-        let stack = Stack::new()?;
+        let stack = Stack::take()?;
         // Every signal blocked across the clone: a handler of the daemon must
         // never run in the child, on memory it shares with the daemon. The
         // child resets the handlers, then unblocks just before execve.
@@ -131,7 +132,7 @@ impl Command {
         let clone_error = io::Error::last_os_error();
         // SAFETY: restores the mask saved above.
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut()) };
-        drop(stack);
+        stack.give_back();
         if pid < 0 {
             return Err(clone_error);
         }
@@ -141,10 +142,7 @@ impl Command {
             status: None,
         };
         match args.error.load(Ordering::SeqCst) {
-            0 => {
-                child.pidfd = pidfd_open(pid);
-                Ok(child)
-            }
+            0 => Ok(child),
             errno => {
                 let _ = child.wait();
                 Err(io::Error::from_raw_os_error(errno))
@@ -173,9 +171,38 @@ fn pidfd_open(pid: i32) -> Option<OwnedFd> {
 }
 
 /// The child's stack: anonymous memory with a guard page at its low end.
+/// Kept for the next spawn (`STACKS`) rather than unmapped: unmapping memory
+/// of a multi-threaded process interrupts every CPU it runs on to flush its
+/// TLB, a cost paid on each run otherwise.
 struct Stack(*mut libc::c_void);
 
+// SAFETY: the mapping is plain memory owned by whoever holds the `Stack`;
+// no other reference to it exists once the child has exec'd or exited.
+unsafe impl Send for Stack {}
+
+/// Stacks free for the next spawn; at most `KEPT_STACKS` (runs at once rarely
+/// exceed it, and a stack more is just mapped again).
+static STACKS: Mutex<Vec<Stack>> = Mutex::new(Vec::new());
+const KEPT_STACKS: usize = 32;
+
 impl Stack {
+    /// A kept stack, or a new one.
+    fn take() -> io::Result<Stack> {
+        let kept = STACKS.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match kept {
+            Some(stack) => Ok(stack),
+            None => Stack::new(),
+        }
+    }
+
+    /// Keeps the stack for the next spawn (its child has exec'd or exited).
+    fn give_back(self) {
+        let mut kept = STACKS.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() < KEPT_STACKS {
+            kept.push(self);
+        }
+    }
+
     fn new() -> io::Result<Stack> {
         // SAFETY: a fresh anonymous mapping; nothing else refers to it.
         let base = unsafe {
@@ -336,6 +363,11 @@ impl Child {
                 return Ok(None);
             }
             let left = deadline.duration_since(now).as_millis().clamp(1, 1000) as libc::c_int;
+            // Opened on the first wait that has to sleep: most scripts have
+            // exited by the time their output ends, and need none.
+            if self.pidfd.is_none() {
+                self.pidfd = pidfd_open(self.pid);
+            }
             match &self.pidfd {
                 Some(fd) => {
                     let mut pfd = libc::pollfd {

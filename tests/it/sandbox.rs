@@ -666,3 +666,27 @@ async fn a_kept_ruleset_follows_a_replaced_folder_and_each_run_finds_its_temp_fo
     assert!(folder.join("f").exists());
     assert!(!d.workspace.join("reports/old-box/g").exists());
 }
+
+#[tokio::test]
+async fn run_by_root_a_script_holds_no_capability_nor_gains_one_by_exec() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let d = Daemon::start().await;
+    // The script's own sets, then those of a program it executes (root's
+    // rule at execve would give it every capability the bounding set allows).
+    d.add_endpoint(
+        "caps",
+        "",
+        "#!/bin/sh\ngrep -E '^Cap(Inh|Prm|Eff|Amb)' /proc/self/status\n\
+         sh -c \"grep -E '^Cap(Inh|Prm|Eff|Amb)' /proc/self/status\"\n",
+    )
+    .await;
+    let a = d.post("/caps", json!({})).await;
+    let lines: Vec<&str> = a.json["output"].as_str().unwrap().lines().collect();
+    assert_eq!(lines.len(), 8, "{}", a.json);
+    for line in lines {
+        assert!(line.ends_with("0000000000000000"), "{line}: {}", a.json);
+    }
+}
