@@ -1,15 +1,16 @@
 //! Running scripts: the only module that starts processes.
 //!
-//! A script is started with duct, never through a shell: the program and its argv
-//! come from a checked `Invocation`. Each run gets a scrubbed environment, the
-//! workspace as its working directory, its own process group (so a timeout kills
-//! the script and every child it started), the sandbox (`sandbox.rs`, entered
-//! between fork and exec, with a temporary folder of its own as `TMPDIR` and
-//! `HOME`, removed after the run), stdout and stderr each capped, and a slot from a global limit
-//! and from its endpoint's; callers that find no free slot within a short wait are
-//! told to come back later instead of queueing without bound.
+//! A script is started by `spawn` (`clone(CLONE_VM | CLONE_VFORK)`, then
+//! `execve`), never through a shell: the program and its argv come from a
+//! checked `Invocation`. Each run gets a scrubbed environment, the workspace as
+//! its working directory, its own process group (so a timeout kills the script
+//! and every child it started), the sandbox (`sandbox.rs`, entered between the
+//! clone and exec, with a temporary folder of its own as `TMPDIR` and `HOME`,
+//! emptied after the run), stdout and stderr each capped, and a slot from a
+//! global limit and from its endpoint's; callers that find no free slot within
+//! a short wait are told to come back later instead of queueing without bound.
 //!
-//! The waiting is blocking (duct is built on std), so it runs on tokio's blocking
+//! The waiting is blocking (poll and waitpid), so it runs on tokio's blocking
 //! pool, never on the async runtime's threads. What a script has printed so far is
 //! kept in its `Live` record, readable while it runs (jobs page through it) and
 //! cancellable (its process group is killed).
@@ -24,8 +25,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::OnceLock;
@@ -35,6 +35,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::sandbox::{self, Sandbox, SandboxError};
+
+mod spawn;
 
 /// PATH given to scripts: the system's, never the daemon's own.
 const SCRIPT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -426,24 +428,21 @@ fn process(pid: i32) -> Option<(i32, i32, i32)> {
     Some((pid, ppid, pgrp))
 }
 
-/// This process's children, from each thread's `children` file
-/// (`CONFIG_PROC_CHILDREN`); `None` where the kernel has no such file.
-fn own_children() -> Option<Vec<i32>> {
-    let mut children = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
-        let Ok(list) = std::fs::read_to_string(task.path().join("children")) else {
-            // The thread ended meanwhile, or the kernel has no such file.
-            if task.path().exists() {
-                return None;
-            }
-            continue;
-        };
-        children.extend(
-            list.split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok()),
-        );
-    }
-    Some(children)
+/// The children of this process's main thread, from its `children` file
+/// (`CONFIG_PROC_CHILDREN`); `None` where the kernel has no such file. An
+/// orphan goes to the first live thread of its subreaper (the kernel's
+/// `find_new_reaper`), which is the main thread while the daemon runs, so
+/// everything adopted is listed there; scripts are children of the blocking
+/// threads that started them and are not. One small file per run, where each
+/// thread's took one read each.
+fn adopted_children() -> Option<Vec<i32>> {
+    let me = std::process::id();
+    let list = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")).ok()?;
+    Some(
+        list.split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .collect(),
+    )
 }
 
 /// Kills every process this daemon adopted from a script (sandboxed, or in
@@ -452,16 +451,22 @@ fn own_children() -> Option<Vec<i32>> {
 /// running keep theirs: their main process is a subreaper, so their orphans are
 /// its children, not the daemon's.
 fn sweep(ended_group: Option<i32>) {
+    // The common case, nothing adopted: one small file, no lock, no more of /proc.
+    if adopted_children().is_some_and(|children| children.is_empty()) {
+        return;
+    }
     let me = std::process::id() as i32;
     let spawned = spawned();
     let ours = |pid: i32| spawned.as_ref().is_some_and(|m| m.contains_key(&pid));
     let adopted = |&(pid, ppid, pgrp): &(i32, i32, i32)| {
         ppid == me && !ours(pid) && (Some(pgrp) == ended_group || sandboxed(&pid.to_string()))
     };
-    // The common case, nothing adopted, without reading all of /proc.
-    if let Some(children) = own_children() {
+    // Children of the main thread that are not scripts' (a test's own), without
+    // reading all of /proc.
+    if let Some(children) = adopted_children() {
         if !children
             .into_iter()
+            .filter(|&pid| !ours(pid))
             .filter_map(process)
             .any(|p| adopted(&p))
         {
@@ -527,27 +532,6 @@ fn base_env(job: &Job, tmp: Option<&Path>) -> Vec<(String, String)> {
     env
 }
 
-/// A run's own temporary folder (mode 0700), removed with everything in it when
-/// dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> io::Result<TempDir> {
-        use std::os::unix::fs::DirBuilderExt;
-        let mut bytes = [0u8; 8];
-        getrandom::fill(&mut bytes).map_err(|e| io::Error::other(e.to_string()))?;
-        let path = std::env::temp_dir().join(format!("dynapi-run-{}", hex::encode(bytes)));
-        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
-        Ok(TempDir(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn run_blocking(
     job: Job,
     sandbox: &Sandbox,
@@ -561,58 +545,54 @@ fn run_blocking(
         source,
     };
     // Sandboxed runs get a temporary folder of their own (the only place
-    // outside the workspace they may write).
-    let tmp = match job.sandbox.mode {
-        sandbox::Mode::Off => None,
-        _ => Some(TempDir::new().map_err(spawn_error)?),
+    // outside the workspace they may write), with their ruleset.
+    let run = sandbox::RunKey {
+        endpoint: job.tag.name.clone(),
+        commit: job.tag.commit.clone(),
     };
-    let tmp_path = tmp.as_ref().map(|t| t.0.as_path());
-    let prepared = sandbox.prepare(&job.sandbox, &job.cwd, tmp_path, job.timeout)?;
-    let enter = prepared.enter();
+    let prepared = sandbox.prepare(&job.sandbox, &job.cwd, &run, job.timeout)?;
+    let command = spawn::Command::new(
+        &job.program,
+        &job.args,
+        &base_env(&job, prepared.tmp()),
+        &job.cwd,
+        SCRIPT_PATH,
+    )
+    .map_err(spawn_error)?;
     let (out_read, out_write) = os_pipe::pipe().map_err(spawn_error)?;
     let (err_read, err_write) = os_pipe::pipe().map_err(spawn_error)?;
-    let handle = {
-        // The expression owns the write ends of the pipes; it is dropped at the end
-        // of this block so that only the child holds them and we see EOF.
-        let expression = duct::cmd(&job.program, &job.args);
-        let expression = if job.stdin.len() <= PREFILL_STDIN {
-            // Small input goes into the pipe before the child starts: no writer thread.
-            let (stdin_read, mut stdin_write) = os_pipe::pipe().map_err(spawn_error)?;
-            stdin_write.write_all(&job.stdin).map_err(spawn_error)?;
-            drop(stdin_write);
-            expression.stdin_file(stdin_read)
-        } else {
-            expression.stdin_bytes(job.stdin.clone())
-        };
-        let expression = expression
-            .dir(&job.cwd)
-            .full_env(base_env(&job, tmp_path))
-            .stdout_file(out_write)
-            .stderr_file(err_write)
-            .unchecked()
-            .before_spawn(move |cmd| {
-                cmd.process_group(0);
-                // A hook between fork and exec costs the fast spawn (std falls
-                // back from posix_spawn to fork): only when there is a sandbox.
-                if let Some(enter) = enter.clone() {
-                    // SAFETY: `apply` makes only async-signal-safe system calls
-                    // and allocates nothing (the clone above is before the fork).
-                    unsafe { cmd.pre_exec(move || enter.apply()) };
-                }
-                Ok(())
-            });
+    let (stdin_read, mut stdin_write) = os_pipe::pipe().map_err(spawn_error)?;
+    let small = job.stdin.len() <= PREFILL_STDIN;
+    if small {
+        // Small input goes into the pipe before the child starts: no writer thread.
+        stdin_write.write_all(&job.stdin).map_err(spawn_error)?;
+    }
+    let mut child = {
         let mut spawned = spawned();
-        let handle = expression.start().map_err(spawn_error)?;
-        let pid = handle.pids().first().copied().unwrap_or(0) as i32;
+        let child = command
+            .spawn(
+                [stdin_read.as_fd(), out_write.as_fd(), err_write.as_fd()],
+                &prepared,
+            )
+            .map_err(spawn_error)?;
         *spawned
             .get_or_insert_with(HashMap::new)
-            .entry(pid)
+            .entry(child.pid())
             .or_insert(0) += 1;
-        drop(spawned);
-        drop(prepared);
-        handle
+        child
     };
-    let pgid = handle.pids().first().copied().unwrap_or(0) as i32;
+    // Only the child holds the write ends now, so we see EOF when it is done.
+    drop((stdin_read, out_write, err_write));
+    if small {
+        drop(stdin_write);
+    } else {
+        let stdin = job.stdin;
+        // Ends when all is written or the reader is gone (killed with its group).
+        std::thread::spawn(move || {
+            let _ = stdin_write.write_all(&stdin);
+        });
+    }
+    let pgid = child.pid();
     if let Ok(mut r) = running.lock() {
         r.insert(pgid);
     }
@@ -625,20 +605,20 @@ fn run_blocking(
         Capture::new(out_read, 0, live),
         Capture::new(err_read, 1, live),
     ];
-    let timed_out = pump(&mut outputs, &handle, deadline);
+    let timed_out = pump(&mut outputs, &mut child, deadline);
     let exit = if timed_out {
         kill_group(pgid);
-        let _ = handle.wait();
+        let _ = child.wait();
         Exit::TimedOut
     } else {
-        match handle.wait_deadline(deadline) {
-            Ok(Some(output)) => match output.status.code() {
-                Some(code) => Exit::Code(code),
-                None => Exit::Signal(output.status.signal().unwrap_or(0)),
+        match child.wait_deadline(deadline) {
+            Ok(Some(status)) => match spawn::decode(status) {
+                Ok(code) => Exit::Code(code),
+                Err(signal) => Exit::Signal(signal),
             },
             Ok(None) | Err(_) => {
                 kill_group(pgid);
-                let _ = handle.wait();
+                let _ = child.wait();
                 Exit::TimedOut
             }
         }
@@ -651,6 +631,8 @@ fn run_blocking(
     if let Ok(mut r) = running.lock() {
         r.remove(&pgid);
     }
+    // Nothing of the run is left to write in its temporary folder.
+    sandbox.finish(prepared);
     let Output {
         streams: [stdout, stderr],
         truncated,
@@ -666,7 +648,7 @@ fn run_blocking(
 }
 
 /// Stdin up to this size is written into the pipe before the child starts (it fits
-/// in the kernel's pipe buffer); larger input gets duct's writer thread.
+/// in the kernel's pipe buffer); larger input gets a writer thread.
 const PREFILL_STDIN: usize = 32 * 1024;
 /// How often the reading loop looks whether the script's main process has exited.
 const EXIT_CHECK: Duration = Duration::from_millis(50);
@@ -721,7 +703,7 @@ impl Capture<'_> {
 /// Reads stdout and stderr on this thread with poll(2) until both are closed, the
 /// deadline passes (returns true), or the main process has exited and the pipes
 /// stayed open for a grace period (held by something that escaped the group).
-fn pump(outputs: &mut [Capture<'_>; 2], handle: &duct::Handle, deadline: Instant) -> bool {
+fn pump(outputs: &mut [Capture<'_>; 2], child: &mut spawn::Child, deadline: Instant) -> bool {
     let mut exited_at: Option<Instant> = None;
     loop {
         let open: Vec<usize> = (0..outputs.len()).filter(|i| !outputs[*i].eof).collect();
@@ -759,7 +741,7 @@ fn pump(outputs: &mut [Capture<'_>; 2], handle: &duct::Handle, deadline: Instant
         }
         // Checked whether or not output came: a background child that keeps
         // writing must not hide that the script itself has ended.
-        if exited_at.is_none() && matches!(handle.try_wait(), Ok(Some(_))) {
+        if exited_at.is_none() && matches!(child.try_wait(), Ok(Some(_))) {
             exited_at = Some(Instant::now());
         }
     }

@@ -2,14 +2,22 @@
 //! for the filesystem, TCP and signals, resource limits, `no_new_privs`, and no
 //! capabilities.
 //!
-//! Everything that can fail or allocate happens in the daemon before the fork
-//! (`Sandbox::prepare`): the Landlock ruleset is built with the `landlock` crate
-//! from descriptors opened once, beneath the workspace, never through a symlink
-//! (the path checked is the folder granted: no second lookup a rename could
-//! redirect), and kept as a file descriptor; the seccomp program is assembled;
-//! the limits are computed. Between fork and exec the child only makes
-//! async-signal-safe system calls (`Enter::apply`): setrlimit, prctl,
-//! landlock_restrict_self, seccomp and close_range.
+//! Everything that can fail or allocate happens in the daemon before the
+//! clone (`Sandbox::prepare`): the Landlock ruleset is built with the `landlock`
+//! crate from descriptors opened once, beneath the workspace, never through a
+//! symlink (the path checked is the folder granted: no second lookup a rename
+//! could redirect), and kept as a file descriptor; the seccomp programs are
+//! assembled once; the limits are computed. Between clone and exec the child
+//! only makes async-signal-safe system calls (`Prepared::apply`): setrlimit,
+//! prctl, capset, landlock_restrict_self, seccomp and close_range.
+//!
+//! A ruleset and the run's temporary folder it grants form a `Slot`, kept
+//! after the run (the folder emptied) for the next run of the same endpoint,
+//! commit and `writable` paths. A kept slot is used again only when a fresh
+//! look at the disk shows what it was built from (`Slot::fits`): the same
+//! root and `.git`, unchanged since they were listed, the same inode behind
+//! each `writable` descriptor opened for this run. Otherwise a new one is
+//! built: a stale cache could only grant a folder that is no longer there.
 //!
 //! What a script may do when the kernel offers it all:
 //! - read and execute the system (`/usr`, `/etc`, ...) and the workspace, except
@@ -34,6 +42,7 @@
 //! This module never decides what a request may ask for; it enforces what the
 //! manifest says, resolved by the caller.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -173,6 +182,10 @@ pub struct Sandbox {
     uid: u32,
     /// Tasks of the daemon's user, counted at most once a second (see `nproc`).
     tasks: Mutex<Option<(Instant, u64)>>,
+    /// The seccomp program without and with `network: true`, built once.
+    filters: [Option<Arc<[Insn]>>; 2],
+    /// Rulesets kept for the next run of the same endpoint and commit.
+    cache: Cache,
 }
 
 /// The ABI this code knows the rights of; newer kernels are used at this level.
@@ -234,6 +247,13 @@ impl Sandbox {
             limits,
             uid,
             tasks: Mutex::new(None),
+            filters: [false, true].map(|network| {
+                syscalls
+                    .then(|| syscall_filter(network, abi >= 4))
+                    .flatten()
+                    .map(Arc::from)
+            }),
+            cache: Cache::default(),
         }
     }
 
@@ -288,25 +308,43 @@ impl Sandbox {
         line
     }
 
-    /// Builds what the child needs for `policy` in `workspace`, with `tmp` as the
-    /// run's own temporary folder (none, or `sandbox: off`: nothing to enter).
-    /// Fails with `Unavailable` when the mode is `required` and something is
-    /// missing.
+    /// Builds what the child needs for `policy` in `workspace` (nothing for
+    /// `sandbox: off`): a ruleset and a temporary folder of the run's own,
+    /// taken from the cache of `run`'s endpoint and commit when one is there
+    /// and still true to the disk (`Slot::fits`), else built now; the seccomp
+    /// program (built once, in `new`); the limits. Fails with `Unavailable`
+    /// when the mode is `required` and something is missing. Give the result
+    /// back with `finish` once the run and its sweep are over.
     pub fn prepare(
         &self,
         policy: &Policy,
         workspace: &Path,
-        tmp: Option<&Path>,
+        run: &RunKey,
         timeout: Duration,
     ) -> Result<Prepared, SandboxError> {
-        let Some(tmp) = tmp.filter(|_| policy.mode != Mode::Off) else {
+        if policy.mode == Mode::Off {
             return Ok(Prepared::none());
-        };
+        }
         self.check(policy.mode)?;
-        let ruleset = if self.support.filesystem {
-            Some(self.ruleset(policy, workspace, tmp)?)
-        } else {
-            None
+        let key = CacheKey {
+            endpoint: run.endpoint.clone(),
+            commit: run.commit.clone(),
+            workspace: workspace.to_path_buf(),
+            writable: policy
+                .writable
+                .iter()
+                .map(|w| match w {
+                    Writable::Workspace => None,
+                    Writable::Path(path, _) => Some(path.clone()),
+                })
+                .collect(),
+            network: policy.network,
+        };
+        let now = Stamps::of(workspace, policy);
+        let cached = self.cache.take(&key, now.as_ref());
+        let slot = match cached {
+            Some(slot) => slot,
+            None => self.slot(policy, workspace, key)?,
         };
         let cpu = timeout.as_secs().saturating_add(2);
         let mut limits = vec![
@@ -319,19 +357,46 @@ impl Sandbox {
         if self.support.processes {
             limits.push((libc::RLIMIT_NPROC, self.nproc()));
         }
-        let tcp_by_landlock = self.support.network;
-        let seccomp = self
-            .support
-            .syscalls
-            .then(|| syscall_filter(policy.network, tcp_by_landlock))
-            .flatten()
-            .map(Arc::from);
         Ok(Prepared {
-            ruleset,
+            slot: Some(slot),
             limits,
             drop_capabilities: self.uid == 0,
             no_new_privs: true,
-            seccomp,
+            seccomp: self.filters[usize::from(policy.network)].clone(),
+        })
+    }
+
+    /// Takes back what `prepare` gave once the run is over and swept: its
+    /// temporary folder emptied and its ruleset kept for the endpoint's next
+    /// run, or both dropped (the folder removed) when they may not be kept.
+    pub fn finish(&self, prepared: Prepared) {
+        if let Some(slot) = prepared.slot {
+            if slot.cacheable && slot.tmp.empty_out() {
+                self.cache.put(slot);
+            }
+        }
+    }
+
+    /// A new ruleset and temporary folder for `key`, the disk as it is now.
+    fn slot(&self, policy: &Policy, workspace: &Path, key: CacheKey) -> Result<Slot, SandboxError> {
+        let setup = |e: io::Error| SandboxError::Setup(format!("the run's temporary folder: {e}"));
+        // The folders the rules list were listed after this moment; a change
+        // made later gives them a later modification time (see `Stamps`).
+        let started = std::time::SystemTime::now();
+        let stamps = Stamps::of(workspace, policy);
+        let tmp = TempDir::new().map_err(setup)?;
+        let ruleset = if self.support.filesystem {
+            Some(self.ruleset(policy, workspace, &tmp.path)?)
+        } else {
+            None
+        };
+        let cacheable = stamps.as_ref().is_some_and(|s| s.settled_before(started));
+        Ok(Slot {
+            key,
+            stamps,
+            ruleset,
+            tmp,
+            cacheable,
         })
     }
 
@@ -453,21 +518,12 @@ impl Sandbox {
     }
 }
 
-/// What the child applies between fork and exec.
+/// What the child enters between clone and exec: the run's slot (ruleset and
+/// temporary folder), its limits, the seccomp program. It must outlive the
+/// spawn: the child uses the ruleset's descriptor by number.
 #[derive(Debug)]
 pub struct Prepared {
-    ruleset: Option<OwnedFd>,
-    limits: Vec<(libc::__rlimit_resource_t, u64)>,
-    drop_capabilities: bool,
-    no_new_privs: bool,
-    seccomp: Option<Arc<[Insn]>>,
-}
-
-/// The part of `Prepared` the child closure owns: plain values, and the seccomp
-/// program behind an `Arc` cloned before the fork (the child only reads it).
-#[derive(Debug, Clone)]
-pub struct Enter {
-    ruleset: Option<i32>,
+    slot: Option<Slot>,
     limits: Vec<(libc::__rlimit_resource_t, u64)>,
     drop_capabilities: bool,
     no_new_privs: bool,
@@ -477,7 +533,7 @@ pub struct Enter {
 impl Prepared {
     fn none() -> Prepared {
         Prepared {
-            ruleset: None,
+            slot: None,
             limits: Vec::new(),
             drop_capabilities: false,
             no_new_privs: false,
@@ -485,28 +541,19 @@ impl Prepared {
         }
     }
 
-    /// The values for the child, or `None` when there is nothing to enter
-    /// (`sandbox: off`), so that the spawn needs no hook. `self` must outlive the
-    /// spawn: it owns the ruleset's descriptor, which the child uses by number.
-    pub fn enter(&self) -> Option<Enter> {
-        let nothing = self.ruleset.is_none()
-            && self.limits.is_empty()
-            && !self.drop_capabilities
-            && !self.no_new_privs;
-        (!nothing).then(|| Enter {
-            ruleset: self.ruleset.as_ref().map(|fd| fd.as_raw_fd()),
-            limits: self.limits.clone(),
-            drop_capabilities: self.drop_capabilities,
-            no_new_privs: self.no_new_privs,
-            seccomp: self.seccomp.clone(),
-        })
+    /// The run's own temporary folder (`TMPDIR` and `HOME`); none without a sandbox.
+    pub fn tmp(&self) -> Option<&Path> {
+        self.slot.as_ref().map(|s| s.tmp.path.as_path())
     }
-}
 
-impl Enter {
-    /// Runs in the child between fork and exec: system calls only, no allocation,
-    /// no locks.
-    pub fn apply(&self) -> io::Result<()> {
+    /// Runs in the child between clone and exec, on memory it shares with the
+    /// daemon: system calls only, no allocation, no locks, nothing dropped.
+    /// An error is the errno of the step that failed.
+    pub fn apply(&self) -> Result<(), i32> {
+        if self.slot.is_none() {
+            close_inherited();
+            return Ok(());
+        }
         for (resource, value) in &self.limits {
             let limit = libc::rlimit {
                 rlim_cur: *value,
@@ -514,16 +561,11 @@ impl Enter {
             };
             // SAFETY: setrlimit reads the struct we pass and nothing else.
             if unsafe { libc::setrlimit(*resource, &limit) } != 0 {
-                return Err(io::Error::last_os_error());
+                return Err(errno());
             }
         }
         if self.drop_capabilities {
-            // Root keeps its uid but loses every capability at exec: it can no
-            // longer override file permissions, open raw sockets or mount.
-            for cap in 0..64 {
-                // SAFETY: prctl with integer arguments; unknown capabilities give EINVAL.
-                unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
-            }
+            drop_capabilities();
         }
         // What the script leaves behind (a double fork, `setsid ... &`) is
         // adopted by the script itself while it runs, so it stays in the run's
@@ -535,13 +577,14 @@ impl Enter {
         if self.no_new_privs {
             // SAFETY: prctl with integer arguments.
             if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-                return Err(io::Error::last_os_error());
+                return Err(errno());
             }
         }
-        if let Some(fd) = self.ruleset {
+        if let Some(fd) = self.slot.as_ref().and_then(|s| s.ruleset.as_ref()) {
             // SAFETY: the descriptor is the parent's ruleset, inherited by the child.
-            if unsafe { libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32) } != 0 {
-                return Err(io::Error::last_os_error());
+            if unsafe { libc::syscall(libc::SYS_landlock_restrict_self, fd.as_raw_fd(), 0u32) } != 0
+            {
+                return Err(errno());
             }
         }
         if let Some(program) = &self.seccomp {
@@ -561,11 +604,323 @@ impl Enter {
                 )
             };
             if r != 0 {
-                return Err(io::Error::last_os_error());
+                return Err(errno());
             }
         }
         close_inherited();
         Ok(())
+    }
+}
+
+/// Root keeps its uid but holds no capability, now or after any exec: it can
+/// no longer override file permissions, open raw sockets or mount. The
+/// securebits (locked, so the script cannot unset them) stop execve from
+/// giving root the full set (`SECBIT_NOROOT`) and ambient capabilities from
+/// being raised; `capset` then empties the permitted, effective and
+/// inheritable sets, which clears the ambient set too. File capabilities add
+/// nothing under `no_new_privs` (set after this). Two credential changes,
+/// where dropping the bounding set took one per capability (41 on Linux 6).
+/// Without CAP_SETPCAP neither way works; as before, the run goes on.
+/// Async-signal-safe: system calls only.
+fn drop_capabilities() {
+    const SECBIT_NOROOT: libc::c_ulong = 1 << 0;
+    const SECBIT_NOROOT_LOCKED: libc::c_ulong = 1 << 1;
+    const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+    const SECBIT_NO_SETUID_FIXUP_LOCKED: libc::c_ulong = 1 << 3;
+    const SECBIT_KEEP_CAPS_LOCKED: libc::c_ulong = 1 << 5;
+    const SECBIT_NO_CAP_AMBIENT_RAISE: libc::c_ulong = 1 << 6;
+    const SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED: libc::c_ulong = 1 << 7;
+    const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let bits = SECBIT_NOROOT
+        | SECBIT_NOROOT_LOCKED
+        | SECBIT_NO_SETUID_FIXUP
+        | SECBIT_NO_SETUID_FIXUP_LOCKED
+        | SECBIT_KEEP_CAPS_LOCKED
+        | SECBIT_NO_CAP_AMBIENT_RAISE
+        | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
+    // SAFETY: prctl with integer arguments; it changes only this process.
+    unsafe { libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0) };
+    let header = Header {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let none = [
+        Data {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        },
+        Data {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        },
+    ];
+    // SAFETY: capset reads the header and the two data structs we pass.
+    unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, none.as_ptr()) };
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
+}
+
+fn errno() -> i32 {
+    // SAFETY: reads the calling thread's errno.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Which run asks: the cache keeps rulesets per endpoint and served commit.
+#[derive(Debug, Clone, Default)]
+pub struct RunKey {
+    pub endpoint: String,
+    pub commit: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    endpoint: String,
+    commit: String,
+    workspace: PathBuf,
+    /// Each `writable` entry: `None` for `.`, else the path.
+    writable: Vec<Option<PathBuf>>,
+    network: bool,
+}
+
+/// A ruleset and the temporary folder it grants, for one run at a time.
+#[derive(Debug)]
+struct Slot {
+    key: CacheKey,
+    /// The disk the ruleset was made from; `None` when it could not be read
+    /// (never kept then).
+    stamps: Option<Stamps>,
+    ruleset: Option<OwnedFd>,
+    tmp: TempDir,
+    /// Whether the stamps are sure to change with any change the listing
+    /// missed (`Stamps::settled_before`).
+    cacheable: bool,
+}
+
+impl Slot {
+    /// Whether this slot's ruleset grants exactly what one built now would:
+    /// the same folders (device and inode of the root, `.git` and each
+    /// `writable` descriptor opened for this run), listed when they were as
+    /// they are (the root's and `.git`'s modification times), and its
+    /// temporary folder still the one it made, private and empty.
+    fn fits(&self, now: Option<&Stamps>) -> bool {
+        self.cacheable && now.is_some() && self.stamps.as_ref() == now && self.tmp.intact()
+    }
+}
+
+/// What a ruleset was made from, cheap to compare: a `stat` of the root and
+/// of `.git` (whose entries are each a rule), an `fstat` of each `writable`
+/// descriptor. A folder's modification time changes whenever an entry is
+/// added, removed or renamed in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamps {
+    root: Stamp,
+    git: Option<Stamp>,
+    writable: Vec<(u64, u64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    mtime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(st: &rustix::fs::Stat) -> Stamp {
+        Stamp {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            mtime: (st.st_mtime, st.st_mtime_nsec as i64),
+        }
+    }
+}
+
+impl Stamps {
+    fn of(workspace: &Path, policy: &Policy) -> Option<Stamps> {
+        let root = rustix::fs::stat(workspace).ok()?;
+        let git = rustix::fs::lstat(workspace.join(".git")).ok();
+        let mut writable = Vec::new();
+        for w in &policy.writable {
+            if let Writable::Path(_, fd) = w {
+                let st = rustix::fs::fstat(fd.as_fd()).ok()?;
+                writable.push((st.st_dev, st.st_ino));
+            }
+        }
+        Some(Stamps {
+            root: Stamp::of(&root),
+            git: git.as_ref().map(Stamp::of),
+            writable,
+        })
+    }
+
+    /// Whether the listed folders last changed well before `started`. File
+    /// times come from a clock that ticks every few milliseconds: a change
+    /// in the same tick as the one stamped would leave the time as it was.
+    /// A folder changed before `started - SETTLE` and listed after
+    /// `started` cannot change again without a later time.
+    fn settled_before(&self, started: std::time::SystemTime) -> bool {
+        const SETTLE: Duration = Duration::from_millis(100);
+        let Ok(since) = started.duration_since(std::time::UNIX_EPOCH) else {
+            return false;
+        };
+        let limit = since.saturating_sub(SETTLE);
+        let old = |s: &Stamp| {
+            let at = Duration::new(
+                s.mtime.0.max(0) as u64,
+                s.mtime.1.clamp(0, 999_999_999) as u32,
+            );
+            at < limit
+        };
+        old(&self.root) && self.git.as_ref().is_none_or(old)
+    }
+}
+
+/// Slots waiting for their endpoint's next run. Entries of an endpoint's
+/// older commits go when a run of a newer one asks; the whole cache goes when
+/// it holds too many.
+#[derive(Debug, Default)]
+struct Cache {
+    slots: Mutex<HashMap<CacheKey, Vec<Slot>>>,
+}
+
+/// Keys kept at most, and slots per key (runs at once of one endpoint).
+const CACHE_KEYS: usize = 256;
+const CACHE_SLOTS: usize = 64;
+
+impl Cache {
+    /// A kept slot for `key` that still fits the disk; slots that do not are
+    /// dropped (their folders removed).
+    fn take(&self, key: &CacheKey, now: Option<&Stamps>) -> Option<Slot> {
+        let mut stale = Vec::new();
+        let found = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            if !slots.contains_key(key) {
+                let old: Vec<CacheKey> = slots
+                    .keys()
+                    .filter(|k| k.endpoint == key.endpoint)
+                    .cloned()
+                    .collect();
+                for k in old {
+                    stale.extend(slots.remove(&k).unwrap_or_default());
+                }
+                if slots.len() >= CACHE_KEYS {
+                    stale.extend(slots.drain().flat_map(|(_, v)| v));
+                }
+                slots.insert(key.clone(), Vec::new());
+            }
+            let list = slots.get_mut(key)?;
+            let mut found = None;
+            while let Some(slot) = list.pop() {
+                if slot.fits(now) {
+                    found = Some(slot);
+                    break;
+                }
+                stale.push(slot);
+            }
+            found
+        };
+        // Folders are removed outside the lock.
+        drop(stale);
+        found
+    }
+
+    fn put(&self, slot: Slot) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = slots.get_mut(&slot.key) {
+            if list.len() < CACHE_SLOTS {
+                list.push(slot);
+            }
+        }
+    }
+}
+
+/// A run's own temporary folder (mode 0700), removed with everything in it
+/// when dropped; between two runs of a cached slot, emptied.
+#[derive(Debug)]
+struct TempDir {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl TempDir {
+    fn new() -> io::Result<TempDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).map_err(|e| io::Error::other(e.to_string()))?;
+        let path = std::env::temp_dir().join(format!("dynapi-run-{}", hex::encode(bytes)));
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        let st = rustix::fs::lstat(&path)?;
+        Ok(TempDir {
+            path,
+            dev: st.st_dev,
+            ino: st.st_ino,
+        })
+    }
+
+    /// Still the folder made here (not a symlink, nor another folder by
+    /// that name), ours, and private.
+    fn intact(&self) -> bool {
+        rustix::fs::lstat(&self.path).is_ok_and(|st| {
+            st.st_dev == self.dev
+                && st.st_ino == self.ino
+                && rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir()
+                && st.st_uid == euid()
+                && st.st_mode & 0o7777 == 0o700
+        })
+    }
+
+    /// Makes the folder private again (a script may have changed its mode)
+    /// and removes everything in it; false if that failed.
+    fn empty_out(&self) -> bool {
+        if !self.intact() {
+            use std::os::unix::fs::PermissionsExt;
+            let fixed = std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.is_dir())
+                && std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o700))
+                    .is_ok();
+            if !fixed || !self.intact() {
+                return false;
+            }
+        }
+        let Ok(entries) = std::fs::read_dir(&self.path) else {
+            return false;
+        };
+        for entry in entries {
+            let Ok(entry) = entry else { return false };
+            let path = entry.path();
+            // Neither call follows a symlink.
+            let removed = match entry.file_type() {
+                Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+                Ok(_) => std::fs::remove_file(&path),
+                Err(e) => Err(e),
+            };
+            if removed.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 
@@ -750,13 +1105,17 @@ const CLONE_NEWTIME: u32 = 0x80;
 /// A small assembler for the filter: jumps name labels, resolved at the end.
 struct Asm {
     code: Vec<(u16, Target, Target, u32)>,
-    labels: Vec<(&'static str, usize)>,
+    labels: Vec<(Target, usize)>,
+    /// Labels made by `fresh` so far.
+    fresh: usize,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Target {
     Next,
     To(&'static str),
+    /// A label made by `Asm::fresh`.
+    At(usize),
 }
 
 impl Asm {
@@ -774,7 +1133,38 @@ impl Asm {
         self.code.push((code, yes, no, k));
     }
     fn label(&mut self, name: &'static str) {
-        self.labels.push((name, self.code.len()));
+        self.place(Target::To(name));
+    }
+    fn place(&mut self, label: Target) {
+        self.labels.push((label, self.code.len()));
+    }
+    fn fresh(&mut self) -> Target {
+        self.fresh += 1;
+        Target::At(self.fresh)
+    }
+    /// Jumps to the target of the range holding the value in the
+    /// accumulator, or to `otherwise`: a binary search over `ranges` (sorted,
+    /// disjoint, inclusive), a few comparisons for any value. The kernel runs
+    /// the filter once per system call number when it is installed, to learn
+    /// which calls it always allows, so a short path for each number is what
+    /// makes installing it cheap, on every run.
+    fn search(&mut self, ranges: &[(u32, u32, Target)], otherwise: Target) {
+        match ranges {
+            [] => self.jump(Self::JGE, 0, otherwise, otherwise),
+            [(lo, hi, to)] if lo == hi => self.jump(Self::JEQ, *lo, *to, otherwise),
+            [(lo, hi, to)] => {
+                self.jump(Self::JGE, *lo, Target::Next, otherwise);
+                self.jump(Self::JGE, hi.saturating_add(1), otherwise, *to);
+            }
+            _ => {
+                let mid = ranges.len() / 2;
+                let upper = self.fresh();
+                self.jump(Self::JGE, ranges[mid].0, upper, Target::Next);
+                self.search(&ranges[..mid], otherwise);
+                self.place(upper);
+                self.search(&ranges[mid..], otherwise);
+            }
+        }
     }
     /// Loads the low 32 bits of argument `i` (both architectures are little-endian).
     fn arg(&mut self, i: u32) {
@@ -784,8 +1174,8 @@ impl Asm {
         let at = |i: usize, t: Target| -> Option<u8> {
             match t {
                 Target::Next => Some(0),
-                Target::To(name) => {
-                    let (_, to) = self.labels.iter().find(|(n, _)| *n == name)?;
+                label => {
+                    let (_, to) = self.labels.iter().find(|(n, _)| *n == label)?;
                     u8::try_from(to.checked_sub(i + 1)?).ok()
                 }
             }
@@ -821,6 +1211,7 @@ fn syscall_filter(network: bool, tcp_by_landlock: bool) -> Option<Vec<Insn>> {
     let mut a = Asm {
         code: Vec::new(),
         labels: Vec::new(),
+        fresh: 0,
     };
     a.op(Asm::LD_ABS, 4); // arch
     a.jump(Asm::JEQ, AUDIT_ARCH?, To("arch_ok"), Next);
@@ -831,17 +1222,17 @@ fn syscall_filter(network: bool, tcp_by_landlock: bool) -> Option<Vec<Insn>> {
         // x32 system calls carry bit 30.
         a.jump(Asm::JGE, 0x4000_0000, To("enosys"), Next);
     }
-    for &n in DENIED {
-        a.jump(Asm::JEQ, nr(n), To("eperm"), Next);
-    }
-    a.jump(Asm::JEQ, nr(libc::SYS_clone3), To("enosys"), Next);
-    a.jump(Asm::JEQ, nr(libc::SYS_clone), To("clone"), Next);
-    a.jump(Asm::JEQ, nr(libc::SYS_unshare), To("unshare"), Next);
-    a.jump(Asm::JEQ, nr(libc::SYS_prctl), To("prctl"), Next);
+    let mut cases: Vec<(u32, Target)> = DENIED.iter().map(|&n| (nr(n), To("eperm"))).collect();
+    cases.extend([
+        (nr(libc::SYS_clone3), To("enosys")),
+        (nr(libc::SYS_clone), To("clone")),
+        (nr(libc::SYS_unshare), To("unshare")),
+        (nr(libc::SYS_prctl), To("prctl")),
+    ]);
     if !network {
-        a.jump(Asm::JEQ, nr(libc::SYS_socket), To("socket"), Next);
+        cases.push((nr(libc::SYS_socket), To("socket")));
     }
-    a.op(Asm::RET, RET_ALLOW);
+    a.search(&ranges(cases), To("allow"));
 
     // clone(flags, ...) on x86_64 and aarch64: flags first.
     a.label("clone");
@@ -899,6 +1290,21 @@ fn syscall_filter(network: bool, tcp_by_landlock: bool) -> Option<Vec<Insn>> {
     a.label("enosys");
     a.op(Asm::RET, errno(libc::ENOSYS));
     a.finish()
+}
+
+/// System call numbers and where each goes, as sorted ranges: neighbours
+/// going to the same place are one range.
+fn ranges(mut cases: Vec<(u32, Target)>) -> Vec<(u32, u32, Target)> {
+    cases.sort_by_key(|&(n, _)| n);
+    cases.dedup_by_key(|&mut (n, _)| n);
+    let mut ranges: Vec<(u32, u32, Target)> = Vec::new();
+    for (n, to) in cases {
+        match ranges.last_mut() {
+            Some((_, hi, last)) if *last == to && hi.checked_add(1) == Some(n) => *hi = n,
+            _ => ranges.push((n, n, to)),
+        }
+    }
+    ranges
 }
 
 /// The kernel's Landlock ABI version, 0 without Landlock.
@@ -961,6 +1367,88 @@ mod tests {
                 let program = syscall_filter(network, tcp).expect("every jump resolves");
                 assert!(program.len() < 200, "{}", program.len());
                 assert_eq!(program.last().unwrap().code, Asm::RET);
+            }
+        }
+    }
+
+    /// Runs `program` on one system call as the kernel would: `nr`, the
+    /// architecture, the low halves of the arguments.
+    fn run(program: &[Insn], nr: u32, arch: u32, args: [u32; 3]) -> u32 {
+        let (mut acc, mut pc) = (0u32, 0usize);
+        loop {
+            let i = program[pc];
+            pc += 1;
+            let jump = |taken: bool| usize::from(if taken { i.jt } else { i.jf });
+            match i.code {
+                Asm::LD_ABS => {
+                    acc = match i.k {
+                        0 => nr,
+                        4 => arch,
+                        k => args[((k - 16) / 8) as usize],
+                    }
+                }
+                Asm::AND => acc &= i.k,
+                Asm::JEQ => pc += jump(acc == i.k),
+                Asm::JGE => pc += jump(acc >= i.k),
+                Asm::JSET => pc += jump(acc & i.k != 0),
+                Asm::RET => return i.k,
+                code => panic!("unexpected instruction {code:#x}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_syscall_filter_decides_every_call_as_the_policy_says() {
+        let Some(arch) = AUDIT_ARCH else { return };
+        let eperm = RET_ERRNO | libc::EPERM as u32;
+        let enosys = RET_ERRNO | libc::ENOSYS as u32;
+        let eacces = RET_ERRNO | libc::EACCES as u32;
+        let nr = |n: libc::c_long| n as u32;
+        for network in [false, true] {
+            for tcp in [false, true] {
+                let program = syscall_filter(network, tcp).unwrap();
+                assert_eq!(run(&program, 0, 0x4000_0003, [0; 3]), RET_KILL_PROCESS);
+                for n in (0..1024).chain([0x4000_0000, 0x4000_0001, u32::MAX]) {
+                    let got = run(&program, n, arch, [0; 3]);
+                    let want = if DENIED.iter().any(|&d| nr(d) == n) {
+                        eperm
+                    } else if n == nr(libc::SYS_clone3)
+                        || (cfg!(target_arch = "x86_64") && n >= 0x4000_0000)
+                    {
+                        enosys
+                    } else {
+                        // clone, unshare, prctl and socket with zero
+                        // arguments included: nothing the filter refuses.
+                        RET_ALLOW
+                    };
+                    assert_eq!(got, want, "system call {n}, network {network}, tcp {tcp}");
+                }
+                let clone = |flags: u32| run(&program, nr(libc::SYS_clone), arch, [flags, 0, 0]);
+                assert_eq!(clone(libc::SIGCHLD as u32), RET_ALLOW);
+                assert_eq!(clone(libc::CLONE_NEWUSER as u32), eperm);
+                let unshare =
+                    |flags: u32| run(&program, nr(libc::SYS_unshare), arch, [flags, 0, 0]);
+                assert_eq!(unshare(libc::CLONE_FILES as u32), RET_ALLOW);
+                assert_eq!(unshare(CLONE_NEWTIME), eperm);
+                let prctl = |op: u32| run(&program, nr(libc::SYS_prctl), arch, [op, 0, 0]);
+                assert_eq!(prctl(libc::PR_SET_CHILD_SUBREAPER as u32), eperm);
+                assert_eq!(prctl(libc::PR_SET_NAME as u32), RET_ALLOW);
+                let socket = |family: i32, kind: i32, proto: i32| {
+                    run(
+                        &program,
+                        nr(libc::SYS_socket),
+                        arch,
+                        [family as u32, kind as u32, proto as u32],
+                    )
+                };
+                let refused = if network { RET_ALLOW } else { eacces };
+                assert_eq!(socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0), RET_ALLOW);
+                assert_eq!(socket(libc::AF_INET, libc::SOCK_DGRAM, 0), refused);
+                assert_eq!(socket(libc::AF_INET6, libc::SOCK_RAW, 0), refused);
+                assert_eq!(socket(libc::AF_PACKET, libc::SOCK_RAW, 0), refused);
+                let stream = socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                let tcp_refused = if network || tcp { RET_ALLOW } else { eacces };
+                assert_eq!(stream, tcp_refused);
             }
         }
     }

@@ -632,3 +632,61 @@ except (OSError, MemoryError):
         "{status}"
     );
 }
+
+#[tokio::test]
+async fn a_kept_ruleset_follows_a_replaced_folder_and_each_run_finds_its_temp_folder_empty() {
+    let d = Daemon::start().await;
+    // Each run lists its TMPDIR (empty), leaves a file there, writes its
+    // writable folder and tries where that folder used to be.
+    d.add_endpoint(
+        "again",
+        "sandbox:\n  writable: [reports/box]\n",
+        "#!/bin/sh\nls -A \"$TMPDIR\"; touch \"$TMPDIR/left\"\n\
+         echo hi > reports/box/f && echo wrote\n\
+         echo x > reports/old-box/g 2>/dev/null && echo escaped\nexit 0\n",
+    )
+    .await;
+    // Past the moment the new commit's folders count as settled (`Stamps`), so
+    // that runs keep their rulesets.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let a = d.post("/again", json!({})).await;
+        assert_eq!(a.json["output"], json!("wrote\n"), "{}", a.json);
+    }
+    // The folder the kept ruleset was made for is moved away and another made
+    // in its place (the root does not change): the next run may write the new
+    // one, not the old one.
+    let folder = d.workspace.join("reports/box");
+    std::fs::rename(&folder, d.workspace.join("reports/old-box")).unwrap();
+    std::fs::create_dir(&folder).unwrap();
+    for _ in 0..2 {
+        let a = d.post("/again", json!({})).await;
+        assert_eq!(a.json["output"], json!("wrote\n"), "{}", a.json);
+    }
+    assert!(folder.join("f").exists());
+    assert!(!d.workspace.join("reports/old-box/g").exists());
+}
+
+#[tokio::test]
+async fn run_by_root_a_script_holds_no_capability_nor_gains_one_by_exec() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let d = Daemon::start().await;
+    // The script's own sets, then those of a program it executes (root's
+    // rule at execve would give it every capability the bounding set allows).
+    d.add_endpoint(
+        "caps",
+        "",
+        "#!/bin/sh\ngrep -E '^Cap(Inh|Prm|Eff|Amb)' /proc/self/status\n\
+         sh -c \"grep -E '^Cap(Inh|Prm|Eff|Amb)' /proc/self/status\"\n",
+    )
+    .await;
+    let a = d.post("/caps", json!({})).await;
+    let lines: Vec<&str> = a.json["output"].as_str().unwrap().lines().collect();
+    assert_eq!(lines.len(), 8, "{}", a.json);
+    for line in lines {
+        assert!(line.ends_with("0000000000000000"), "{line}: {}", a.json);
+    }
+}
