@@ -802,6 +802,9 @@ struct Cache {
 /// Keys kept at most, and slots per key (runs at once of one endpoint).
 const CACHE_KEYS: usize = 256;
 const CACHE_SLOTS: usize = 64;
+/// Slots kept at most in all: each holds a ruleset descriptor, and the
+/// daemon's descriptors are counted (1,024 by default).
+const CACHE_TOTAL: usize = 128;
 
 impl Cache {
     /// A kept slot for `key` that still fits the disk; slots that do not are
@@ -842,6 +845,12 @@ impl Cache {
 
     fn put(&self, slot: Slot) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        // Each kept slot holds a descriptor (its ruleset): at most
+        // `CACHE_TOTAL` of them, whatever the endpoints and commits.
+        let kept: usize = slots.values().map(Vec::len).sum();
+        if kept >= CACHE_TOTAL {
+            return;
+        }
         if let Some(list) = slots.get_mut(&slot.key) {
             if list.len() < CACHE_SLOTS {
                 list.push(slot);
