@@ -282,18 +282,18 @@ pub fn operations() -> Vec<Operation> {
             ..op("callEndpoint", Method::Post, "/call/{name}", "Call any endpoint by name", Some(Scope::Run))
         },
         Operation {
-            description: "A long endpoint run (a 202 answer's job_id): its state, exit code, and output from `offset` on. Call again with `offset` = `next_offset` while `more` is true.",
+            description: "A long endpoint run (a 202 answer's job_id): its state, exit code, and output from `offset` on. Call again with `offset` = `next_offset` while `more` is true. A job belongs to the token that started it (the `run` scope it needed reads it); `admin` reads every job.",
             path_params: &[("id", "The job id from a 202 answer.")],
             query: Some(schema_of::<Page>()),
             answer: job_view(),
-            ..op("getJob", Method::Get, "/jobs/{id}", "Read a long run's state and output", Some(Scope::Read))
+            ..op("getJob", Method::Get, "/jobs/{id}", "Read a long run's state and output", Some(Scope::Run))
         },
         Operation {
             description: "Stops a running job: its script and every process it started are killed.",
             path_params: &[("id", "The job id from a 202 answer.")],
             answer: job_view(),
             consequential: true,
-            ..op("cancelJob", Method::Delete, "/jobs/{id}", "Stop a long run", Some(Scope::Read))
+            ..op("cancelJob", Method::Delete, "/jobs/{id}", "Stop a long run", Some(Scope::Run))
         },
         Operation {
             answer: answer(&[("scripts", "array", "File names in scripts/.")]),

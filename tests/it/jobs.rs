@@ -182,3 +182,30 @@ async fn jobs_are_private_to_their_token_paged_on_characters_and_report_timeouts
     assert_eq!(view["stderr"], json!("oops"));
     assert!(view["duration_ms"].as_u64().unwrap() < 3000, "{view}");
 }
+
+#[tokio::test]
+async fn a_token_with_only_run_reads_and_cancels_the_job_it_started() {
+    let d = Daemon::start().await;
+    add(
+        &d,
+        "slow",
+        "async: true\n",
+        "#!/bin/sh\necho started\nsleep 30\n",
+    )
+    .await;
+    d.grant_reader("runner-secret", "run").await;
+    let a = d
+        .request("POST", "/slow", Some(json!({})), Some("runner-secret"))
+        .await;
+    assert_eq!(a.status, 202, "{}", a.json);
+    let url = a.json["url"].as_str().unwrap().to_string();
+    let a = d.request("GET", &url, None, Some("runner-secret")).await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    let a = d.request("DELETE", &url, None, Some("runner-secret")).await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert_ne!(a.json["state"], json!("running"), "{}", a.json);
+    // Reading jobs needs the `run` that started them.
+    d.grant_reader("reader-only", "read").await;
+    let a = d.request("GET", &url, None, Some("reader-only")).await;
+    assert_eq!(a.status, 403, "{}", a.json);
+}
