@@ -348,7 +348,7 @@ impl Exec {
         for pgid in groups {
             kill_group(pgid);
         }
-        sweep(None);
+        let _ = sweep(None);
     }
 }
 
@@ -449,11 +449,11 @@ fn adopted_children() -> Option<Vec<i32>> {
 /// `ended_group`, the process group of a run that just ended) and all their
 /// descendants, and reaps the adopted ones, until none is left. Scripts still
 /// running keep theirs: their main process is a subreaper, so their orphans are
-/// its children, not the daemon's.
-fn sweep(ended_group: Option<i32>) {
+/// its children, not the daemon's. Answers whether none is left.
+fn sweep(ended_group: Option<i32>) -> bool {
     // The common case, nothing adopted: one small file, no lock, no more of /proc.
     if adopted_children().is_some_and(|children| children.is_empty()) {
-        return;
+        return true;
     }
     let me = std::process::id() as i32;
     let spawned = spawned();
@@ -470,7 +470,7 @@ fn sweep(ended_group: Option<i32>) {
             .filter_map(process)
             .any(|p| adopted(&p))
         {
-            return;
+            return true;
         }
     }
     for _ in 0..100 {
@@ -481,7 +481,7 @@ fn sweep(ended_group: Option<i32>) {
             .map(|&(pid, _, _)| pid)
             .collect();
         if adopted.is_empty() {
-            return;
+            return true;
         }
         let mut tree = adopted.clone();
         let mut i = 0;
@@ -500,6 +500,7 @@ fn sweep(ended_group: Option<i32>) {
             unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
         }
     }
+    false
 }
 
 fn kill_group(pgid: i32) {
@@ -627,12 +628,12 @@ fn run_blocking(
     // what left the group.
     kill_group(pgid);
     forget_spawned(pgid);
-    sweep(Some(pgid));
+    let swept = sweep(Some(pgid));
     if let Ok(mut r) = running.lock() {
         r.remove(&pgid);
     }
     // Nothing of the run is left to write in its temporary folder.
-    sandbox.finish(prepared);
+    sandbox.finish(prepared, swept);
     let Output {
         streams: [stdout, stderr],
         truncated,

@@ -227,7 +227,15 @@ impl Sandbox {
                     .to_string(),
             );
         }
-        let syscalls = seccomp_available();
+        // Built once here; a filter that could not be assembled means none,
+        // said as missing (never reported as enforced while absent).
+        let filters = [false, true].map(|network| {
+            seccomp_available()
+                .then(|| syscall_filter(network, abi >= 4))
+                .flatten()
+                .map(Arc::from)
+        });
+        let syscalls = filters.iter().all(Option::is_some);
         if !syscalls {
             missing.push("no seccomp filters here (or an architecture this build has no filter for): scripts can send UDP and make namespaces".to_string());
         }
@@ -247,12 +255,7 @@ impl Sandbox {
             limits,
             uid,
             tasks: Mutex::new(None),
-            filters: [false, true].map(|network| {
-                syscalls
-                    .then(|| syscall_filter(network, abi >= 4))
-                    .flatten()
-                    .map(Arc::from)
-            }),
+            filters,
             cache: Cache::default(),
         }
     }
@@ -369,9 +372,11 @@ impl Sandbox {
     /// Takes back what `prepare` gave once the run is over and swept: its
     /// temporary folder emptied and its ruleset kept for the endpoint's next
     /// run, or both dropped (the folder removed) when they may not be kept.
-    pub fn finish(&self, prepared: Prepared) {
+    pub fn finish(&self, prepared: Prepared, swept: bool) {
         if let Some(slot) = prepared.slot {
-            if slot.cacheable && slot.tmp.empty_out() {
+            // A process of the run still alive could write into the folder
+            // the next run (perhaps another caller's) gets: never kept then.
+            if swept && slot.cacheable && slot.tmp.empty_out() {
                 self.cache.put(slot);
             }
         }
@@ -381,7 +386,7 @@ impl Sandbox {
     fn slot(&self, policy: &Policy, workspace: &Path, key: CacheKey) -> Result<Slot, SandboxError> {
         let setup = |e: io::Error| SandboxError::Setup(format!("the run's temporary folder: {e}"));
         // The folders the rules list were listed after this moment; a change
-        // made later gives them a later modification time (see `Stamps`).
+        // made later gives them a later change time (see `Stamps`).
         let started = std::time::SystemTime::now();
         let stamps = Stamps::of(workspace, policy);
         let tmp = TempDir::new().map_err(setup)?;
@@ -716,7 +721,7 @@ impl Slot {
     /// Whether this slot's ruleset grants exactly what one built now would:
     /// the same folders (device and inode of the root, `.git` and each
     /// `writable` descriptor opened for this run), listed when they were as
-    /// they are (the root's and `.git`'s modification times), and its
+    /// they are (the root's and `.git`'s change times), and its
     /// temporary folder still the one it made, private and empty.
     fn fits(&self, now: Option<&Stamps>) -> bool {
         self.cacheable && now.is_some() && self.stamps.as_ref() == now && self.tmp.intact()
@@ -725,7 +730,7 @@ impl Slot {
 
 /// What a ruleset was made from, cheap to compare: a `stat` of the root and
 /// of `.git` (whose entries are each a rule), an `fstat` of each `writable`
-/// descriptor. A folder's modification time changes whenever an entry is
+/// descriptor. A folder's change time moves whenever an entry is
 /// added, removed or renamed in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Stamps {
@@ -738,7 +743,10 @@ struct Stamps {
 struct Stamp {
     dev: u64,
     ino: u64,
-    mtime: (i64, i64),
+    /// The inode's change time: it moves with every entry added, removed or
+    /// renamed in the folder, and unlike the modification time no process
+    /// can set it back (`utimensat` sets only the other two).
+    ctime: (i64, i64),
 }
 
 impl Stamp {
@@ -746,7 +754,7 @@ impl Stamp {
         Stamp {
             dev: st.st_dev,
             ino: st.st_ino,
-            mtime: (st.st_mtime, st.st_mtime_nsec as i64),
+            ctime: (st.st_ctime, st.st_ctime_nsec as i64),
         }
     }
 }
@@ -782,8 +790,8 @@ impl Stamps {
         let limit = since.saturating_sub(SETTLE);
         let old = |s: &Stamp| {
             let at = Duration::new(
-                s.mtime.0.max(0) as u64,
-                s.mtime.1.clamp(0, 999_999_999) as u32,
+                s.ctime.0.max(0) as u64,
+                s.ctime.1.clamp(0, 999_999_999) as u32,
             );
             at < limit
         };
@@ -1246,7 +1254,14 @@ fn syscall_filter(network: bool, tcp_by_landlock: bool) -> Option<Vec<Insn>> {
     // clone(flags, ...) on x86_64 and aarch64: flags first.
     a.label("clone");
     a.arg(0);
-    a.jump(Asm::JSET, NAMESPACES, To("eperm"), To("allow"));
+    // CLONE_PARENT too: its child would be the daemon's, outside the run's
+    // subreaper, and outlive the run.
+    a.jump(
+        Asm::JSET,
+        NAMESPACES | libc::CLONE_PARENT as u32,
+        To("eperm"),
+        To("allow"),
+    );
     a.label("unshare");
     a.arg(0);
     a.jump(
@@ -1435,6 +1450,7 @@ mod tests {
                 let clone = |flags: u32| run(&program, nr(libc::SYS_clone), arch, [flags, 0, 0]);
                 assert_eq!(clone(libc::SIGCHLD as u32), RET_ALLOW);
                 assert_eq!(clone(libc::CLONE_NEWUSER as u32), eperm);
+                assert_eq!(clone((libc::CLONE_PARENT | libc::SIGCHLD) as u32), eperm);
                 let unshare =
                     |flags: u32| run(&program, nr(libc::SYS_unshare), arch, [flags, 0, 0]);
                 assert_eq!(unshare(libc::CLONE_FILES as u32), RET_ALLOW);

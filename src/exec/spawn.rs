@@ -267,7 +267,7 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
         // Handlers of the daemon back to the default (they would run on
         // shared memory), and SIGPIPE, which Rust ignores, too: an ignored
         // signal stays ignored across execve.
-        for sig in 1..libc::SIGRTMAX() {
+        for sig in 1..=libc::SIGRTMAX() {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {
                 continue;
             }

@@ -163,6 +163,8 @@ impl From<ChangeError> for ApiError {
                 e.retry_after = Some(5);
                 e
             }
+            ChangeError::Repo(RepoError::Io(io)) => os_error(&io, "nothing was committed")
+                .unwrap_or_else(|| ApiError::internal(format!("the commit failed: {io}"))),
             ChangeError::Repo(r) => ApiError::internal(format!("the commit failed: {r}")),
             ChangeError::GitHub(g) => g.into(),
         }
@@ -184,9 +186,71 @@ impl From<FsError> for ApiError {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
             }
             FsError::BadRequest(m) => ApiError::bad_request(m),
-            FsError::Io { .. } => ApiError::internal(e),
+            FsError::Io {
+                ref path,
+                ref source,
+            } => os_error(source, &format!("`{path}`")).unwrap_or_else(|| ApiError::internal(e)),
         }
     }
+}
+
+/// What the operating system said of a path the caller chose, when that is
+/// the request's fault or the disk's state rather than the daemon's: a name
+/// too long, a file where a folder is needed, a read-only or full disk. The one
+/// place these become answers (every file route and the writer pass here);
+/// `None` for errors that are the daemon's (500).
+fn os_error(e: &std::io::Error, what: &str) -> Option<ApiError> {
+    use std::io::ErrorKind as K;
+    let (status, code, reason) = match e.kind() {
+        K::InvalidFilename => (
+            StatusCode::BAD_REQUEST,
+            "bad_path",
+            "a file name is too long",
+        ),
+        K::NotADirectory => (
+            StatusCode::CONFLICT,
+            "not_a_folder",
+            "a part of the path is a file, not a folder",
+        ),
+        K::IsADirectory => (StatusCode::CONFLICT, "is_a_folder", "the path is a folder"),
+        K::DirectoryNotEmpty => (
+            StatusCode::CONFLICT,
+            "not_empty",
+            "a folder there is not empty",
+        ),
+        K::AlreadyExists => (
+            StatusCode::CONFLICT,
+            "conflict",
+            "something is already there",
+        ),
+        K::ReadOnlyFilesystem => (
+            StatusCode::CONFLICT,
+            "read_only",
+            "the workspace's disk is read-only",
+        ),
+        K::PermissionDenied => (
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            "the daemon's user may not do this on disk",
+        ),
+        K::StorageFull | K::QuotaExceeded => (
+            StatusCode::INSUFFICIENT_STORAGE,
+            "disk_full",
+            "the disk is full",
+        ),
+        K::FileTooLarge => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "the file is larger than the disk allows",
+        ),
+        K::CrossesDevices => (StatusCode::CONFLICT, "conflict", "the move crosses disks"),
+        _ => return None,
+    };
+    Some(ApiError::new(
+        status,
+        code,
+        format!("{what}: {reason} ({e})"),
+    ))
 }
 
 impl From<SqlError> for ApiError {

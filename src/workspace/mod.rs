@@ -75,6 +75,11 @@ impl FsError {
     }
 }
 
+/// The longest name of one file or folder Linux filesystems hold, in bytes.
+pub const NAME_MAX: usize = 255;
+/// The longest path a request may name, in bytes (Linux's `PATH_MAX`).
+pub const PATH_MAX: usize = 4096;
+
 /// The name of the writer's temporary files; walks and listings never show them.
 pub const TEMP_PREFIX: &str = ".dynapi-tmp-";
 
@@ -186,8 +191,16 @@ impl Workspace {
                 s if s.eq_ignore_ascii_case(".git") => {
                     return refuse("the repository's `.git` folder is not part of the workspace")
                 }
+                s if s.len() > NAME_MAX => {
+                    return refuse(
+                        "a name in it is longer than 255 bytes, more than a filesystem holds",
+                    )
+                }
                 s => relative.push(s),
             }
+        }
+        if request.len() > PATH_MAX {
+            return refuse("it is longer than 4,096 bytes");
         }
         // Belt and braces: after the split nothing may be anything but a plain name.
         if relative

@@ -462,3 +462,54 @@ impl AnswerExt for crate::support::Answer {
         self.json.to_string().contains(needle)
     }
 }
+
+#[tokio::test]
+async fn what_the_os_refuses_for_a_path_the_caller_chose_is_a_4xx() {
+    let d = Daemon::start().await;
+    let long = "a".repeat(300);
+    let commits = d.commits();
+    // A name longer than the filesystem allows, by each route that names one.
+    let a = d
+        .put(
+            &format!("/files/notes/{long}.txt"),
+            json!({"content": "x\n"}),
+        )
+        .await;
+    assert_eq!(a.status, 400, "{}", a.json);
+    assert!(
+        a.json["error"]["message"].as_str().unwrap().contains("255"),
+        "{}",
+        a.json
+    );
+    assert!(
+        d.put("/files/notes/short.txt", json!({"content": "x\n"}))
+            .await
+            .status
+            < 300
+    );
+    let commits_after_one = d.commits();
+    assert_eq!(commits_after_one, commits + 1);
+    let a = d
+        .post(
+            "/files/move",
+            json!({"from": "notes/short.txt", "to": format!("notes/{long}.txt")}),
+        )
+        .await;
+    assert_eq!(a.status, 400, "{}", a.json);
+    assert!(a.json["error"]["message"].is_string(), "{}", a.json);
+    for path in [
+        format!("/files/notes/{long}.txt"),
+        format!("/files/{long}/x"),
+    ] {
+        let a = d.get(&path).await;
+        assert!(
+            (400..500).contains(&a.status),
+            "{path}: {} {}",
+            a.status,
+            a.json
+        );
+    }
+    let a = d.delete(&format!("/files/notes/{long}.txt")).await;
+    assert!((400..500).contains(&a.status), "{} {}", a.status, a.json);
+    assert_eq!(d.commits(), commits_after_one);
+}

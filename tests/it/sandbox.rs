@@ -690,3 +690,54 @@ async fn run_by_root_a_script_holds_no_capability_nor_gains_one_by_exec() {
         assert!(line.ends_with("0000000000000000"), "{line}: {}", a.json);
     }
 }
+
+/// A script's `clone(CLONE_PARENT)` would make a sibling whose parent is the
+/// daemon's thread that started the script: outside the run's subreaper, in a
+/// new session the group kill misses, holding the run's Landlock domain and
+/// so the temporary folder the endpoint's next run gets. The filter refuses
+/// the flag; whatever the script tries, nothing of it outlives the run and
+/// the next run starts on an empty folder.
+#[tokio::test]
+async fn a_sibling_made_with_clone_parent_neither_outlives_its_run_nor_reaches_the_next() {
+    let d = Daemon::start().await;
+    let script = format!(
+        r#"#!/usr/bin/python3
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+print(sorted(os.listdir(os.environ["TMPDIR"])))
+sys.stdout.flush()
+pid = libc.syscall({nr}, 0x8000 | 17, 0, 0, 0, 0)
+if pid == 0:
+    os.setsid()
+    fd = os.open("/dev/null", os.O_RDWR)
+    os.dup2(fd, 0); os.dup2(fd, 1); os.dup2(fd, 2)
+    os.execv("/bin/sh", ["sh", "-c", 'sleep 1; echo planted > "$TMPDIR/planted"; exec sleep 331'])
+time.sleep(0.3)
+print("sibling" if pid > 0 else "refused")
+"#,
+        nr = libc::SYS_clone
+    );
+    d.add_endpoint("sibling", "", &script).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let a = d.post("/sibling", json!({})).await;
+    assert_eq!(a.json["output"], json!("[]\nrefused\n"), "{}", a.json);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let alive = processes_running(&["sleep", "331"]);
+    let b = d.post("/sibling", json!({})).await;
+    kill_by_argv(b"sleep\x00331\x00");
+    assert_eq!(b.json["output"], json!("[]\nrefused\n"), "{}", b.json);
+    assert_eq!(alive, 0, "a CLONE_PARENT sibling outlived its run");
+}
+
+/// Kills, by pid, the processes whose argv is `wanted` (a test's leftovers).
+fn kill_by_argv(wanted: &[u8]) {
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == wanted) {
+            // SAFETY: kill sends a signal.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
