@@ -322,7 +322,17 @@ fn builtin_operation(op: &Operation, gpt: bool) -> Value {
         "operationId": op.id,
         "summary": summary,
         "description": description,
-        "responses": responses(&[Some(op.status), op.also].into_iter().flatten().collect::<Vec<_>>(), op.answer.clone()),
+        "responses": responses(
+            &[Some(op.status), op.also].into_iter().flatten().collect::<Vec<_>>(),
+            {
+                // The GPT profile keeps to the plain subset its importer reads.
+                let mut answer = op.answer.clone();
+                if gpt {
+                    plain(&mut answer);
+                }
+                answer
+            },
+        ),
     });
     if !parameters.is_empty() {
         item["parameters"] = json!(parameters);

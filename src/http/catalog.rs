@@ -22,12 +22,17 @@ const FILE_PATH: (&str, &str) = (
 );
 
 /// An object answer with these properties (name, type, description).
+/// An answer's schema from `(name, type, description)`; a type ending in `?`
+/// may also be `null` (OpenAPI 3.1's `type: [t, "null"]`; the GPT profile
+/// shows the plain type, `openapi::plain`).
 fn answer(props: &[(&str, &str, &str)]) -> Value {
     let mut properties = serde_json::Map::new();
     for (name, ty, description) in props {
         let mut s = json!({"description": description});
-        if !ty.is_empty() {
-            s["type"] = json!(ty);
+        match ty.strip_suffix('?') {
+            Some(ty) => s["type"] = json!([ty, "null"]),
+            None if !ty.is_empty() => s["type"] = json!(ty),
+            None => {}
         }
         if *ty == "array" {
             s["items"] = json!({});
@@ -42,8 +47,8 @@ fn written() -> Value {
         ("path", "string", "The file written."),
         (
             "etag",
-            "string",
-            "Its new git blob id: send it as `if_match` next time.",
+            "string?",
+            "Its new git blob id: send it as `if_match` next time (null once deleted).",
         ),
         (
             "changed",
@@ -313,7 +318,7 @@ pub fn operations() -> Vec<Operation> {
             ..op("gitSync", Method::Post, "/git-sync", "Commit files changed in the workspace", Some(Scope::Write))
         },
         Operation {
-            answer: answer(&[("commit", "string", "The commit served."), ("last_sync", "object", ""), ("last_error", "object", "With the problems of an invalid commit."), ("counts", "object", "")]),
+            answer: answer(&[("commit", "string", "The commit served."), ("last_sync", "object", ""), ("last_error", "object?", "With the problems of an invalid commit; null when the last sync served."), ("counts", "object", "")]),
             ..op("status", Method::Get, "/status", "What the daemon serves, and what went wrong", Some(Scope::Read))
         },
         Operation {

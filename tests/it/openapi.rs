@@ -331,3 +331,47 @@ fn dynapi_openapi_prints_the_document_for_a_checkout() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn answers_that_may_be_null_say_so_in_the_full_profile_only() {
+    let d = Daemon::start().await;
+    let full = d.request("GET", "/openapi.json", None, None).await.json;
+    let gpt = d
+        .request("GET", "/openapi.json?profile=gpt", None, None)
+        .await
+        .json;
+    let answer = |doc: &serde_json::Value, path: &str, method: &str, field: &str| {
+        doc["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+            ["properties"][field]["type"]
+            .clone()
+    };
+    assert_eq!(
+        answer(&full, "/files/{path}", "delete", "etag"),
+        json!(["string", "null"])
+    );
+    assert_eq!(
+        answer(&full, "/status", "get", "last_error"),
+        json!(["object", "null"])
+    );
+    // What is really sent: a deleted file has no etag, a served commit no error.
+    assert!(
+        d.put("/files/notes/x.txt", json!({"content": "x\n"}))
+            .await
+            .status
+            < 300
+    );
+    assert_eq!(
+        d.delete("/files/notes/x.txt").await.json["etag"],
+        json!(null)
+    );
+    assert_eq!(d.get("/status").await.json["last_error"], json!(null));
+    // The GPT profile keeps the plain type its importer reads.
+    assert_eq!(
+        answer(&gpt, "/status", "get", "last_error"),
+        json!("object")
+    );
+    assert_eq!(
+        answer(&gpt, "/files/{path}", "delete", "etag"),
+        json!("string")
+    );
+}
