@@ -172,7 +172,7 @@ pub struct Parsed<T> {
 
 /// Parses `text` (the contents of `file`) into `T`. A text over `MAX_FILE_BYTES`,
 /// syntax errors, unknown keys and wrong types come back as one `Problem` with
-/// serde_yaml's position.
+/// serde_norway's position.
 pub fn parse<T: serde::de::DeserializeOwned + Default>(
     file: &str,
     text: &str,
@@ -184,7 +184,7 @@ pub fn parse<T: serde::de::DeserializeOwned + Default>(
         // An empty file is an empty mapping, so the checks can say which keys are missing.
         T::default()
     } else {
-        serde_yaml::from_str::<T>(text).map_err(|e| {
+        serde_norway::from_str::<T>(text).map_err(|e| {
             let (line, column) = e
                 .location()
                 .map(|l| (l.line(), l.column()))
@@ -215,7 +215,7 @@ pub fn too_large(file: &str, bytes: u64) -> Problem {
     }
 }
 
-/// serde_yaml appends " at line L column C" to its messages; we print the position
+/// serde_norway appends " at line L column C" to its messages; we print the position
 /// in front instead, so drop the tail.
 fn clean_serde_message(message: &str) -> String {
     match message.find(" at line ") {
@@ -233,7 +233,7 @@ pub struct Locator {
 impl Locator {
     fn new(file: &str, text: &str) -> Locator {
         let mut collector = KeyCollector::default();
-        // The text already parsed with serde_yaml; should this parser disagree, the
+        // The text already parsed with serde_norway; should this parser disagree, the
         // problems simply point at line 1 rather than failing.
         let _ = Parser::new_from_str(text).load(&mut collector, false);
         Locator {

@@ -173,7 +173,7 @@ async fn add_endpoint(
     let delivery = endpoint_delivery(&app, req.mode.as_deref())?;
     let text = match req.manifest {
         Some(Value::String(s)) => s,
-        Some(v @ Value::Object(_)) => serde_yaml::to_string(&v).map_err(|e| {
+        Some(v @ Value::Object(_)) => serde_norway::to_string(&v).map_err(|e| {
             ApiError::bad_request(format!("the manifest cannot be written as YAML: {e}"))
         })?,
         _ => {
