@@ -1,3 +1,4 @@
 #!/bin/sh
-# The seed's sample script: greets its first argument.
-echo "Hello, ${1:-world}!"
+# The seed's sample script, answering its documented example:
+# POST /run-script {"script_name": "sample_script.sh"} -> "This is a sample script!"
+echo "This is a sample script!"

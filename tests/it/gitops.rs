@@ -13,7 +13,7 @@ async fn a_human_commit_is_served_within_a_second() {
     let d = Daemon::start().await;
     std::fs::write(
         d.workspace.join("manifests/greet.yaml"),
-        "name: greet\ndescription: Greet.\nmethod: GET\npath: /greet/{who}\nscript: scripts/sample_script.sh\nargs: [\"{who}\"]\nparams:\n  who: {type: string}\n",
+        "name: greet\ndescription: Greet.\nmethod: GET\npath: /greet/{who}\nscript: scripts/hello.sh\nargs: [\"{who}\"]\nparams:\n  who: {type: string}\n",
     )
     .unwrap();
     d.git(&["add", "manifests/greet.yaml"]);

@@ -28,14 +28,21 @@ async fn list_scripts_lists_the_template_scripts() {
 #[tokio::test]
 async fn run_script_answers_the_seed_shape_for_success_and_failure() {
     let d = Daemon::start().await;
+    // The seed's own example, as its README shows it.
     let a = d
-        .post(
-            "/run-script",
-            json!({"script_name": "sample_script.sh", "args": ["Ada"]}),
-        )
+        .post("/run-script", json!({"script_name": "sample_script.sh"}))
         .await;
     assert_eq!(a.status, 200);
     assert_eq!(a.json["success"], json!(true));
+    assert_eq!(a.json["stdout"], json!("This is a sample script!\n"));
+    // A script an endpoint serves takes its arguments as the endpoint's.
+    let a = d
+        .post(
+            "/run-script",
+            json!({"script_name": "hello.sh", "args": ["Ada"]}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.json);
     assert_eq!(a.json["stdout"], json!("Hello, Ada!\n"));
     assert_eq!(a.json["stderr"], json!(""));
     assert_eq!(a.json["return_code"], json!(0));
