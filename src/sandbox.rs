@@ -1288,7 +1288,17 @@ fn syscall_filter(network: bool, tcp_by_landlock: bool) -> Option<Vec<Insn>> {
             To("eacces")
         };
         a.jump(Asm::JEQ, libc::AF_INET as u32, inet, Next);
-        a.jump(Asm::JEQ, libc::AF_INET6 as u32, inet, To("allow"));
+        a.jump(Asm::JEQ, libc::AF_INET6 as u32, inet, Next);
+        // Of the other families, only local ones: unix sockets, and netlink
+        // (a program asking for its interfaces). AF_SMC, RDS, TIPC, VSOCK,
+        // AF_ALG and the like could carry traffic Landlock does not see.
+        a.jump(Asm::JEQ, libc::AF_UNIX as u32, To("allow"), Next);
+        a.jump(
+            Asm::JEQ,
+            libc::AF_NETLINK as u32,
+            To("allow"),
+            To("eacces"),
+        );
         if tcp_by_landlock {
             // TCP is Landlock's to allow or refuse; anything else is not.
             a.label("inet");
@@ -1440,9 +1450,12 @@ mod tests {
                         || (cfg!(target_arch = "x86_64") && n >= 0x4000_0000)
                     {
                         enosys
+                    } else if n == nr(libc::SYS_socket) && !network {
+                        // Family 0 (AF_UNSPEC) is no local family.
+                        eacces
                     } else {
-                        // clone, unshare, prctl and socket with zero
-                        // arguments included: nothing the filter refuses.
+                        // clone, unshare and prctl with zero arguments
+                        // included: nothing the filter refuses.
                         RET_ALLOW
                     };
                     assert_eq!(got, want, "system call {n}, network {network}, tcp {tcp}");
@@ -1471,6 +1484,10 @@ mod tests {
                 assert_eq!(socket(libc::AF_INET, libc::SOCK_DGRAM, 0), refused);
                 assert_eq!(socket(libc::AF_INET6, libc::SOCK_RAW, 0), refused);
                 assert_eq!(socket(libc::AF_PACKET, libc::SOCK_RAW, 0), refused);
+                assert_eq!(socket(libc::AF_NETLINK, libc::SOCK_RAW, 0), RET_ALLOW);
+                for other in [libc::AF_ALG, libc::AF_VSOCK, libc::AF_TIPC, libc::AF_RDS, 43] {
+                    assert_eq!(socket(other, libc::SOCK_STREAM, 0), refused, "family {other}");
+                }
                 let stream = socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
                 let tcp_refused = if network || tcp { RET_ALLOW } else { eacces };
                 assert_eq!(stream, tcp_refused);
