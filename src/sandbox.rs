@@ -1293,12 +1293,7 @@ fn syscall_filter(network: bool, tcp_by_landlock: bool) -> Option<Vec<Insn>> {
         // (a program asking for its interfaces). AF_SMC, RDS, TIPC, VSOCK,
         // AF_ALG and the like could carry traffic Landlock does not see.
         a.jump(Asm::JEQ, libc::AF_UNIX as u32, To("allow"), Next);
-        a.jump(
-            Asm::JEQ,
-            libc::AF_NETLINK as u32,
-            To("allow"),
-            To("eacces"),
-        );
+        a.jump(Asm::JEQ, libc::AF_NETLINK as u32, To("allow"), To("eacces"));
         if tcp_by_landlock {
             // TCP is Landlock's to allow or refuse; anything else is not.
             a.label("inet");
@@ -1485,8 +1480,18 @@ mod tests {
                 assert_eq!(socket(libc::AF_INET6, libc::SOCK_RAW, 0), refused);
                 assert_eq!(socket(libc::AF_PACKET, libc::SOCK_RAW, 0), refused);
                 assert_eq!(socket(libc::AF_NETLINK, libc::SOCK_RAW, 0), RET_ALLOW);
-                for other in [libc::AF_ALG, libc::AF_VSOCK, libc::AF_TIPC, libc::AF_RDS, 43] {
-                    assert_eq!(socket(other, libc::SOCK_STREAM, 0), refused, "family {other}");
+                for other in [
+                    libc::AF_ALG,
+                    libc::AF_VSOCK,
+                    libc::AF_TIPC,
+                    libc::AF_RDS,
+                    43,
+                ] {
+                    assert_eq!(
+                        socket(other, libc::SOCK_STREAM, 0),
+                        refused,
+                        "family {other}"
+                    );
                 }
                 let stream = socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
                 let tcp_refused = if network || tcp { RET_ALLOW } else { eacces };
