@@ -193,16 +193,24 @@ impl Syncer {
             let Some(head) = head else {
                 return Ok(None);
             };
-            let head_str = head.to_string();
-            if head_str == served {
-                // Served already; its checkout may have waited for a human's
-                // other branch to be left.
+            // GitHub mode: the working tree, where scripts run, gets `head`
+            // unless it is there already or a human has another branch
+            // checked out (its files stay until the served branch is back;
+            // `/status` says so).
+            let check_out = || -> Result<(), RepoError> {
                 if let Some(remote) = &remote {
                     let local = repo.head()?;
                     if local != Some(head) && repo.other_checkout()?.is_none() {
                         repo.checkout(&remote.workspace, local, head)?;
                     }
                 }
+                Ok(())
+            };
+            let head_str = head.to_string();
+            if head_str == served {
+                // Served already; its checkout may have waited for a human's
+                // other branch to be left.
+                check_out()?;
                 return Ok(Some(Built {
                     head: head_str,
                     registry: None,
@@ -212,14 +220,9 @@ impl Syncer {
             }
             let tree = repo.tree_of(head)?;
             let registry = repo.registry_of(&head_str, tree)?;
-            // Only a servable commit reaches the working tree, where scripts run.
-            // Never into a human's other branch: its files stay as they are
-            // until the served branch is checked out again (`/status` says so).
-            if let (Some(remote), Ok(_)) = (&remote, &registry) {
-                let local = repo.head()?;
-                if local != Some(head) && repo.other_checkout()?.is_none() {
-                    repo.checkout(&remote.workspace, local, head)?;
-                }
+            // Only a servable commit reaches the working tree.
+            if registry.is_ok() {
+                check_out()?;
             }
             // Nothing served yet (start-up) and the head does not build: serve
             // the newest commit before it that does, rather than nothing.

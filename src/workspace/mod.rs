@@ -75,6 +75,14 @@ impl FsError {
     }
 }
 
+/// Whether `inside` (relative to the root) starts in `.git`, in any case.
+fn leads_into_git(inside: &Path) -> bool {
+    inside
+        .components()
+        .next()
+        .is_some_and(|c| c.as_os_str().eq_ignore_ascii_case(".git"))
+}
+
 /// The longest name of one file or folder Linux filesystems hold, in bytes.
 pub const NAME_MAX: usize = 255;
 /// The longest path a request may name, in bytes (Linux's `PATH_MAX`).
@@ -375,11 +383,7 @@ impl Workspace {
         // `canonicalize` from `/`.
         if let Ok(inside) = candidate.strip_prefix(&self.root) {
             if self.dir.open_path(inside).is_ok() {
-                if inside
-                    .components()
-                    .next()
-                    .is_some_and(|c| c.as_os_str().eq_ignore_ascii_case(".git"))
-                {
+                if leads_into_git(inside) {
                     return Err(PathError::Refused(
                         request.to_string(),
                         "it leads into `.git`",
@@ -400,11 +404,7 @@ impl Workspace {
                     }
                     // `.git` may also be reached through a link inside the workspace.
                     let inside = full.strip_prefix(&self.root).unwrap_or(Path::new(""));
-                    if inside
-                        .components()
-                        .next()
-                        .is_some_and(|c| c.as_os_str().eq_ignore_ascii_case(".git"))
-                    {
+                    if leads_into_git(inside) {
                         return Err(PathError::Refused(
                             request.to_string(),
                             "it leads into `.git`",
