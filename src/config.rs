@@ -27,7 +27,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the workspace's endpoints (creates the workspace from the template if missing).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Validate the manifests of a checkout; prints file:line:column errors and exits 1 on any.
     Check {
         /// The checkout to check.
@@ -162,6 +162,9 @@ pub struct ServeArgs {
     /// Processes and threads one script run may start (the kernel counts them per user and exempts root).
     #[arg(long, env = "DYNAPI_SCRIPT_PROCESSES", default_value_t = 256)]
     pub script_processes: u64,
+    /// Who scripts run as when the daemon is root: a user name, uid or uid:gid (default: nobody; `root` keeps them root, without capabilities).
+    #[arg(long, env = "DYNAPI_SCRIPT_USER")]
+    pub script_user: Option<String>,
     /// On SIGTERM or Ctrl-C, how long running requests may finish before scripts are killed.
     #[arg(long, env = "DYNAPI_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -372,6 +375,7 @@ impl Config {
             memory: args.script_memory,
             file_size: args.script_file_size,
             processes: args.script_processes.max(1),
+            user: args.script_user.clone().filter(|u| !u.is_empty()),
         };
         config.shutdown_grace = args.shutdown_grace;
         config.job_after = args.job_after;

@@ -552,8 +552,15 @@ fn run_blocking(
         commit: job.tag.commit.clone(),
     };
     let prepared = sandbox.prepare(&job.sandbox, &job.cwd, &run, job.timeout)?;
+    // Started by its path from the working folder, which the child enters
+    // before it leaves root (`sandbox::RunAs`): the folders above need not
+    // let the script user through.
+    let program = match job.program.strip_prefix(&job.cwd) {
+        Ok(inside) => Path::new(".").join(inside),
+        Err(_) => job.program.clone(),
+    };
     let command = spawn::Command::new(
-        &job.program,
+        &program,
         &job.args,
         &base_env(&job, prepared.tmp()),
         &job.cwd,

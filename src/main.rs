@@ -48,7 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => {
             init_tracing(args.log_format);
             let runtime = tokio::runtime::Runtime::new().expect("cannot start the async runtime");
-            match runtime.block_on(serve(args)) {
+            match runtime.block_on(serve(*args)) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("dynapi: {e:#}");

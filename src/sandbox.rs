@@ -57,6 +57,9 @@ use landlock::{
 use rustix::fs::{Mode as FileMode, OFlags};
 use serde::Serialize;
 
+mod user;
+pub use user::RunAs;
+
 /// What `dynapi.yaml`'s `sandbox:` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -102,8 +105,11 @@ pub struct Limits {
     pub memory: u64,
     /// Largest file a script may write, in bytes.
     pub file_size: u64,
-    /// Processes and threads a run may add to what the daemon's user has.
+    /// Processes and threads a run may add to what the script user has.
     pub processes: u64,
+    /// Who scripts run as when the daemon is root (`--script-user`: a name,
+    /// `uid` or `uid:gid`); `nobody` when unset. See `RunAs::choose`.
+    pub user: Option<String>,
 }
 
 impl Default for Limits {
@@ -112,6 +118,7 @@ impl Default for Limits {
             memory: 1 << 30,
             file_size: 1 << 30,
             processes: 256,
+            user: None,
         }
     }
 }
@@ -152,6 +159,9 @@ pub enum SandboxError {
     Unavailable(String),
     #[error("could not set up the sandbox: {0}")]
     Setup(String),
+    /// The script user may not enter the workspace.
+    #[error("{0}")]
+    Closed(String),
 }
 
 /// What the kernel and the daemon's user offer, probed once at start-up.
@@ -167,6 +177,8 @@ pub struct Support {
     pub scopes: bool,
     /// Whether the process limit binds: the kernel exempts root from it.
     pub processes: bool,
+    /// The user scripts run as (see `user.rs`).
+    pub user: RunAs,
     /// The seccomp filter (`syscall_filter`): UDP, raw and packet sockets,
     /// namespaces, ptrace and the kernel's other doors. Needs seccomp filters
     /// (Linux 3.5+, `CONFIG_SECCOMP_FILTER`) on x86_64 or aarch64.
@@ -179,8 +191,7 @@ pub struct Support {
 pub struct Sandbox {
     support: Support,
     limits: Limits,
-    uid: u32,
-    /// Tasks of the daemon's user, counted at most once a second (see `nproc`).
+    /// Tasks of the script user, counted at most once a second (see `nproc`).
     tasks: Mutex<Option<(Instant, u64)>>,
     /// The seccomp program without and with `network: true`, built once.
     filters: [Option<Arc<[Insn]>>; 2],
@@ -209,8 +220,7 @@ pub const PRIVATE: &str = "dynapi";
 impl Sandbox {
     pub fn new(limits: Limits) -> Sandbox {
         let abi = landlock_abi();
-        // SAFETY: geteuid cannot fail and touches no memory.
-        let uid = unsafe { libc::geteuid() };
+        let (user, note) = RunAs::choose(limits.user.as_deref());
         let mut missing = Vec::new();
         if abi < 1 {
             missing.push("the kernel has no Landlock (Linux 5.13+ with `lsm=landlock`): scripts can write anywhere the daemon can".to_string());
@@ -239,21 +249,19 @@ impl Sandbox {
         if !syscalls {
             missing.push("no seccomp filters here (or an architecture this build has no filter for): scripts can send UDP and make namespaces".to_string());
         }
-        if uid == 0 {
-            missing.push("the daemon runs as root, whom the kernel exempts from the process limit: run it as another user (the Docker image does)".to_string());
-        }
+        missing.extend(note);
         Sandbox {
             support: Support {
                 landlock_abi: abi,
                 filesystem: abi >= 1,
                 network: abi >= 4,
                 scopes: abi >= 6,
-                processes: uid != 0,
+                processes: user.uid != 0,
+                user,
                 syscalls,
                 missing,
             },
             limits,
-            uid,
             tasks: Mutex::new(None),
             filters,
             cache: Cache::default(),
@@ -300,7 +308,9 @@ impl Sandbox {
             enforced.push("syscalls");
         }
         let mut line = format!(
-            "Landlock ABI {}; enforced: {}",
+            "scripts run as {} (uid {}); Landlock ABI {}; enforced: {}",
+            s.user.name,
+            s.user.uid,
             s.landlock_abi,
             enforced.join(", ")
         );
@@ -360,10 +370,12 @@ impl Sandbox {
         if self.support.processes {
             limits.push((libc::RLIMIT_NPROC, self.nproc()));
         }
+        let user = &self.support.user;
         Ok(Prepared {
             slot: Some(slot),
             limits,
-            drop_capabilities: self.uid == 0,
+            user: user.switch.then_some((user.uid, user.gid)),
+            drop_capabilities: user.uid == 0,
             no_new_privs: true,
             seccomp: self.filters[usize::from(policy.network)].clone(),
         })
@@ -389,7 +401,11 @@ impl Sandbox {
         // made later gives them a later change time (see `Stamps`).
         let started = std::time::SystemTime::now();
         let stamps = Stamps::of(workspace, policy);
-        let tmp = TempDir::new().map_err(setup)?;
+        let user = &self.support.user;
+        if user.switch {
+            self.hand_over(policy, workspace)?;
+        }
+        let tmp = TempDir::new(user).map_err(setup)?;
         let ruleset = if self.support.filesystem {
             Some(self.ruleset(policy, workspace, &tmp.path)?)
         } else {
@@ -405,6 +421,52 @@ impl Sandbox {
         })
     }
 
+    /// Before a run as another user (`RunAs::switch`): refuses when that user
+    /// may not enter the workspace (the script's working folder), and hands
+    /// the user what the daemon owns in the run's `writable` paths.
+    fn hand_over(&self, policy: &Policy, workspace: &Path) -> Result<(), SandboxError> {
+        let user = &self.support.user;
+        let root = rustix::fs::open(
+            workspace,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            FileMode::empty(),
+        )
+        .map_err(|e| SandboxError::Setup(format!("{}: {e}", workspace.display())))?;
+        let st = rustix::fs::fstat(&root)
+            .map_err(|e| SandboxError::Setup(format!("{}: {e}", workspace.display())))?;
+        if !user.may_enter(&st) {
+            return Err(SandboxError::Closed(format!(
+                "scripts run as {} (uid {}), who may not enter the workspace {} (mode {:o}, owner uid {}): let them in (chmod o+x), or choose the user with --script-user",
+                user.name,
+                user.uid,
+                workspace.display(),
+                st.st_mode & 0o7777,
+                st.st_uid,
+            )));
+        }
+        let mut budget = user::HAND_OVER_BUDGET;
+        for w in &policy.writable {
+            match w {
+                Writable::Path(_, fd) => user.hand_over(fd.as_fd(), &mut budget),
+                Writable::Workspace => {
+                    for (name, fd) in entries(&root) {
+                        if name != ".git" && name != crate::registry::SETTINGS_FILE {
+                            user.hand_over(fd.as_fd(), &mut budget);
+                        }
+                    }
+                }
+            }
+        }
+        if budget == 0 {
+            tracing::warn!(
+                "the writable paths hold more than {} entries: only that many were handed to {}",
+                user::HAND_OVER_BUDGET,
+                user.name
+            );
+        }
+        Ok(())
+    }
+
     /// The process limit for a run: the tasks the daemon's user has now, plus
     /// `processes`. Counted from /proc at most once a second; a run that starts
     /// while another fills its share gets its own share on top, so the total stays
@@ -415,7 +477,7 @@ impl Sandbox {
         let count = match *cached {
             Some((at, n)) if now.duration_since(at) < Duration::from_secs(1) => n,
             _ => {
-                let n = count_tasks(self.uid);
+                let n = count_tasks(self.support.user.uid);
                 *cached = Some((now, n));
                 n
             }
@@ -530,6 +592,8 @@ impl Sandbox {
 pub struct Prepared {
     slot: Option<Slot>,
     limits: Vec<(libc::__rlimit_resource_t, u64)>,
+    /// The uid and gid to switch to (`RunAs::switch`).
+    user: Option<(u32, u32)>,
     drop_capabilities: bool,
     no_new_privs: bool,
     seccomp: Option<Arc<[Insn]>>,
@@ -540,6 +604,7 @@ impl Prepared {
         Prepared {
             slot: None,
             limits: Vec::new(),
+            user: None,
             drop_capabilities: false,
             no_new_privs: false,
             seccomp: None,
@@ -567,6 +632,20 @@ impl Prepared {
             // SAFETY: setrlimit reads the struct we pass and nothing else.
             if unsafe { libc::setrlimit(*resource, &limit) } != 0 {
                 return Err(errno());
+            }
+        }
+        if let Some((uid, gid)) = self.user {
+            // Raw system calls: glibc's wrappers would also change the
+            // credentials of every thread of the daemon, whose memory this
+            // child shares. Leaving uid 0 this way clears every capability.
+            // SAFETY: system calls with integer arguments and a null list.
+            unsafe {
+                if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) != 0
+                    || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
+                    || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
+                {
+                    return Err(errno());
+                }
             }
         }
         if self.drop_capabilities {
@@ -674,11 +753,6 @@ fn drop_capabilities() {
     ];
     // SAFETY: capset reads the header and the two data structs we pass.
     unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, none.as_ptr()) };
-}
-
-fn euid() -> u32 {
-    // SAFETY: geteuid cannot fail and touches no memory.
-    unsafe { libc::geteuid() }
 }
 
 fn errno() -> i32 {
@@ -874,21 +948,30 @@ struct TempDir {
     path: PathBuf,
     dev: u64,
     ino: u64,
+    /// Its owner: the script user.
+    uid: u32,
 }
 
 impl TempDir {
-    fn new() -> io::Result<TempDir> {
+    /// A new folder in the system's temporary folder, owned by `user`.
+    fn new(user: &RunAs) -> io::Result<TempDir> {
         use std::os::unix::fs::DirBuilderExt;
         let mut bytes = [0u8; 8];
         getrandom::fill(&mut bytes).map_err(|e| io::Error::other(e.to_string()))?;
         let path = std::env::temp_dir().join(format!("dynapi-run-{}", hex::encode(bytes)));
         std::fs::DirBuilder::new().mode(0o700).create(&path)?;
-        let st = rustix::fs::lstat(&path)?;
-        Ok(TempDir {
+        let mut made = TempDir {
             path,
-            dev: st.st_dev,
-            ino: st.st_ino,
-        })
+            dev: 0,
+            ino: 0,
+            uid: user.uid,
+        };
+        if user.switch {
+            std::os::unix::fs::lchown(&made.path, Some(user.uid), Some(user.gid))?;
+        }
+        let st = rustix::fs::lstat(&made.path)?;
+        (made.dev, made.ino) = (st.st_dev, st.st_ino);
+        Ok(made)
     }
 
     /// Still the folder made here (not a symlink, nor another folder by
@@ -898,7 +981,7 @@ impl TempDir {
             st.st_dev == self.dev
                 && st.st_ino == self.ino
                 && rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir()
-                && st.st_uid == euid()
+                && st.st_uid == self.uid
                 && st.st_mode & 0o7777 == 0o700
         })
     }

@@ -305,11 +305,13 @@ impl From<&ExecError> for ApiError {
             ExecError::Busy(_) | ExecError::EndpointBusy { .. } => {
                 ApiError::busy(1, format!("{e}; retry in a second"))
             }
-            ExecError::Sandbox(SandboxError::Unavailable(_)) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "sandbox_unavailable",
-                e.to_string(),
-            ),
+            ExecError::Sandbox(SandboxError::Unavailable(_) | SandboxError::Closed(_)) => {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "sandbox_unavailable",
+                    e.to_string(),
+                )
+            }
             ExecError::Sandbox(SandboxError::Setup(_)) => ApiError::internal(e),
             ExecError::ShuttingDown => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -135,6 +135,8 @@ fn sandbox_status(app: &App, mode: sandbox::Mode) -> serde_json::Value {
         "mode": mode,
         "scripts_run": sandbox.check(mode).is_ok(),
         "landlock_abi": support.landlock_abi,
+        // Who scripts run as: not root, unless the daemon cannot switch.
+        "runs_as": {"user": support.user.name, "uid": support.user.uid, "gid": support.user.gid},
         "enforced": {
             "filesystem": on && support.filesystem,
             "network": on && support.network,

@@ -691,6 +691,140 @@ async fn run_by_root_a_script_holds_no_capability_nor_gains_one_by_exec() {
     }
 }
 
+/// What a script tries that only uid 0 may do: read `/etc/shadow`, connect
+/// to a socket only root may use (as the Docker daemon's is), write a file the
+/// daemon wrote into its `writable` folder.
+const AS_WHOM: &str = r#"#!/bin/sh
+echo "uid $(id -u)"
+if cat /etc/shadow >/dev/null 2>&1; then echo "shadow read"; else echo "shadow closed"; fi
+if python3 -c "import socket,sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])" "$1" 2>/dev/null; then echo "socket connected"; else echo "socket refused"; fi
+if echo more >> data/by-daemon.txt; then echo "data written"; else echo "data refused"; fi
+"#;
+
+#[tokio::test]
+async fn run_by_root_scripts_run_as_an_unprivileged_user_who_can_still_write_their_folders() {
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    let d = Daemon::start().await;
+    let status = d.get("/status").await;
+    let runs_as = &status.json["sandbox"]["runs_as"];
+    if euid != 0 {
+        // Not root: scripts run as the daemon's own user.
+        assert_eq!(runs_as["uid"], json!(euid), "{}", status.json);
+        return;
+    }
+    assert_eq!(runs_as["user"], json!("nobody"), "{}", status.json);
+    assert_ne!(runs_as["uid"], json!(0));
+    assert_eq!(
+        status.json["sandbox"]["enforced"]["processes"],
+        json!(true),
+        "the process limit binds a user that is not root: {}",
+        status.json
+    );
+    // A socket only its owner, root, may connect to.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("root-only.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    // The daemon (root) writes a file into the folder first, as any API write.
+    let w = d
+        .put(
+            "/files/data/by-daemon.txt",
+            json!({"content": "from the API\n"}),
+        )
+        .await;
+    assert!(w.status < 300, "{}", w.json);
+    d.add_endpoint(
+        "whom",
+        "args: [\"{socket}\"]\nparams:\n  socket: {type: string, required: true}\nsandbox:\n  writable: [data]\n",
+        AS_WHOM,
+    )
+    .await;
+    let a = d
+        .post("/whom", json!({"socket": socket.to_str().unwrap()}))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    let got = verdicts(&a.json);
+    let nobody = runs_as["uid"].as_u64().unwrap().to_string();
+    assert_eq!(
+        got,
+        [
+            ("uid", nobody.as_str()),
+            ("shadow", "closed"),
+            ("socket", "refused"),
+            ("data", "written")
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string())),
+        "{}",
+        a.json
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.workspace.join("data/by-daemon.txt")).unwrap(),
+        "from the API\nmore\n"
+    );
+
+    // `--script-user root` keeps root, and /status says what that costs.
+    let d = Daemon::start_with(|c| c.limits.sandbox.user = Some("root".into())).await;
+    d.add_endpoint(
+        "whom",
+        "args: [\"{socket}\"]\nparams:\n  socket: {type: string, required: true}\n",
+        AS_WHOM,
+    )
+    .await;
+    let a = d
+        .post("/whom", json!({"socket": socket.to_str().unwrap()}))
+        .await;
+    assert_eq!(
+        verdicts(&a.json)[0],
+        ("uid".to_string(), "0".to_string()),
+        "{}",
+        a.json
+    );
+    let status = d.get("/status").await;
+    let missing = status.json["sandbox"]["missing"].to_string();
+    assert!(missing.contains("scripts run as root"), "{}", status.json);
+    assert_eq!(
+        status.json["sandbox"]["enforced"]["processes"],
+        json!(false)
+    );
+}
+
+/// A workspace the script user may not enter is a clear 503, not a script
+/// that fails on every file.
+#[tokio::test]
+async fn a_workspace_closed_to_the_script_user_is_said_plainly() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let d = Daemon::start().await;
+    d.add_endpoint("inside", "", "#!/bin/sh\necho in\n").await;
+    assert_eq!(
+        d.post("/inside", json!({})).await.json["output"],
+        json!("in\n")
+    );
+    std::fs::set_permissions(
+        &d.workspace,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let a = d.post("/inside", json!({})).await;
+    assert_eq!(a.status, 503, "{}", a.json);
+    assert!(
+        a.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("chmod o+x"),
+        "{}",
+        a.json
+    );
+}
+
 /// A script's `clone(CLONE_PARENT)` would make a sibling whose parent is the
 /// daemon's thread that started the script: outside the run's subreaper, in a
 /// new session the group kill misses, holding the run's Landlock domain and
