@@ -19,10 +19,13 @@ USER dynapi
 WORKDIR /data
 ENV DYNAPI_WORKSPACE=/data/workspace \
     DYNAPI_LISTEN=0.0.0.0:8000 \
-    DYNAPI_LOG_FORMAT=json
+    DYNAPI_LOG_FORMAT=json \
+    DYNAPI_SHUTDOWN_GRACE=6s
 VOLUME /data
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
   CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+# `docker stop` waits 10 s before it kills: the grace above (running calls
+# finish), then up to 3 s for killed calls to answer, fit in it.
 ENTRYPOINT ["tini", "--", "dynapi"]
 CMD ["serve"]

@@ -162,8 +162,8 @@ pub struct ServeArgs {
     /// Processes and threads one script run may start (the kernel counts them per user and exempts root).
     #[arg(long, env = "DYNAPI_SCRIPT_PROCESSES", default_value_t = 256)]
     pub script_processes: u64,
-    /// Who scripts run as when the daemon is root: a user name, uid or uid:gid (default: nobody; `root` keeps them root, without capabilities).
-    #[arg(long, env = "DYNAPI_SCRIPT_USER")]
+    /// Who scripts run as when the daemon is root: a user name, uid or uid:gid, never root (default: nobody).
+    #[arg(long, env = "DYNAPI_SCRIPT_USER", value_parser = crate::sandbox::RunAs::parse)]
     pub script_user: Option<String>,
     /// On SIGTERM or Ctrl-C, how long running requests may finish before scripts are killed.
     #[arg(long, env = "DYNAPI_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]

@@ -42,7 +42,7 @@ mod spawn;
 const SCRIPT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// After a script's main process ends, how long its output pipes may stay open
 /// (held by something that escaped its process group) before we stop reading.
-const DRAIN_GRACE: Duration = Duration::from_secs(2);
+pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct Limits {

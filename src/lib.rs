@@ -46,6 +46,27 @@ pub mod sql;
 pub mod webhook;
 pub mod workspace;
 
+/// An error and its sources, `: `-separated: the outer messages of gix and
+/// tokio-postgres ("error performing TLS handshake") rarely say why.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Makes ring the process's TLS crypto provider, the only one compiled in
+/// (octocrab's; reqwest is built without one of its own and panics on a
+/// client built before this). Called before any HTTPS client is made; later
+/// calls do nothing.
+pub fn install_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -143,6 +164,7 @@ impl App {
     /// Opens the workspace (creating it from the template when missing), sets up
     /// tokens, and loads the branch head. Serving starts with `serve`.
     pub async fn start(config: Config) -> anyhow::Result<Started> {
+        install_tls();
         let created = !config.workspace.join(".git").exists();
         if created
             && config.workspace.exists()
@@ -394,8 +416,11 @@ pub async fn serve(
             tracing::warn!(running = app.exec.running(), "shutdown grace is over; killing running scripts");
             app.exec.close();
             app.exec.kill_all();
-            // Requests whose scripts were killed answer now; give them a moment.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut server).await;
+            // Requests whose scripts were killed answer now; give them a
+            // moment: output a leftover process still holds is read for
+            // `DRAIN_GRACE` before it is swept.
+            let answer = exec::DRAIN_GRACE + std::time::Duration::from_secs(1);
+            let _ = tokio::time::timeout(answer, &mut server).await;
         }
     }
     app.exec.close();

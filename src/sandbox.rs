@@ -192,11 +192,13 @@ pub struct Sandbox {
     support: Support,
     limits: Limits,
     /// Tasks of the script user, counted at most once a second (see `nproc`).
-    tasks: Mutex<Option<(Instant, u64)>>,
+    tasks: Mutex<Option<(Instant, u64, u64)>>,
     /// The seccomp program without and with `network: true`, built once.
     filters: [Option<Arc<[Insn]>>; 2],
     /// Rulesets kept for the next run of the same endpoint and commit.
     cache: Cache,
+    /// Where the runs' temporary folders are made; dropped after `cache`.
+    runs: RunsFolder,
 }
 
 /// The ABI this code knows the rights of; newer kernels are used at this level.
@@ -265,6 +267,7 @@ impl Sandbox {
             tasks: Mutex::new(None),
             filters,
             cache: Cache::default(),
+            runs: RunsFolder::new(),
         }
     }
 
@@ -375,7 +378,6 @@ impl Sandbox {
             slot: Some(slot),
             limits,
             user: user.switch.then_some((user.uid, user.gid)),
-            drop_capabilities: user.uid == 0,
             no_new_privs: true,
             seccomp: self.filters[usize::from(policy.network)].clone(),
         })
@@ -405,7 +407,7 @@ impl Sandbox {
         if user.switch {
             self.hand_over(policy, workspace)?;
         }
-        let tmp = TempDir::new(user).map_err(setup)?;
+        let tmp = TempDir::new(&self.runs.0, user).map_err(setup)?;
         let ruleset = if self.support.filesystem {
             Some(self.ruleset(policy, workspace, &tmp.path)?)
         } else {
@@ -467,22 +469,23 @@ impl Sandbox {
         Ok(())
     }
 
-    /// The process limit for a run: the tasks the daemon's user has now, plus
-    /// `processes`. Counted from /proc at most once a second; a run that starts
-    /// while another fills its share gets its own share on top, so the total stays
-    /// within `max_running * processes` of the user's own.
+    /// The process limit for a run: the tasks the script user has now, plus
+    /// `processes`. Counted from /proc at most once a second; every run that
+    /// starts within that second gets its share on top of the shares already
+    /// handed out in it, so runs started together do not split one share,
+    /// and the total stays within `max_running * processes` of the user's own.
     fn nproc(&self) -> u64 {
         let mut cached = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let count = match *cached {
-            Some((at, n)) if now.duration_since(at) < Duration::from_secs(1) => n,
-            _ => {
-                let n = count_tasks(self.support.user.uid);
-                *cached = Some((now, n));
-                n
+        let (at, count, handed) = match cached.take() {
+            Some((at, n, handed)) if now.duration_since(at) < Duration::from_secs(1) => {
+                (at, n, handed)
             }
+            _ => (now, count_tasks(self.support.user.uid), 0),
         };
-        count + self.limits.processes
+        let handed = handed + self.limits.processes;
+        *cached = Some((at, count, handed));
+        count + handed
     }
 
     fn ruleset(
@@ -594,7 +597,6 @@ pub struct Prepared {
     limits: Vec<(libc::__rlimit_resource_t, u64)>,
     /// The uid and gid to switch to (`RunAs::switch`).
     user: Option<(u32, u32)>,
-    drop_capabilities: bool,
     no_new_privs: bool,
     seccomp: Option<Arc<[Insn]>>,
 }
@@ -605,7 +607,6 @@ impl Prepared {
             slot: None,
             limits: Vec::new(),
             user: None,
-            drop_capabilities: false,
             no_new_privs: false,
             seccomp: None,
         }
@@ -637,7 +638,7 @@ impl Prepared {
         if let Some((uid, gid)) = self.user {
             // Raw system calls: glibc's wrappers would also change the
             // credentials of every thread of the daemon, whose memory this
-            // child shares. Leaving uid 0 this way clears every capability.
+            // child shares.
             // SAFETY: system calls with integer arguments and a null list.
             unsafe {
                 if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) != 0
@@ -648,9 +649,9 @@ impl Prepared {
                 }
             }
         }
-        if self.drop_capabilities {
-            drop_capabilities();
-        }
+        // Whatever the daemon was started with (ambient capabilities, a
+        // securebit that keeps them across the uid change), none is left.
+        drop_capabilities()?;
         // What the script leaves behind (a double fork, `setsid ... &`) is
         // adopted by the script itself while it runs, so it stays in the run's
         // tree; when the script ends, the daemon (a subreaper too) adopts it
@@ -696,17 +697,16 @@ impl Prepared {
     }
 }
 
-/// Root keeps its uid but holds no capability, now or after any exec: it can
-/// no longer override file permissions, open raw sockets or mount. The
-/// securebits (locked, so the script cannot unset them) stop execve from
-/// giving root the full set (`SECBIT_NOROOT`) and ambient capabilities from
-/// being raised; `capset` then empties the permitted, effective and
-/// inheritable sets, which clears the ambient set too. File capabilities add
-/// nothing under `no_new_privs` (set after this). Two credential changes,
-/// where dropping the bounding set took one per capability (41 on Linux 6).
-/// Without CAP_SETPCAP neither way works; as before, the run goes on.
-/// Async-signal-safe: system calls only.
-fn drop_capabilities() {
+/// No capability is left, now or after any exec, whoever the script runs as:
+/// the ambient set is cleared, and `capset` empties the permitted, effective
+/// and inheritable sets (dropping needs no privilege). For root (a daemon
+/// that is root with `sandbox` on but cannot switch users never happens;
+/// this is the second lock) the securebits, where they can be set, also stop
+/// execve from giving root the full set (`SECBIT_NOROOT`) and ambient
+/// capabilities from being raised. File capabilities add nothing under
+/// `no_new_privs` (set after this). `capget` then checks: any capability
+/// still held fails the run. Async-signal-safe: system calls only.
+fn drop_capabilities() -> Result<(), i32> {
     const SECBIT_NOROOT: libc::c_ulong = 1 << 0;
     const SECBIT_NOROOT_LOCKED: libc::c_ulong = 1 << 1;
     const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
@@ -721,6 +721,7 @@ fn drop_capabilities() {
         pid: libc::c_int,
     }
     #[repr(C)]
+    #[derive(Clone, Copy)]
     struct Data {
         effective: u32,
         permitted: u32,
@@ -734,25 +735,54 @@ fn drop_capabilities() {
         | SECBIT_NO_CAP_AMBIENT_RAISE
         | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
     // SAFETY: prctl with integer arguments; it changes only this process.
-    unsafe { libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0) };
+    // Without CAP_SETPCAP the securebits fail (EPERM), which is fine here.
+    unsafe {
+        libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0);
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+    }
     let header = Header {
         version: CAPABILITY_VERSION_3,
         pid: 0,
     };
-    let none = [
-        Data {
-            effective: 0,
-            permitted: 0,
-            inheritable: 0,
-        },
-        Data {
-            effective: 0,
-            permitted: 0,
-            inheritable: 0,
-        },
-    ];
-    // SAFETY: capset reads the header and the two data structs we pass.
-    unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, none.as_ptr()) };
+    let none = Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    };
+    let mut now = [none; 2];
+    // SAFETY: capset reads the header and the two data structs we pass;
+    // capget writes two data structs into `now`. (The ambient set is held
+    // within the permitted one: empty with it.)
+    unsafe {
+        if libc::syscall(
+            libc::SYS_capset,
+            &header as *const Header,
+            [none; 2].as_ptr(),
+        ) != 0
+        {
+            return Err(errno());
+        }
+        let header = Header {
+            version: CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        if libc::syscall(libc::SYS_capget, &header as *const Header, now.as_mut_ptr()) != 0 {
+            return Err(errno());
+        }
+    }
+    if now
+        .iter()
+        .any(|d| d.effective != 0 || d.permitted != 0 || d.inheritable != 0)
+    {
+        return Err(libc::EPERM);
+    }
+    Ok(())
 }
 
 fn errno() -> i32 {
@@ -953,12 +983,12 @@ struct TempDir {
 }
 
 impl TempDir {
-    /// A new folder in the system's temporary folder, owned by `user`.
-    fn new(user: &RunAs) -> io::Result<TempDir> {
+    /// A new folder in `parent`, owned by `user`.
+    fn new(parent: &Path, user: &RunAs) -> io::Result<TempDir> {
         use std::os::unix::fs::DirBuilderExt;
         let mut bytes = [0u8; 8];
         getrandom::fill(&mut bytes).map_err(|e| io::Error::other(e.to_string()))?;
-        let path = std::env::temp_dir().join(format!("dynapi-run-{}", hex::encode(bytes)));
+        let path = parent.join(format!("dynapi-run-{}", hex::encode(bytes)));
         std::fs::DirBuilder::new().mode(0o700).create(&path)?;
         let mut made = TempDir {
             path,
@@ -1015,6 +1045,42 @@ impl TempDir {
             }
         }
         true
+    }
+}
+
+/// The daemon's folder for the runs' temporary folders, in the system's
+/// temporary folder: mode 0711 and the daemon's own, so the script user, who
+/// owns each run's folder, can enter it but neither list nor rename what is
+/// in it (in `/tmp` itself, sticky, an owner may rename its own entries).
+/// The paths the daemon empties and removes as root thus lead where they did
+/// when it made them. Removed when the sandbox is dropped; `/tmp` itself when
+/// it cannot be made.
+#[derive(Debug)]
+struct RunsFolder(PathBuf, bool);
+
+impl RunsFolder {
+    fn new() -> RunsFolder {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let mut bytes = [0u8; 8];
+        let made = getrandom::fill(&mut bytes).ok().and_then(|()| {
+            let path = std::env::temp_dir().join(format!("dynapi-{}", hex::encode(bytes)));
+            std::fs::DirBuilder::new().mode(0o711).create(&path).ok()?;
+            // Whatever the umask took away.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o711)).ok()?;
+            Some(path)
+        });
+        match made {
+            Some(path) => RunsFolder(path, true),
+            None => RunsFolder(std::env::temp_dir(), false),
+        }
+    }
+}
+
+impl Drop for RunsFolder {
+    fn drop(&mut self) {
+        if self.1 {
+            let _ = std::fs::remove_dir(&self.0);
+        }
     }
 }
 

@@ -300,6 +300,7 @@ pub fn documents_may_be_local(listen: std::net::SocketAddr, public_url: Option<&
 impl OAuth {
     /// `local_documents`: see `documents_may_be_local`.
     pub fn new(store: Store, access_lifetime: Duration, local_documents: bool) -> OAuth {
+        crate::install_tls();
         let builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(document::FETCH_TIMEOUT)
@@ -309,7 +310,7 @@ impl OAuth {
         } else {
             builder.dns_resolver(std::sync::Arc::new(document::PublicOnly))
         };
-        // Building fails only without a TLS backend, which is compiled in; a
+        // Building fails only without a TLS provider, installed above; a
         // default client instead would drop the public-only resolver.
         let http = builder.build().expect("an HTTP client builds");
         OAuth {

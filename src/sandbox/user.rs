@@ -9,8 +9,9 @@
 //! entered while it is still root, and the script is started by a path
 //! relative to it, so the user needs only to enter the workspace itself, not
 //! every folder above it. What the daemon owns in a run's `writable` folders
-//! is handed to the user when the run's ruleset is built (`RunAs::hand_over`),
-//! so a file the daemon wrote there through the API stays writable by scripts.
+//! is opened to the user's group when the run's ruleset is built
+//! (`RunAs::hand_over`), so a file the daemon wrote there through the API
+//! stays writable by scripts, but never theirs to chmod.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -33,6 +34,8 @@ pub struct RunAs {
 /// looks at for one ruleset: a folder deeper or larger is handed over in part.
 const MAX_DEPTH: usize = 64;
 pub const HAND_OVER_BUDGET: usize = 100_000;
+/// `nobody` where the user database has no such name.
+const NOBODY: u32 = 65534;
 
 impl RunAs {
     /// The user scripts run as for the operator's `choice` (a name, `uid` or
@@ -60,21 +63,60 @@ impl RunAs {
                 _ => (daemon, None),
             };
         }
-        let root = |why: String| {
-            let note = format!("scripts run as root, which the kernel exempts from the process limit and lets read root's files: {why}");
-            (daemon.clone(), Some(note))
+        // Never root: a script that owns root's files could change their
+        // modes (chmod needs no capability, and Landlock does not see it).
+        let nobody = || {
+            lookup("nobody")
+                .ok()
+                .filter(|u| u.uid != 0 && u.gid != 0)
+                .unwrap_or(RunAs {
+                    name: "nobody".to_string(),
+                    uid: NOBODY,
+                    gid: NOBODY,
+                    switch: false,
+                })
         };
-        match lookup(choice.unwrap_or("nobody")) {
-            Ok(user) if user.uid == 0 => root("--script-user names root".to_string()),
-            Ok(user) => (
-                RunAs {
-                    switch: true,
-                    ..user
-                },
-                None,
-            ),
-            Err(e) => root(e),
+        let (user, note) = match choice.map(lookup) {
+            None => (nobody(), None),
+            Some(Ok(user)) if user.uid != 0 && user.gid != 0 => (user, None),
+            Some(found) => {
+                let instead = nobody();
+                let why = match found {
+                    Ok(user) => format!(
+                        "--script-user `{}` has uid or gid 0, which scripts never run with",
+                        user.name
+                    ),
+                    Err(e) => e,
+                };
+                let note = format!(
+                    "{why}; scripts run as {} (uid {}) instead",
+                    instead.name, instead.uid
+                );
+                (instead, Some(note))
+            }
+        };
+        (
+            RunAs {
+                switch: true,
+                ..user
+            },
+            note,
+        )
+    }
+
+    /// Checks `--script-user` when it is given: a user that exists (or
+    /// `uid:gid`), neither of them 0.
+    pub fn parse(choice: &str) -> Result<String, String> {
+        if choice.is_empty() {
+            return Ok(String::new());
         }
+        let user = lookup(choice)?;
+        if user.uid == 0 || user.gid == 0 {
+            return Err(format!(
+                "`{choice}` has uid or gid 0: scripts never run as root (`sandbox: off` in dynapi.yaml turns the sandbox off instead)"
+            ));
+        }
+        Ok(choice.to_string())
     }
 
     /// Whether this user may enter (search) a folder of this `stat`.
@@ -89,11 +131,16 @@ impl RunAs {
         st.st_mode & bit != 0
     }
 
-    /// Gives this user what the daemon owns at and below `fd` (a folder or
-    /// file opened `O_PATH` beneath the workspace): folders, and regular files
-    /// with one name only (a second name may be a hard link from outside the
-    /// workspace; the descriptor pins the inode checked). Symlinks are never
-    /// followed nor changed. Looks at `budget` entries at most.
+    /// Lets this user write what the daemon owns at and below `fd` (a folder
+    /// or file opened `O_PATH` beneath the workspace) through its group: the
+    /// user's group, with group write (and search for folders); the owner
+    /// stays the daemon, so a script may write these files but never change
+    /// their modes (chmod needs the owner, and Landlock does not see it).
+    /// Set-user and set-group bits of files are dropped. Only folders, and
+    /// regular files with one name (a second name may be a hard link from
+    /// outside the workspace; the descriptor pins the inode checked).
+    /// Symlinks are never followed nor changed. Looks at `budget` entries at
+    /// most.
     pub fn hand_over(&self, fd: BorrowedFd<'_>, budget: &mut usize) {
         self.hand_over_at(fd, 0, budget);
     }
@@ -109,19 +156,34 @@ impl RunAs {
         let kind = FileType::from_raw_mode(st.st_mode);
         // SAFETY: geteuid cannot fail and touches no memory.
         let daemon = unsafe { libc::geteuid() };
+        let folder = kind == FileType::Directory;
         let single = kind == FileType::RegularFile && st.st_nlink == 1;
-        if st.st_uid == daemon && (kind == FileType::Directory || single) {
-            // SAFETY: fchownat on the descriptor itself (AT_EMPTY_PATH) with
-            // an empty, NUL-terminated path.
-            unsafe {
-                libc::fchownat(
-                    fd.as_raw_fd(),
-                    c"".as_ptr(),
-                    self.uid,
-                    self.gid,
-                    libc::AT_EMPTY_PATH,
-                )
+        if st.st_uid == daemon && (folder || single) {
+            let mode = if folder {
+                (st.st_mode & 0o1777) | 0o070
+            } else {
+                (st.st_mode & 0o777) | 0o060
             };
+            if st.st_gid != self.gid {
+                // SAFETY: fchownat on the descriptor itself (AT_EMPTY_PATH)
+                // with an empty, NUL-terminated path; the owner unchanged (-1).
+                unsafe {
+                    libc::fchownat(
+                        fd.as_raw_fd(),
+                        c"".as_ptr(),
+                        u32::MAX,
+                        self.gid,
+                        libc::AT_EMPTY_PATH,
+                    )
+                };
+            }
+            if st.st_mode & 0o7777 != mode || st.st_gid != self.gid {
+                // An `O_PATH` descriptor has no fchmod; its /proc link names
+                // the very inode (never a symlink: checked above).
+                let link = format!("/proc/self/fd/{}\0", fd.as_raw_fd());
+                // SAFETY: chmod reads the NUL-terminated path we pass.
+                unsafe { libc::chmod(link.as_ptr().cast(), mode) };
+            }
         }
         if kind != FileType::Directory || depth >= MAX_DEPTH {
             return;

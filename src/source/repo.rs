@@ -289,7 +289,7 @@ impl Repo {
                 Ok(())
             })
             .fetch_only(gix::progress::Discard, &interrupt)
-            .map_err(|e| RepoError::Git(redact(&chain(&e))))?;
+            .map_err(|e| RepoError::Git(redact(&crate::error_chain(&e))))?;
         let this = Repo {
             repo: repo.into_sync(),
             branch: branch.to_string(),
@@ -344,7 +344,7 @@ impl Repo {
                 .receive(gix::progress::Discard, deadline.flag())?;
             Ok(())
         })();
-        fetched.map_err(|e| RepoError::Git(redact(&chain(e.as_ref()))))?;
+        fetched.map_err(|e| RepoError::Git(redact(&crate::error_chain(e.as_ref()))))?;
         let mut found = repo.find_reference(local).map_err(git)?;
         Ok(found.peel_to_id().map_err(git)?.detach())
     }
@@ -1027,18 +1027,6 @@ impl Edit {
             Edit::Write { path, .. } | Edit::Blob { path, .. } | Edit::Delete { path } => path,
         }
     }
-}
-
-/// An error and its sources, `: `-separated (gix's top-level messages are terse).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// An error message with any `user:password@` taken out of URLs in it.

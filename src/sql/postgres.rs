@@ -13,8 +13,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::{pin_mut, TryStreamExt};
 use serde_json::Value;
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::{FromSql, IsNull, Kind, ToSql, Type};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Socket};
 
 use super::{base64, float, Answer, Column, Request, Rows, SqlError, Table};
 
@@ -22,11 +23,23 @@ use super::{base64, float, Answer, Column, Request, Rows, SqlError, Table};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn connect(url: &str) -> Result<Client, SqlError> {
-    let connecting = tokio_postgres::connect(url, NoTls);
+    let target = super::tls::prepare(url)?;
+    match target.tls {
+        Some(tls) => open(&target.url, tls).await,
+        None => open(&target.url, NoTls).await,
+    }
+}
+
+async fn open<T>(url: &str, tls: T) -> Result<Client, SqlError>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let connecting = tokio_postgres::connect(url, tls);
     let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .map_err(|_| SqlError::Unavailable("connecting timed out".into()))?
-        .map_err(|e| SqlError::Unavailable(e.to_string()))?;
+        .map_err(|e| SqlError::Unavailable(crate::error_chain(&e)))?;
     // The connection runs until the client is dropped.
     tokio::spawn(async move {
         let _ = connection.await;

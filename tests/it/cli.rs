@@ -149,7 +149,7 @@ async fn serve_makes_the_workspace_prints_a_token_and_drains_on_sigterm() {
         2
     );
 
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     let add = client
         .post(format!("{url}/endpoints"))
         .bearer_auth(&token)
@@ -198,7 +198,7 @@ async fn serve_makes_the_workspace_prints_a_token_and_drains_on_sigterm() {
 async fn shutdown_kills_scripts_still_running_after_the_grace_period() {
     let dir = tempfile::tempdir().unwrap();
     let (child, url, token) = spawn_serve(dir.path(), &["--shutdown-grace", "300ms"]);
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     let add = client
         .post(format!("{url}/endpoints"))
         .bearer_auth(&token)

@@ -296,7 +296,7 @@ async fn a_caller_that_hangs_up_stops_its_run_and_frees_its_slot() {
         "#!/bin/sh\nsleep 30\necho done\n",
     )
     .await;
-    let impatient = reqwest::Client::builder()
+    let impatient = crate::support::client_builder()
         .timeout(Duration::from_millis(500))
         .build()
         .unwrap();
@@ -360,7 +360,7 @@ async fn a_daemon_killed_between_the_commit_and_the_working_tree_finishes_the_wr
         crate::support::serve(command, &[])
     };
     let (mut child, url, token) = start(Some("after-ref-update"));
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     let killed = client
         .put(format!("{url}/files/notes/x.txt"))
         .bearer_auth(&token)
@@ -393,7 +393,7 @@ async fn a_daemon_killed_between_the_commit_and_the_working_tree_finishes_the_wr
 async fn a_client_that_hangs_up_mid_write_leaves_a_whole_write_in_git_and_the_audit_log() {
     let d = Daemon::start().await;
     let held = hold_index_lock(&d, Duration::from_millis(1500));
-    let impatient = reqwest::Client::builder()
+    let impatient = crate::support::client_builder()
         .timeout(Duration::from_millis(300))
         .build()
         .unwrap();

@@ -67,7 +67,7 @@ const REDIRECT: &str = "http://127.0.0.1:9/callback";
 impl Browser {
     fn new(d: &Daemon) -> Browser {
         Browser {
-            http: reqwest::Client::builder()
+            http: crate::support::client_builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap(),
@@ -747,7 +747,7 @@ async fn oauth_refusals_carry_the_errors_the_rfcs_name() {
     let waiting = b.decide(&page_params, TOKEN, &["read"], "approve").await;
     assert_eq!(waiting.status, 429, "not checked yet: {}", waiting.text);
     let elsewhere = Browser {
-        http: reqwest::Client::builder()
+        http: crate::support::client_builder()
             .redirect(reqwest::redirect::Policy::none())
             .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
             .build()

@@ -251,7 +251,7 @@ async fn as_a_non_root_user_a_script_cannot_start_processes_without_bound() {
         .gid(NOBODY);
     let (mut child, url, token) = support::serve(command, &["--script-processes", "40"]);
     assert!(!token.is_empty(), "the daemon printed no token");
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     let call = |method: reqwest::Method, path: &str, body: Value| {
         client
             .request(method, format!("{url}{path}"))
@@ -699,6 +699,7 @@ echo "uid $(id -u)"
 if cat /etc/shadow >/dev/null 2>&1; then echo "shadow read"; else echo "shadow closed"; fi
 if python3 -c "import socket,sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])" "$1" 2>/dev/null; then echo "socket connected"; else echo "socket refused"; fi
 if echo more >> data/by-daemon.txt; then echo "data written"; else echo "data refused"; fi
+if chmod 600 data/by-daemon.txt 2>/dev/null; then echo "chmod done"; else echo "chmod refused"; fi
 "#;
 
 #[tokio::test]
@@ -757,7 +758,8 @@ async fn run_by_root_scripts_run_as_an_unprivileged_user_who_can_still_write_the
             ("uid", nobody.as_str()),
             ("shadow", "closed"),
             ("socket", "refused"),
-            ("data", "written")
+            ("data", "written"),
+            ("chmod", "refused"),
         ]
         .map(|(a, b)| (a.to_string(), b.to_string())),
         "{}",
@@ -767,8 +769,16 @@ async fn run_by_root_scripts_run_as_an_unprivileged_user_who_can_still_write_the
         std::fs::read_to_string(d.workspace.join("data/by-daemon.txt")).unwrap(),
         "from the API\nmore\n"
     );
+    // Written through its group: the daemon still owns it, the script user's
+    // group may write it.
+    let meta = std::fs::metadata(d.workspace.join("data/by-daemon.txt")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(meta.uid(), 0);
+    assert_eq!(json!(meta.gid()), runs_as["gid"]);
+    assert_eq!(meta.mode() & 0o7777, 0o664);
 
-    // `--script-user root` keeps root, and /status says what that costs.
+    // Scripts never run as root: `--script-user root` is refused on the
+    // command line, and where it comes another way, nobody runs them.
     let d = Daemon::start_with(|c| c.limits.sandbox.user = Some("root".into())).await;
     d.add_endpoint(
         "whom",
@@ -781,17 +791,80 @@ async fn run_by_root_scripts_run_as_an_unprivileged_user_who_can_still_write_the
         .await;
     assert_eq!(
         verdicts(&a.json)[0],
-        ("uid".to_string(), "0".to_string()),
+        ("uid".to_string(), nobody),
         "{}",
         a.json
     );
     let status = d.get("/status").await;
     let missing = status.json["sandbox"]["missing"].to_string();
-    assert!(missing.contains("scripts run as root"), "{}", status.json);
-    assert_eq!(
-        status.json["sandbox"]["enforced"]["processes"],
-        json!(false)
+    assert!(missing.contains("never run with"), "{}", status.json);
+    let refused = Command::new(env!("CARGO_BIN_EXE_dynapi"))
+        .args(["serve", "--script-user", "root"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("scripts never run as root"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
     );
+}
+
+/// A root daemon started with capabilities it keeps across a change of uid
+/// (an ambient set and the securebit that stops the kernel's clearing, as a
+/// service manager may grant): its scripts hold none of them.
+#[tokio::test]
+async fn capabilities_the_daemon_was_started_with_never_reach_a_script() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new("setpriv");
+    command.args([
+        "--securebits",
+        "+no_setuid_fixup",
+        "--inh-caps",
+        "+dac_override,+dac_read_search",
+        "--ambient-caps",
+        "+dac_override,+dac_read_search",
+        env!("CARGO_BIN_EXE_dynapi"),
+    ]);
+    let workspace = dir.path().join("workspace");
+    let (mut child, url, token) =
+        support::serve(command, &["--workspace", workspace.to_str().unwrap()]);
+    assert!(!token.is_empty(), "the daemon printed no token");
+    let client = crate::support::client();
+    let script = "#!/bin/sh\ngrep -E '^Cap(Inh|Prm|Eff|Amb)' /proc/self/status\n\
+                  if head -c1 /etc/shadow >/dev/null 2>&1; then echo 'shadow read'; else echo 'shadow closed'; fi\n";
+    let manifest = "name: caps\ndescription: Capabilities.\npath: /caps\nscript: scripts/caps.sh\n";
+    let added = client
+        .post(format!("{url}/endpoints"))
+        .bearer_auth(&token)
+        .json(&json!({"manifest": manifest, "script": {"path": "scripts/caps.sh", "content": script}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 201);
+    let a: Value = client
+        .post(format!("{url}/caps"))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    child.kill().unwrap();
+    let _ = child.wait();
+    let output = a["output"].as_str().unwrap_or_default().to_string();
+    let lines: Vec<&str> = output.lines().collect();
+    assert_eq!(lines.len(), 5, "{a}");
+    for line in &lines[..4] {
+        assert!(line.ends_with("0000000000000000"), "{line}: {a}");
+    }
+    assert_eq!(lines[4], "shadow closed", "{a}");
 }
 
 /// A workspace the script user may not enter is a clear 503, not a script

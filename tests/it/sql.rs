@@ -322,3 +322,78 @@ async fn a_bad_database_entry_is_a_located_problem() {
     assert_eq!(problem["file"], json!("dynapi.yaml"));
     assert_eq!(problem["line"], json!(3));
 }
+
+/// PostgreSQL over TLS, as libpq's `sslmode` in the URL asks: `require`
+/// encrypts, `verify-ca` checks the chain against `sslrootcert`,
+/// `verify-full` the name too; a certificate that does not pass is a 502
+/// that says why, and no statement runs.
+#[tokio::test]
+async fn postgres_speaks_tls_as_the_urls_sslmode_asks() {
+    let (url, cert) = crate::support::postgres_tls();
+    let port = url.rsplit(':').next().unwrap().split('/').next().unwrap();
+    let cert = cert.to_str().unwrap();
+    let d = Daemon::start().await;
+    let base =
+        |host: &str, query: &str| format!("postgres://postgres@{host}:{port}/postgres?{query}");
+    let databases = [
+        ("plain", base("127.0.0.1", "sslmode=disable")),
+        ("preferred", base("127.0.0.1", "application_name=dynapi")),
+        ("required", base("127.0.0.1", "sslmode=require")),
+        (
+            "chain",
+            base(
+                "127.0.0.1",
+                &format!("sslmode=verify-ca&sslrootcert={cert}"),
+            ),
+        ),
+        (
+            "full",
+            base(
+                "localhost",
+                &format!("sslmode=verify-full&sslrootcert={cert}"),
+            ),
+        ),
+        (
+            "wrongname",
+            base(
+                "127.0.0.1",
+                &format!("sslmode=verify-full&sslrootcert={cert}"),
+            ),
+        ),
+        ("untrusted", base("localhost", "sslmode=verify-full")),
+    ];
+    let mut yaml = String::from("databases:\n");
+    for (name, url) in &databases {
+        yaml.push_str(&format!("  {name}:\n    url: \"{url}\"\n"));
+    }
+    let w = d
+        .put("/files/dynapi.yaml", json!({ "content": yaml }))
+        .await;
+    assert!(w.status < 300, "{}", w.json);
+    let encrypted = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    for (name, expected) in [
+        ("plain", false),
+        ("preferred", true),
+        ("required", true),
+        ("chain", true),
+        ("full", true),
+    ] {
+        let a = d
+            .post("/sql", json!({"database": name, "query": encrypted}))
+            .await;
+        assert_eq!(a.status, 200, "{name}: {}", a.json);
+        assert_eq!(a.json["rows"], json!([[expected]]), "{name}: {}", a.json);
+    }
+    for (name, why) in [
+        ("wrongname", "not valid for name"),
+        ("untrusted", "UnknownIssuer"),
+    ] {
+        let a = d
+            .post("/sql", json!({"database": name, "query": encrypted}))
+            .await;
+        assert_eq!(a.status, 502, "{name}: {}", a.json);
+        assert_eq!(a.json["error"]["code"], json!("database_unavailable"));
+        let message = a.json["error"]["message"].as_str().unwrap();
+        assert!(message.contains(why), "{name}: {message}");
+    }
+}

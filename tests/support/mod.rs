@@ -51,7 +51,7 @@ impl Daemon {
         Daemon {
             url,
             workspace,
-            client: reqwest::Client::new(),
+            client: client(),
             app,
             shutdown,
             config,
@@ -247,6 +247,17 @@ async fn launch(config: Config) -> (String, Arc<dynapi::App>, CancellationToken)
     (url, started.app, shutdown)
 }
 
+/// An HTTP client for the tests; the daemon's TLS provider is installed first
+/// (reqwest is built without one, see `dynapi::install_tls`).
+pub fn client() -> reqwest::Client {
+    client_builder().build().unwrap()
+}
+
+pub fn client_builder() -> reqwest::ClientBuilder {
+    dynapi::install_tls();
+    reqwest::Client::builder()
+}
+
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .args([
@@ -340,10 +351,23 @@ pub fn postgres_url() -> String {
     if let Ok(url) = std::env::var("DYNAPI_TEST_POSTGRES") {
         return url;
     }
-    URL.get_or_init(start_postgres).clone()
+    URL.get_or_init(|| start_postgres(false).0).clone()
 }
 
-fn start_postgres() -> String {
+/// A second throwaway cluster that speaks TLS with a certificate for
+/// `localhost` from a self-signed CA made here by openssl (which Debian's
+/// PostgreSQL server depends on): its URL on 127.0.0.1 and the CA's file.
+pub fn postgres_tls() -> (String, PathBuf) {
+    static TLS: std::sync::OnceLock<(String, PathBuf)> = std::sync::OnceLock::new();
+    TLS.get_or_init(|| {
+        let (url, dir) = start_postgres(true);
+        (url, dir.join("ca.pem"))
+    })
+    .clone()
+}
+
+/// Starts a cluster in a new temp folder (with TLS when `tls`); its URL and folder.
+fn start_postgres(tls: bool) -> (String, PathBuf) {
     let bin = std::fs::read_dir("/usr/lib/postgresql")
         .ok()
         .and_then(|versions| {
@@ -359,6 +383,80 @@ fn start_postgres() -> String {
         .tempdir()
         .unwrap()
         .keep();
+    if tls {
+        // A private CA (`ca.pem`, what a client names in `sslrootcert`) and
+        // the server's certificate for `localhost`, signed by it.
+        let openssl = |args: &[&str]| {
+            let made = Command::new("openssl")
+                .current_dir(&dir)
+                .args(args)
+                .output()
+                .expect("openssl makes the test certificates");
+            assert!(
+                made.status.success(),
+                "{}",
+                String::from_utf8_lossy(&made.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"],
+                &ec[..],
+                &["-days", "2", "-subj", "/CN=dynapi test CA"],
+                &["-keyout", "ca.key", "-out", "ca.pem"],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"],
+                &ec[..],
+                &[
+                    "-subj",
+                    "/CN=localhost",
+                    "-keyout",
+                    "key.pem",
+                    "-out",
+                    "server.csr",
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "cert.pem",
+        ]);
+        std::fs::set_permissions(
+            dir.join("key.pem"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+    }
     // PostgreSQL refuses to run as root; as root, run it as the `postgres` user.
     let as_root = unsafe { libc::geteuid() } == 0;
     if as_root {
@@ -404,10 +502,16 @@ fn start_postgres() -> String {
         .local_addr()
         .unwrap()
         .port();
-    let options = format!(
+    let mut options = format!(
         "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
         dir.display()
     );
+    if tls {
+        options.push_str(&format!(
+            " -c ssl=on -c ssl_cert_file={0}/cert.pem -c ssl_key_file={0}/key.pem",
+            dir.display()
+        ));
+    }
     let log = dir.join("log");
     run(
         "pg_ctl",
@@ -422,16 +526,23 @@ fn start_postgres() -> String {
             "start",
         ],
     );
-    STOP.set((bin.join("pg_ctl"), dir.clone(), as_root)).ok();
-    unsafe { libc::atexit(stop_postgres) };
-    format!("postgres://postgres@127.0.0.1:{port}/postgres")
+    let mut stop = STOP.lock().unwrap_or_else(|p| p.into_inner());
+    if stop.is_empty() {
+        unsafe { libc::atexit(stop_postgres) };
+    }
+    stop.push((bin.join("pg_ctl"), dir.clone(), as_root));
+    (
+        format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        dir,
+    )
 }
 
-/// What `stop_postgres` needs: pg_ctl, the cluster's folder, whether as root.
-static STOP: std::sync::OnceLock<(PathBuf, PathBuf, bool)> = std::sync::OnceLock::new();
+/// What `stop_postgres` needs of each cluster: pg_ctl, its folder, whether as root.
+static STOP: std::sync::Mutex<Vec<(PathBuf, PathBuf, bool)>> = std::sync::Mutex::new(Vec::new());
 
 extern "C" fn stop_postgres() {
-    if let Some((pg_ctl, dir, as_root)) = STOP.get() {
+    let stop = STOP.lock().unwrap_or_else(|p| p.into_inner());
+    for (pg_ctl, dir, as_root) in stop.iter() {
         let mut cmd = if *as_root {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(pg_ctl);
