@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use crate::auth::{self, Scopes};
+use crate::config::CheckFormat;
 use crate::manifest::Problem;
 use crate::registry::{FileKind, Registry, Snapshot, MANIFEST_DIR, SETTINGS_FILE};
 use crate::source::repo::Repo;
@@ -80,8 +81,9 @@ pub fn openapi(dir: &Path, profile: &str, public_url: &str) -> i32 {
     }
 }
 
-/// `dynapi check [DIR]`: 0 when valid, 1 with `file:line:column: message` lines otherwise.
-pub fn check(dir: &Path) -> i32 {
+/// `dynapi check [--format text|github] [DIR]`: 0 when valid, 1 with one line per
+/// problem otherwise (2 when the checkout cannot be read).
+pub fn check(dir: &Path, format: CheckFormat) -> i32 {
     match check_dir(dir) {
         Ok(problems) if problems.is_empty() => {
             println!("{}: manifests are valid", dir.display());
@@ -89,7 +91,10 @@ pub fn check(dir: &Path) -> i32 {
         }
         Ok(problems) => {
             for p in &problems {
-                println!("{p}");
+                match format {
+                    CheckFormat::Text => println!("{p}"),
+                    CheckFormat::Github => println!("{}", github_annotation(p)),
+                }
             }
             eprintln!("{} problem(s) found", problems.len());
             1
@@ -99,6 +104,29 @@ pub fn check(dir: &Path) -> i32 {
             2
         }
     }
+}
+
+/// A problem as GitHub Actions' `::error` workflow command, which the pull
+/// request shows on the line of its diff. The file is relative to the checkout,
+/// as GitHub expects when the check runs at the repository's root. Escaped as
+/// GitHub's runner does (`escapeData`, `escapeProperty`): `%`, CR and LF in the
+/// message; those and `:` and `,` in a property.
+fn github_annotation(p: &Problem) -> String {
+    fn data(s: &str) -> String {
+        s.replace('%', "%25")
+            .replace('\r', "%0D")
+            .replace('\n', "%0A")
+    }
+    fn property(s: &str) -> String {
+        data(s).replace(':', "%3A").replace(',', "%2C")
+    }
+    format!(
+        "::error file={},line={},col={}::{}",
+        property(&p.file),
+        p.line,
+        p.column,
+        data(&p.message)
+    )
 }
 
 /// `dynapi init [DIR]`: a new git repository from the template, with the workflow.
@@ -336,5 +364,24 @@ pub fn oauth_revoke(dir: &Path, id: &str) -> i32 {
             eprintln!("dynapi {command}: {e}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn github_annotations_escape_as_the_runner_does() {
+        let p = Problem {
+            file: "manifests/a,b:c%.yaml".into(),
+            line: 3,
+            column: 9,
+            message: "50% done: a, b\r\nnext".into(),
+        };
+        assert_eq!(
+            github_annotation(&p),
+            "::error file=manifests/a%2Cb%3Ac%25.yaml,line=3,col=9::50%25 done: a, b%0D%0Anext"
+        );
     }
 }

@@ -30,6 +30,10 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Validate the manifests of a checkout; prints file:line:column errors and exits 1 on any.
     Check {
+        /// `text` (file:line:column: message) or `github` (workflow commands that
+        /// annotate the pull request's diff).
+        #[arg(long, value_enum, default_value = "text")]
+        format: CheckFormat,
         /// The checkout to check.
         #[arg(default_value = ".")]
         dir: PathBuf,
@@ -125,6 +129,15 @@ pub enum TokenCommand {
         #[arg(long, default_value = "assistant")]
         name: String,
     },
+}
+
+/// How `dynapi check` prints its problems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CheckFormat {
+    /// `file:line:column: message`, one a line.
+    Text,
+    /// `::error file=F,line=L,col=C::message`, GitHub Actions' workflow commands.
+    Github,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

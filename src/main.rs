@@ -11,7 +11,7 @@ use dynapi::config::{
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Check { dir } => dynapi::commands::check(&dir),
+        Command::Check { dir, format } => dynapi::commands::check(&dir, format),
         Command::Init { dir } => dynapi::commands::init(&dir),
         Command::Openapi {
             profile,

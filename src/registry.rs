@@ -17,8 +17,8 @@ use serde_json::{Map, Value};
 
 use crate::auth::{Scope, Scopes, TokenEntry};
 use crate::manifest::{
-    self, Locator, Problem, RawManifest, RawParam, RawSettings, MAX_ARGS, MAX_ENUM, MAX_ENV,
-    MAX_MANIFESTS, MAX_PARAMS, MAX_PATH_PARAMS, MAX_TOTAL_BYTES, MAX_WRITABLE,
+    self, Locator, Problem, RawManifest, RawParam, MAX_ARGS, MAX_ENUM, MAX_ENV, MAX_MANIFESTS,
+    MAX_PARAMS, MAX_PATH_PARAMS, MAX_TOTAL_BYTES, MAX_WRITABLE,
 };
 
 /// The folder manifests live in, and the settings file, at the repository root.
@@ -342,16 +342,18 @@ impl Registry {
                 ));
                 break;
             }
-            match manifest::parse::<RawManifest>(file, text) {
-                Err(p) => problems.push(p),
-                Ok(parsed) => {
-                    let mut check = Check {
-                        locator: &parsed.locator,
-                        problems: &mut problems,
-                    };
-                    if let Some(e) = check.endpoint(file, parsed.value, &settings, file_kind) {
-                        endpoints.push(Arc::new(e));
-                    }
+            // What could not be read is reported and left out; the checks still
+            // run on the rest, so one wrong key does not hide the file's other problems.
+            let parsed = manifest::parse_manifest(file, text);
+            let readable = parsed.problems.is_empty();
+            problems.extend(parsed.problems);
+            let mut check = Check {
+                locator: &parsed.locator,
+                problems: &mut problems,
+            };
+            if let Some(e) = check.endpoint(file, parsed.value, &settings, file_kind) {
+                if readable {
+                    endpoints.push(Arc::new(e));
                 }
             }
         }
@@ -450,13 +452,8 @@ fn problem_at_top(file: &str, message: String) -> Problem {
 }
 
 fn check_settings(text: &str, problems: &mut Vec<Problem>) -> Settings {
-    let parsed = match manifest::parse::<RawSettings>(SETTINGS_FILE, text) {
-        Ok(p) => p,
-        Err(p) => {
-            problems.push(p);
-            return Settings::default();
-        }
-    };
+    let parsed = manifest::parse_settings(SETTINGS_FILE, text);
+    problems.extend(parsed.problems);
     let mut check = Check {
         locator: &parsed.locator,
         problems,
@@ -532,7 +529,7 @@ fn check_settings(text: &str, problems: &mut Vec<Problem>) -> Settings {
     for (name, db) in raw.databases {
         let at = format!("databases.{name}");
         if !is_name(&name) {
-            check.at(
+            check.at_key(
                 &at,
                 "a database name is lowercase letters, digits and dashes",
             );
@@ -603,15 +600,24 @@ fn suggest_name(s: &str) -> String {
     out.trim_matches('-').to_string()
 }
 
-/// Collects problems for one file, each at its key.
+/// Collects problems for one file, each at the value it rejects.
 struct Check<'a> {
     locator: &'a Locator,
     problems: &'a mut Vec<Problem>,
 }
 
 impl Check<'_> {
+    /// A problem at the value of `key` (dotted). A value reading already refused
+    /// (of the wrong type) is not reported twice.
     fn at(&mut self, key: &str, message: impl Into<String>) {
-        self.problems.push(self.locator.problem(key, message));
+        if !self.locator.reported(key) {
+            self.problems.push(self.locator.problem(key, message));
+        }
+    }
+
+    /// A problem with the name a key gives (a parameter, a variable), at the key.
+    fn at_key(&mut self, key: &str, message: impl Into<String>) {
+        self.problems.push(self.locator.key_problem(key, message));
     }
 
     fn duration(&mut self, key: &str, text: &str) -> Option<Duration> {
@@ -718,7 +724,7 @@ impl Check<'_> {
             match param_named(ph) {
                 None => self.at("path", format!("the path uses `{{{ph}}}` but no parameter `{ph}` is declared under `params:`")),
                 Some(p) if p.kind == ParamKind::Array => {
-                    self.at(&format!("params.{ph}"), format!("`{ph}` is a path placeholder, so it must be a single value, not an array"))
+                    self.at(&format!("params.{ph}.type"), format!("`{ph}` is a path placeholder, so it must be a single value, not an array"))
                 }
                 _ => {}
             }
@@ -822,12 +828,12 @@ impl Check<'_> {
                 .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
-                self.at(
+                self.at_key(
                     &format!("env.{k}"),
                     format!("`{k}` is not an environment variable name (letters, digits, `_`)"),
                 );
             } else if k.starts_with("DYNAPI_") {
-                self.at(
+                self.at_key(
                     &format!("env.{k}"),
                     "names starting with `DYNAPI_` are set by the daemon; choose another name",
                 );
@@ -917,7 +923,7 @@ impl Check<'_> {
     fn param(&mut self, key: &str, name: &str, raw: &RawParam, top: bool) -> Option<Param> {
         let before = self.problems.len();
         if top && !is_param_name(name) {
-            self.at(key, format!("`{name}` is not a valid parameter name (lowercase letters, digits, `_`, starting with a letter)"));
+            self.at_key(key, format!("`{name}` is not a valid parameter name (lowercase letters, digits, `_`, starting with a letter)"));
         }
         let kind = match raw.kind.as_deref() {
             None => ParamKind::String,
@@ -985,16 +991,26 @@ impl Check<'_> {
         if (raw.minimum.is_some() || raw.maximum.is_some())
             && !matches!(kind, ParamKind::Integer | ParamKind::Number)
         {
+            let bound = if raw.minimum.is_some() {
+                "minimum"
+            } else {
+                "maximum"
+            };
             self.at(
-                key,
+                &format!("{key}.{bound}"),
                 "`minimum` and `maximum` apply to integer and number parameters only",
             );
         }
         if (raw.min_length.is_some() || raw.max_length.is_some() || raw.pattern.is_some())
             && kind != ParamKind::String
         {
+            let which = match (&raw.min_length, &raw.max_length) {
+                (Some(_), _) => "minLength",
+                (_, Some(_)) => "maxLength",
+                _ => "pattern",
+            };
             self.at(
-                key,
+                &format!("{key}.{which}"),
                 "`minLength`, `maxLength` and `pattern` apply to string parameters only",
             );
         }
@@ -1501,11 +1517,15 @@ mod tests {
     }
 
     #[test]
-    fn every_problem_is_reported_with_its_line() {
+    fn every_problem_is_reported_at_its_value() {
         let bad = "name: Bad_Name\ndescription: x\nmethod: FETCH\npath: /files/x\nscript: scripts/plain.sh\nargs: [\"{nope}\"]\ntimeout: 11m\n";
         let problems = build(&[("manifests/bad.yaml", bad)]).unwrap_err();
-        let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
-        assert_eq!(lines, vec![1, 3, 4, 5, 6, 7], "{problems:#?}");
+        let at: Vec<(usize, usize)> = problems.iter().map(|p| (p.line, p.column)).collect();
+        assert_eq!(
+            at,
+            vec![(1, 7), (3, 9), (4, 7), (5, 9), (6, 8), (7, 10)],
+            "{problems:#?}"
+        );
         assert!(problems[0].message.contains("write `bad-name`"));
         assert!(problems[3].message.contains("--chmod=+x"));
     }
@@ -1552,19 +1572,20 @@ mod tests {
     }
 
     #[test]
-    fn each_limit_is_refused_at_its_key_and_named() {
+    fn each_limit_is_refused_at_its_value_and_named() {
         assert_eq!(
             problems_of(&wide(MAX_PARAMS, 8, MAX_ARGS)),
             Vec::<String>::new()
         );
-        // `args:` is line 4 and `params:` line 5 in `wide`.
+        // `args:` is line 4 and `params:` line 5 in `wide`; a problem points at
+        // the value: `args`' `[`, the first parameter of `params` on line 6.
         assert_eq!(
             problems_of(&wide(MAX_PARAMS + 1, 1, 1)),
-            vec!["manifests/wide.yaml:5:1: `params` has 65 parameters, over the limit of 64"]
+            vec!["manifests/wide.yaml:6:3: `params` has 65 parameters, over the limit of 64"]
         );
         assert_eq!(
             problems_of(&wide(1, 1, MAX_ARGS + 1)),
-            vec!["manifests/wide.yaml:4:1: `args` has 65 arguments, over the limit of 64"]
+            vec!["manifests/wide.yaml:4:7: `args` has 65 arguments, over the limit of 64"]
         );
         let problems = problems_of(&wide(1, MAX_ENUM + 1, 0));
         assert_eq!(problems.len(), 1, "{problems:?}");
@@ -1577,7 +1598,7 @@ mod tests {
         let problems = problems_of(&format!("{}env:\n{env}", wide(1, 1, 1)));
         assert_eq!(
             problems,
-            vec!["manifests/wide.yaml:7:1: `env` has 65 variables, over the limit of 64"]
+            vec!["manifests/wide.yaml:8:3: `env` has 65 variables, over the limit of 64"]
         );
         // 27 placeholders once made the router panic; now the path is refused.
         let path: String = (0..27).map(|i| format!("/{{p{i}}}")).collect();
@@ -1585,12 +1606,12 @@ mod tests {
             problems_of(&wide(27, 1, 0).replace("args: [", &format!("path: {path}\nargs: [")));
         assert_eq!(
             problems,
-            vec!["manifests/wide.yaml:4:1: the path has 27 placeholders, over the limit of 16"]
+            vec!["manifests/wide.yaml:4:7: the path has 27 placeholders, over the limit of 16"]
         );
         let problems = problems_of(&wide(1, 1, 0).replace("args: [", "path: /{p0}/{p0}\nargs: ["));
         assert_eq!(
             problems,
-            vec!["manifests/wide.yaml:4:1: `{p0}` is in the path twice; a placeholder names one segment"]
+            vec!["manifests/wide.yaml:4:7: `{p0}` is in the path twice; a placeholder names one segment"]
         );
         let writable: String = (0..=MAX_WRITABLE)
             .map(|i| format!("    - out/{i}\n"))
@@ -1601,7 +1622,7 @@ mod tests {
         ));
         assert_eq!(
             problems,
-            vec!["manifests/wide.yaml:8:3: `sandbox.writable` has 65 paths, over the limit of 64"]
+            vec!["manifests/wide.yaml:9:5: `sandbox.writable` has 65 paths, over the limit of 64"]
         );
     }
 

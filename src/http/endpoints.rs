@@ -34,7 +34,7 @@ use super::{
 use crate::auth::Caller;
 use crate::exec::{ExecError, Exit, Finished, Job, Tag};
 use crate::jobs;
-use crate::manifest::{self, RawManifest};
+use crate::manifest;
 use crate::registry::{
     self, Endpoint, FileKind, Method, Registry, Snapshot, MANIFEST_DIR, RESERVED_SEGMENTS,
 };
@@ -182,9 +182,9 @@ async fn add_endpoint(
             ))
         }
     };
-    // Check the manifest on its own first: it names the file it will be written to.
-    let raw = manifest::parse::<RawManifest>(&format!("{MANIFEST_DIR}/new-endpoint.yaml"), &text)
-        .map_err(|p| ApiError::invalid_manifests(&[p]))?;
+    // Read the manifest on its own first: it names the file it will be written to.
+    // What cannot be read is reported by the build below, with every other problem.
+    let raw = manifest::parse_manifest(&format!("{MANIFEST_DIR}/new-endpoint.yaml"), &text);
     let draft_file = match raw.value.name.as_deref() {
         Some(n) if registry::is_name(n) => format!("{MANIFEST_DIR}/{n}.yaml"),
         _ => format!("{MANIFEST_DIR}/new-endpoint.yaml"),
@@ -193,7 +193,28 @@ async fn add_endpoint(
         manifests: vec![(draft_file.clone(), text.clone())],
         ..Snapshot::default()
     };
-    if let Err(problems) = Registry::build("", &draft, &|_| FileKind::Executable) {
+    // The script sent along will be there; any other is looked up in the working
+    // tree (the served branch's files; a stat each), so a missing script is named
+    // with the manifest's other problems. The writer's check on the commit's own
+    // tree stays the one that decides.
+    let sent = req.script.as_ref().map(|s| s.path.as_str());
+    let kind = |path: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        if sent == Some(path) {
+            return FileKind::Executable;
+        }
+        match app
+            .workspace
+            .resolve(path)
+            .map(|p| app.workspace.metadata(&p))
+        {
+            Ok(Ok(m)) if !m.is_file() => FileKind::NotAFile,
+            Ok(Ok(m)) if m.permissions().mode() & 0o111 != 0 => FileKind::Executable,
+            Ok(Ok(_)) => FileKind::NotExecutable,
+            _ => FileKind::Missing,
+        }
+    };
+    if let Err(problems) = Registry::build("", &draft, &kind) {
         return Err(ApiError::invalid_manifests(&problems));
     }
     let name = raw.value.name.unwrap_or_default();

@@ -22,7 +22,15 @@ fn init_writes_a_repository_that_check_accepts() {
     assert_eq!(git(&repo, &["status", "--porcelain"]).trim(), "");
     let workflow =
         std::fs::read_to_string(repo.join(".github/workflows/dynapi-check.yml")).unwrap();
-    assert!(workflow.contains("pull_request") && workflow.contains("dynapi check"));
+    assert!(workflow.contains("pull_request") && workflow.contains("dynapi check --format github"));
+    // Fast: the binary is cached under the pinned commit, built only on a miss;
+    // and no address is made up (where dynapi comes from is the user's setting).
+    assert!(workflow.contains("actions/cache@") && workflow.contains("cache-hit != 'true'"));
+    assert!(workflow.contains("--rev \"$DYNAPI_REV\""));
+    assert!(
+        !workflow.contains("://"),
+        "no address in a generated file: {workflow}"
+    );
     let out = Command::new(BIN).arg("check").arg(&repo).output().unwrap();
     assert!(
         out.status.success(),
@@ -47,14 +55,86 @@ fn check_prints_file_line_column_and_exits_1() {
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("manifests/x.yaml:3:1: `scripts/x.sh` does not exist")),
+            .any(|l| l.starts_with("manifests/x.yaml:3:9: `scripts/x.sh` does not exist")),
         "{stdout}"
     );
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("manifests/x.yaml:6:") && l.contains("minimum")),
+            .any(|l| l.starts_with("manifests/x.yaml:6:31:") && l.contains("minimum")),
         "{stdout}"
+    );
+}
+
+/// A manifest with five problems: an unknown key, a bad name, a missing script,
+/// a timeout over the limit and a bad parameter type. Each used to hide behind
+/// the unknown key.
+pub const FIVE_PROBLEMS: &str = "name: Bad_Name\ndescription: Five problems at once.\nscript: scripts/missing.sh\ntimeout: 11m\ncolour: blue\nparams:\n  n: {type: strin}\n";
+
+/// Each problem of `FIVE_PROBLEMS`: line, column (of the value; of the key for
+/// the unknown key) and a part of its message.
+pub const FIVE_AT: [(usize, usize, &str); 5] = [
+    (1, 7, "`Bad_Name` is not a valid name"),
+    (3, 9, "`scripts/missing.sh` does not exist"),
+    (4, 10, "`11m` is longer than the limit of 10m"),
+    (5, 1, "`colour` is not a key of a manifest"),
+    (7, 13, "`strin` is not a parameter type"),
+];
+
+fn check_five(format: &[&str]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("manifests")).unwrap();
+    std::fs::write(dir.path().join("manifests/x.yaml"), FIVE_PROBLEMS).unwrap();
+    let out = Command::new(BIN)
+        .arg("check")
+        .args(format)
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn check_reports_every_problem_at_once_each_at_its_value() {
+    let (code, stdout) = check_five(&[]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), FIVE_AT.len(), "{stdout}");
+    for (line, (l, c, message)) in lines.iter().zip(FIVE_AT) {
+        let prefix = format!("manifests/x.yaml:{l}:{c}: ");
+        assert!(
+            line.starts_with(&prefix) && line.contains(message),
+            "{line:?} is not {prefix}...{message}..."
+        );
+    }
+}
+
+#[test]
+fn check_speaks_githubs_workflow_commands() {
+    let (code, stdout) = check_five(&["--format", "github"]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), FIVE_AT.len(), "{stdout}");
+    for (line, (l, c, message)) in lines.iter().zip(FIVE_AT) {
+        let prefix = format!("::error file=manifests/x.yaml,line={l},col={c}::");
+        assert!(
+            line.starts_with(&prefix) && line.contains(message),
+            "{line:?} is not {prefix}...{message}..."
+        );
+    }
+    // A message keeps its `,` and `:` (only properties escape them).
+    assert_eq!(
+        lines[2],
+        "::error file=manifests/x.yaml,line=4,col=10::`11m` is longer than the limit of 10m; write `10m` or less"
+    );
+    let (code, stdout) = check_five(&["--format", "xml"]);
+    assert_eq!(
+        code,
+        Some(2),
+        "an unknown format is a usage error: {stdout}"
     );
 }
 

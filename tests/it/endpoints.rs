@@ -102,6 +102,26 @@ async fn an_invalid_manifest_is_refused_with_every_problem_and_nothing_is_commit
         .iter()
         .all(|p| p["file"] == "manifests/new-endpoint.yaml"));
 
+    // An unknown key hides nothing: every problem is listed, each at its value.
+    let a = d
+        .post(
+            "/endpoints",
+            json!({ "manifest": crate::cli::FIVE_PROBLEMS }),
+        )
+        .await;
+    assert_eq!(a.status, 422, "{}", a.json);
+    let at: Vec<(u64, u64)> = a.json["error"]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["line"].as_u64().unwrap(), p["column"].as_u64().unwrap()))
+        .collect();
+    let expected: Vec<(u64, u64)> = crate::cli::FIVE_AT
+        .iter()
+        .map(|(l, c, _)| (*l as u64, *c as u64))
+        .collect();
+    assert_eq!(at, expected, "{}", a.json);
+
     // A valid manifest whose script is neither sent nor in the repository.
     let a = d
         .post("/endpoints", json!({"manifest": {"name": "ghost", "description": "x", "script": "scripts/ghost.sh"}}))
