@@ -83,7 +83,19 @@ pub fn requiring(mut schema: Value, names: &[&str]) -> Value {
 
 /// Turns the constructs importers stumble on into plain ones: `"type": [T,
 /// "null"]` into `T`, `anyOf` with `null` into the other branch, `true` into `{}`.
+/// (Requests: a caller need never send `null`.)
 fn plain(value: &mut Value) {
+    plain_as(value, false);
+}
+
+/// `plain` for what is answered, where `null` is really sent: a value that
+/// may be null loses its `type` instead (a schema of properties alone takes
+/// `null` too), so the plain subset still tells the truth.
+fn plain_answer(value: &mut Value) {
+    plain_as(value, true);
+}
+
+fn plain_as(value: &mut Value, answer: bool) {
     match value {
         Value::Bool(true) => *value = json!({}),
         Value::Object(map) => {
@@ -93,7 +105,9 @@ fn plain(value: &mut Value) {
                     .filter(|t| t.as_str() != Some("null"))
                     .cloned()
                     .collect();
-                if rest.len() == 1 {
+                if rest.len() == 1 && answer && rest.len() < types.len() {
+                    map.remove("type");
+                } else if rest.len() == 1 {
                     map.insert("type".into(), rest[0].clone());
                 }
             }
@@ -103,11 +117,14 @@ fn plain(value: &mut Value) {
                     .filter(|b| b.get("type").and_then(Value::as_str) != Some("null"))
                     .cloned()
                     .collect();
+                let nullable = rest.len() < branches.len();
                 if rest.len() == 1 {
                     map.remove("anyOf");
                     if let Value::Object(inner) = &rest[0] {
                         for (k, v) in inner {
-                            map.entry(k.clone()).or_insert_with(|| v.clone());
+                            if !(answer && nullable && k == "type") {
+                                map.entry(k.clone()).or_insert_with(|| v.clone());
+                            }
                         }
                     }
                 }
@@ -124,10 +141,10 @@ fn plain(value: &mut Value) {
                 map.remove("format");
             }
             for v in map.values_mut() {
-                plain(v);
+                plain_as(v, answer);
             }
         }
-        Value::Array(items) => items.iter_mut().for_each(plain),
+        Value::Array(items) => items.iter_mut().for_each(|v| plain_as(v, answer)),
         _ => {}
     }
 }
@@ -328,7 +345,7 @@ fn builtin_operation(op: &Operation, gpt: bool) -> Value {
                 // The GPT profile keeps to the plain subset its importer reads.
                 let mut answer = op.answer.clone();
                 if gpt {
-                    plain(&mut answer);
+                    plain_answer(&mut answer);
                 }
                 answer
             },

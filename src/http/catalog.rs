@@ -211,8 +211,9 @@ pub fn operations() -> Vec<Operation> {
             ..op("search", Method::Get, "/search", "Search the project's files for text", Some(Scope::Read))
         },
         Operation {
-            description: "One text with a `==> path <==` header per file, in pages of 80,000 characters (`offset`), or written to `output` as one commit.",
+            description: "One text with a `==> path <==` header per file, in pages of 80,000 characters (`offset`), or written to `output` as one commit (201, with the file's `path`, `etag` and `commit`).",
             body: Some(schema_of::<CombineRequest>()),
+            also: Some(201),
             answer: answer(&[("text", "string", "The combined text (this page)."), ("files", "array", ""), ("next_offset", "integer", "")]),
             consequential: true,
             ..op("combineFiles", Method::Post, "/combine", "Combine files into one text", Some(Scope::Read))
