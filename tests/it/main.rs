@@ -11,6 +11,7 @@ mod escalation;
 mod files;
 mod github;
 mod gitops;
+mod inputs;
 mod interference;
 mod jobs;
 mod mcp;
