@@ -152,6 +152,7 @@ fn sandbox_status(app: &App, mode: sandbox::Mode) -> serde_json::Value {
             "memory_bytes": limits.memory,
             // RLIMIT_AS, which counts shared mappings too (no cgroup is used).
             "address_space_bytes": sandbox::address_space(limits.memory),
+            "memory_enforced_by": "rlimit",
             "file_size_bytes": limits.file_size,
             "processes": limits.processes,
         },

@@ -631,6 +631,12 @@ except (OSError, MemoryError):
         json!((256u64 << 20) * 2 + (256 << 20)),
         "{status}"
     );
+    // And it says how: per process rlimits, no cgroup.
+    assert_eq!(
+        status["sandbox"]["limits"]["memory_enforced_by"],
+        json!("rlimit"),
+        "{status}"
+    );
 }
 
 #[tokio::test]
