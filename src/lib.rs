@@ -5,6 +5,8 @@
 //!
 //! - `config`: flags and environment into `Config`.
 //! - `manifest`: the YAML as written (raw types) and located `Problem`s.
+//! - `layout`: where manifests, settings and scripts live in the repository, and
+//!   the daemon's own folder in `.git`.
 //! - `registry`: the checked endpoints of one commit; routing and parameter binding.
 //! - `auth`: tokens, scopes, constant-time checks.
 //! - `oauth`: the built-in OAuth 2.1 authorization server (clients, consent,
@@ -34,6 +36,7 @@ pub mod config;
 pub mod exec;
 pub mod http;
 pub mod jobs;
+pub mod layout;
 pub mod manifest;
 pub mod memory;
 pub mod metrics;

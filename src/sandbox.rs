@@ -57,6 +57,8 @@ use landlock::{
 use rustix::fs::{Mode as FileMode, OFlags};
 use serde::Serialize;
 
+use crate::layout::{PRIVATE, SETTINGS_FILE};
+
 mod user;
 pub use user::RunAs;
 
@@ -216,8 +218,6 @@ const DEVICES: &[&str] = &[
     "/dev/random",
     "/dev/urandom",
 ];
-/// The folder in the workspace's `.git` the daemon keeps to itself.
-pub const PRIVATE: &str = "dynapi";
 
 impl Sandbox {
     pub fn new(limits: Limits) -> Sandbox {
@@ -452,7 +452,7 @@ impl Sandbox {
                 Writable::Path(_, fd) => user.hand_over(fd.as_fd(), &mut budget),
                 Writable::Workspace => {
                     for (name, fd) in entries(&root) {
-                        if name != ".git" && name != crate::registry::SETTINGS_FILE {
+                        if name != ".git" && name != SETTINGS_FILE {
                             user.hand_over(fd.as_fd(), &mut budget);
                         }
                     }
@@ -547,7 +547,7 @@ impl Sandbox {
                 .writable
                 .iter()
                 .any(|w| matches!(w, Writable::Workspace))
-                && name != crate::registry::SETTINGS_FILE
+                && name != SETTINGS_FILE
             {
                 // Only an admin token may change dynapi.yaml; scripts never.
                 all

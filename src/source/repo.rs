@@ -739,7 +739,9 @@ impl Repo {
     }
 
     fn index_lock_marker(&self) -> PathBuf {
-        self.git_dir().join("dynapi").join("index-lock")
+        self.git_dir()
+            .join(crate::layout::PRIVATE)
+            .join("index-lock")
     }
 
     /// At start-up: removes git's index lock when the daemon's marker says a

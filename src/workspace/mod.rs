@@ -116,7 +116,7 @@ impl Workspace {
     /// Where the daemon keeps its own state (the generated token): inside `.git`,
     /// so it is never committed and never reachable through `resolve`.
     pub fn state_dir(&self) -> PathBuf {
-        self.root.join(".git").join("dynapi")
+        self.root.join(".git").join(crate::layout::PRIVATE)
     }
 
     /// The repository-relative path (with `/`) of `path`, a path inside the root.

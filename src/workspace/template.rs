@@ -26,8 +26,18 @@ pub struct TemplateFile {
 /// adds the GitHub workflow that runs `dynapi check` on pull requests.
 pub fn template_files(with_workflow: bool) -> Vec<TemplateFile> {
     let mut files = Vec::new();
-    collect(&TEMPLATE_MANIFESTS, "manifests", false, &mut files);
-    collect(&TEMPLATE_SCRIPTS, "scripts", true, &mut files);
+    collect(
+        &TEMPLATE_MANIFESTS,
+        crate::layout::MANIFEST_DIR,
+        false,
+        &mut files,
+    );
+    collect(
+        &TEMPLATE_SCRIPTS,
+        crate::layout::SCRIPTS_DIR,
+        true,
+        &mut files,
+    );
     let mut add = |path: &str, contents: &str| {
         files.push(TemplateFile {
             path: path.to_string(),
@@ -36,7 +46,7 @@ pub fn template_files(with_workflow: bool) -> Vec<TemplateFile> {
         })
     };
     add(".gitignore", TEMPLATE_GITIGNORE);
-    add("dynapi.yaml", TEMPLATE_SETTINGS);
+    add(crate::layout::SETTINGS_FILE, TEMPLATE_SETTINGS);
     if with_workflow {
         add(".github/workflows/dynapi-check.yml", TEMPLATE_WORKFLOW);
     }
