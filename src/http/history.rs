@@ -12,13 +12,13 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
-use super::files::{commit_as, message_or, with_write_status};
 use super::{
-    auth, blocking, parse_json, parse_query, raw_query, respond, with_app, with_body, ApiError,
-    Auth,
+    auth, blocking, parse_json, parse_query, raw_query, respond, with_app, with_body,
+    with_write_status, ApiError, Auth,
 };
 use crate::source::change::{self, ChangeError};
 use crate::source::repo::Lookup;
+use crate::source::writes::message_or;
 use crate::App;
 
 /// Characters of a commit message shown in a history answer.
@@ -169,7 +169,7 @@ fn revert(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
                         format!("Revert \"{}\"\n\nThis reverts commit {target}.", info.summary)
                     });
                     let applied =
-                        commit_as(&app, &caller, message, ops, req.mode.as_deref()).await?;
+                        app.writes.commit::<ApiError>(&caller, message, ops, req.mode.as_deref()).await?;
                     let mut answer = json!({
                         "reverted": target.to_string(),
                         "commit": applied.commit,

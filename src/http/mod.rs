@@ -16,6 +16,7 @@ pub mod mcp;
 mod meta;
 mod oauth;
 mod project;
+mod run;
 mod seed;
 mod sql;
 mod status;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
@@ -36,6 +38,7 @@ pub use error::ApiError;
 
 use crate::auth::{self, Caller, Scope, Scopes};
 use crate::oauth::{Audience, Denied, ACCESS_PREFIX};
+use crate::source::change::Applied;
 use crate::App;
 
 /// Every route, with errors in the JSON shape and an `X-Request-Id` on every answer.
@@ -393,6 +396,39 @@ pub(crate) fn tail_path(
             .map(|s| s.into_owned())
             .map_err(|_| ApiError::bad_request("the path is not UTF-8 once percent-decoded"))
     })
+}
+
+/// `answer` with `status`, or 202 when the change went to a pull request.
+pub(crate) fn with_write_status(applied: &Applied, answer: &Value, status: StatusCode) -> Response {
+    let status = if applied.pull_request.is_some() {
+        StatusCode::ACCEPTED
+    } else {
+        status
+    };
+    warp::reply::with_status(warp::reply::json(answer), status).into_response()
+}
+
+/// The answer to a write of `path`.
+pub(crate) fn written(applied: &Applied, path: &str) -> Value {
+    let mut answer = json!({
+        "path": path,
+        "etag": applied.files.get(path).cloned().flatten(),
+        "changed": applied.changed,
+    });
+    if let Some(url) = &applied.pull_request {
+        answer["committed"] = json!(false);
+        answer["pull_request"] = json!(url);
+        answer["note"] = json!("the change waits in a pull request; the branch has it once merged");
+    } else if applied.uncommitted.iter().any(|p| p == path) {
+        answer["committed"] = json!(false);
+        answer["note"] = json!(format!(
+            "`.gitignore` ignores `{path}`: it is in the workspace but not committed"
+        ));
+    } else {
+        answer["committed"] = json!(true);
+        answer["commit"] = json!(applied.commit);
+    }
+    answer
 }
 
 /// Runs blocking work (files, git) off the async threads.

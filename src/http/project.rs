@@ -13,13 +13,13 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
-use super::files::{commit, message_or, with_write_status, written};
 use super::{
-    auth, blocking, parse_json, parse_query, raw_query, respond, with_app, with_body, ApiError,
-    Auth,
+    auth, blocking, parse_json, parse_query, raw_query, respond, with_app, with_body,
+    with_write_status, written, ApiError, Auth,
 };
 use crate::auth::Scope;
 use crate::source::change::Op;
+use crate::source::writes::message_or;
 use crate::workspace::archive::{self, Format};
 use crate::workspace::{combine, search};
 use crate::App;
@@ -178,12 +178,12 @@ fn combine_route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Re
                     let message =
                         message_or(req.message, || format!("Combine {count} files into {output}"));
                     let size = combined.text.len();
-                    let applied = commit(&app, &caller, message, vec![Op::Write {
+                    let applied = app.writes.commit::<ApiError>(&caller, message, vec![Op::Write {
                                 path: output.clone(),
                                 contents: combined.text.into_bytes(),
                                 executable: Some(false),
                                 if_match: None,
-                            }]).await?;
+                            }], None).await?;
                     let mut answer = written(&applied, &output);
                     answer["size"] = json!(size);
                     answer["files"] = json!(combined.files);
@@ -290,18 +290,20 @@ fn archive_route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Re
                                 }
                             )
                         });
-                        let applied = commit(
-                            &app,
-                            &caller,
-                            message,
-                            vec![Op::Write {
-                                path: output.clone(),
-                                contents: built.bytes,
-                                executable: Some(false),
-                                if_match: None,
-                            }],
-                        )
-                        .await?;
+                        let applied = app
+                            .writes
+                            .commit::<ApiError>(
+                                &caller,
+                                message,
+                                vec![Op::Write {
+                                    path: output.clone(),
+                                    contents: built.bytes,
+                                    executable: Some(false),
+                                    if_match: None,
+                                }],
+                                None,
+                            )
+                            .await?;
                         let mut answer = written(&applied, &output);
                         answer["format"] = json!(format.extension());
                         answer["size"] = json!(size);
