@@ -28,7 +28,8 @@ use warp::{Filter, Rejection, Reply};
 
 use super::run::{answer, policy};
 use super::{
-    auth, parse_json, parse_query, raw_query, respond, with_app, with_body, ApiError, Auth,
+    auth, json_request, parse_json, parse_query, query_request, raw_query, respond, with_app,
+    with_body, ApiError, Auth, Opened,
 };
 use crate::auth::Caller;
 use crate::exec::{Job, Tag};
@@ -155,19 +156,14 @@ pub(super) struct ScriptFile {
 fn add(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("endpoints")
         .and(warp::post())
-        .and(with_body(app))
-        .then(|auth: Auth, app: Arc<App>, body| async move {
-            respond(add_endpoint(auth, app, body).await)
+        .and(json_request(app))
+        .then(|app: Arc<App>, opened: Opened<AddEndpoint>| async move {
+            respond(add_endpoint(app, opened).await)
         })
 }
 
-async fn add_endpoint(
-    auth: Auth,
-    app: Arc<App>,
-    body: Result<Bytes, ApiError>,
-) -> Result<Response, ApiError> {
-    let caller = auth.check()?;
-    let req: AddEndpoint = parse_json(body)?;
+async fn add_endpoint(app: Arc<App>, opened: Opened<AddEndpoint>) -> Result<Response, ApiError> {
+    let (caller, req) = opened?;
     let delivery = app
         .writes
         .delivery(req.mode.as_deref(), Policy::Endpoints)?;
@@ -286,15 +282,12 @@ async fn add_endpoint(
 fn delete(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("endpoints" / String)
         .and(warp::delete())
-        .and(raw_query())
-        .and(auth(app.clone()))
-        .and(with_app(app))
+        .and(query_request(app))
         .then(
-            |name: String, query: String, auth: Auth, app: Arc<App>| async move {
+            |name: String, app: Arc<App>, opened: Opened<RemoveQuery>| async move {
                 respond(
                     async {
-                        let caller = auth.check()?;
-                        let q: RemoveQuery = parse_query(&query)?;
+                        let (caller, q) = opened?;
                         let delivery = app.writes.delivery(q.mode.as_deref(), Policy::Endpoints)?;
                         let registry = app.syncer.registry();
                         let endpoint = registry.get(&name).ok_or_else(|| {

@@ -18,8 +18,8 @@ use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
 use super::{
-    auth, blocking, parse_json, parse_query, raw_query, respond, tail_path, with_app, with_body,
-    with_write_status, written, ApiError, Auth,
+    auth, blocking, json_request, parse_json, parse_query, raw_query, respond, tail_path, with_app,
+    with_body, with_write_status, written, ApiError, Auth, Opened,
 };
 use crate::source::change::Op;
 use crate::source::writes::message_or;
@@ -381,16 +381,12 @@ fn move_files(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
     warp::path!("files" / "move")
         .and(warp::post())
         .and(warp::header::optional::<String>("if-match"))
-        .and(with_body(app))
+        .and(json_request(app))
         .then(
-            |if_match: Option<String>,
-             auth: Auth,
-             app: Arc<App>,
-             body: Result<Bytes, ApiError>| async move {
+            |if_match: Option<String>, app: Arc<App>, opened: Opened<MoveFiles>| async move {
                 respond(
                     async {
-                        let caller = auth.check()?;
-                        let req: MoveFiles = parse_json(body)?;
+                        let (caller, req) = opened?;
                         let (Some(from), Some(to)) = (req.from, req.to) else {
                             return Err(ApiError::bad_request("`from` and `to` are required"));
                         };

@@ -315,6 +315,49 @@ pub(crate) fn with_body(
     auth(app.clone()).and(with_app(app)).and(body(limit))
 }
 
+/// The opening of a route with a JSON body: the app, and the caller (if their
+/// token has the scope the catalogue documents for this method and path) with
+/// the body parsed into `T`, in that order: a refused token is answered before
+/// the body is read as JSON. An `Err` is the answer (401, 403, 413, 400), never a
+/// rejection, so it cannot fall through to another route.
+pub(crate) fn json_request<T: DeserializeOwned + Default + Send>(
+    app: Arc<App>,
+) -> impl Filter<Extract = (Arc<App>, Opened<T>), Error = warp::Rejection> + Clone {
+    with_body(app)
+        .map(|auth: Auth, app: Arc<App>, body: Result<Bytes, ApiError>| {
+            let opened = auth
+                .check()
+                .and_then(|caller| Ok((caller, parse_json(body)?)));
+            (app, opened)
+        })
+        .untuple_one()
+}
+
+/// The opening of a route that takes a query string: as `json_request`, with
+/// the query parsed into `T`.
+pub(crate) fn query_request<T: DeserializeOwned + Send>(
+    app: Arc<App>,
+) -> impl Filter<Extract = (Arc<App>, Opened<T>), Error = warp::Rejection> + Clone {
+    raw_query()
+        .and(auth(app.clone()))
+        .and(with_app(app))
+        .map(|query: String, auth: Auth, app: Arc<App>| {
+            let opened = auth
+                .check()
+                .and_then(|caller| Ok((caller, parse_query(&query)?)));
+            (app, opened)
+        })
+        .untuple_one()
+}
+
+/// What `json_request` and `query_request` yield: the caller and the request,
+/// or the answer refusing them. Routes that check something between the token
+/// and the request keep their opening written out, so their refusals come in
+/// the same order: PUT, PATCH and DELETE `/files/{path}` (the path, then the
+/// body), `POST /call/{name}` (the endpoint's own scopes), `GET /files` (the
+/// query's type depends on the path).
+pub(crate) type Opened<T> = Result<(Caller, T), ApiError>;
+
 /// The request body, read up to `limit` bytes whether or not a length was sent
 /// (a chunked body is counted as it arrives).
 pub(crate) fn body(

@@ -10,7 +10,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use super::{auth, parse_json, respond, run, with_app, with_body, ApiError, Auth};
+use super::{auth, json_request, respond, run, with_app, ApiError, Auth, Opened};
 use crate::auth::{Scope, Scopes};
 use crate::exec::{Exit, Job, Tag};
 use crate::registry::{self, Endpoint, Registry};
@@ -56,12 +56,11 @@ pub(super) struct RunScript {
 fn run_script(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("run-script")
         .and(warp::post())
-        .and(with_body(app))
-        .then(|auth: Auth, app: Arc<App>, body| async move {
+        .and(json_request(app))
+        .then(|app: Arc<App>, opened: Opened<RunScript>| async move {
             respond(
                 async {
-                    let caller = auth.check()?;
-                    let req: RunScript = parse_json(body)?;
+                    let (caller, req) = opened?;
                     if req.script_name.is_empty() {
                         return Err(ApiError::bad_request(
                             "`script_name` is required; GET /list-scripts lists them",
@@ -270,12 +269,11 @@ pub(super) struct GitSync {
 fn git_sync(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("git-sync")
         .and(warp::post())
-        .and(with_body(app))
-        .then(|auth: Auth, app: Arc<App>, body| async move {
+        .and(json_request(app))
+        .then(|app: Arc<App>, opened: Opened<GitSync>| async move {
             respond(
                 async {
-                    let caller = auth.check()?;
-                    let req: GitSync = parse_json(body)?;
+                    let (caller, req) = opened?;
                     let message = message_or(req.message, || "Sync the workspace".into());
                     let (committed, report) = app
                         .writes
