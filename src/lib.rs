@@ -14,7 +14,8 @@
 //! - `workspace`: path confinement, files, search, combine, archives, atomic
 //!   writes, the bundled template.
 //! - `exec`: running scripts (the only module that starts processes).
-//! - `source`: the git repository (`repo`), the single writer (`change`) and the
+//! - `source`: the git repository (`repo`), the single writer (`change`), the
+//!   write service every API write goes through (`writes`) and the
 //!   sync loop that swaps registries (`sync`).
 //! - `sql`: statements against SQLite (the default) and PostgreSQL, read-only
 //!   unless allowed.
@@ -80,10 +81,10 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Scopes, TokenEntry};
 use crate::config::Config;
 use crate::exec::Exec;
-use crate::source::change::Writer;
 use crate::source::github::GitHub;
 use crate::source::repo::{Author, Repo};
 use crate::source::sync::{Syncer, Trigger};
+use crate::source::writes::Writes;
 use crate::workspace::Workspace;
 
 /// Everything a request handler may use. Shared behind an `Arc`; no globals.
@@ -91,8 +92,9 @@ pub struct App {
     pub config: Config,
     pub workspace: Workspace,
     pub syncer: Arc<Syncer>,
-    pub writer: Writer,
-    /// Read access to the repository (history); writes go through `writer`.
+    /// Every write the API takes: the only way to the change writer.
+    pub writes: Writes,
+    /// Read access to the repository (history); writes go through `writes`.
     pub repo: Repo,
     pub exec: Exec,
     /// Endpoint runs that outlived their request.
@@ -277,6 +279,13 @@ impl App {
             config.oauth_access_lifetime,
             oauth::documents_may_be_local(config.listen, config.public_url.as_deref()),
         );
+        let writes = Writes::new(
+            repo.clone(),
+            workspace.clone(),
+            github.clone(),
+            syncer.clone(),
+            audit.clone(),
+        );
         let app = Arc::new(App {
             oauth,
             exec: Exec::new(config.limits.clone())
@@ -286,7 +295,7 @@ impl App {
             jobs: jobs::Jobs::new(config.job_keep, JOB_OUTPUT_BUDGET),
             sql: sql::Sql::default(),
             deliveries: webhook::Deliveries::default(),
-            writer: Writer::new(repo.clone(), workspace.clone(), github.clone()),
+            writes,
             repo,
             syncer,
             tokens,
@@ -296,7 +305,7 @@ impl App {
         });
         // A write start-up could not finish (git's index lock held by a
         // human): tried again every second.
-        app.writer.repair_later();
+        app.writes.repair_later();
         tracing::info!(
             "sandbox: `{}` in dynapi.yaml; {}",
             app.syncer.registry().settings.sandbox,

@@ -26,21 +26,20 @@ use warp::path::FullPath;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use super::files::{delivery, message_or};
-use super::seed::author_for;
+use super::run::{answer, policy};
 use super::{
-    auth, parse_json, parse_query, raw_query, respond, with_app, with_body, ApiError, Auth,
+    auth, json_request, parse_json, parse_query, query_request, raw_query, respond, with_app,
+    with_body, ApiError, Auth, Opened,
 };
 use crate::auth::Caller;
-use crate::exec::{ExecError, Exit, Finished, Job, Tag};
+use crate::exec::{Job, Tag};
 use crate::jobs;
 use crate::manifest;
 use crate::registry::{
     self, Endpoint, FileKind, Method, Registry, Snapshot, MANIFEST_DIR, RESERVED_SEGMENTS,
 };
-use crate::sandbox;
-use crate::source::change::{Applied, Change, Delivery, Op, Validation};
-use crate::source::sync::{SyncReport, Trigger};
+use crate::source::change::{Applied, Op, Validation};
+use crate::source::writes::{message_or, Policy};
 use crate::App;
 
 pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
@@ -157,20 +156,17 @@ pub(super) struct ScriptFile {
 fn add(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("endpoints")
         .and(warp::post())
-        .and(with_body(app))
-        .then(|auth: Auth, app: Arc<App>, body| async move {
-            respond(add_endpoint(auth, app, body).await)
+        .and(json_request(app))
+        .then(|app: Arc<App>, opened: Opened<AddEndpoint>| async move {
+            respond(add_endpoint(app, opened).await)
         })
 }
 
-async fn add_endpoint(
-    auth: Auth,
-    app: Arc<App>,
-    body: Result<Bytes, ApiError>,
-) -> Result<Response, ApiError> {
-    let caller = auth.check()?;
-    let req: AddEndpoint = parse_json(body)?;
-    let delivery = endpoint_delivery(&app, req.mode.as_deref())?;
+async fn add_endpoint(app: Arc<App>, opened: Opened<AddEndpoint>) -> Result<Response, ApiError> {
+    let (caller, req) = opened?;
+    let delivery = app
+        .writes
+        .delivery(req.mode.as_deref(), Policy::Endpoints)?;
     let text = match req.manifest {
         Some(Value::String(s)) => s,
         Some(v @ Value::Object(_)) => serde_norway::to_string(&v).map_err(|e| {
@@ -253,16 +249,14 @@ async fn add_endpoint(
         });
     }
     let verb = if existing.is_some() { "Update" } else { "Add" };
-    let change = Change {
-        message: message_or(req.message, || format!("{verb} endpoint {name}")),
-        author: author_for(&caller),
-        ops,
-        validation: Validation::Strict,
-        may_change_settings: false,
-    };
-    let (committed, report) = match apply_and_serve(&app, &caller, change, delivery).await? {
-        Ok(served) => served,
-        Err(proposed) => return Ok(proposed),
+    let message = message_or(req.message, || format!("{verb} endpoint {name}"));
+    let served = app
+        .writes
+        .serve::<ApiError>(&caller, message, ops, Validation::Strict, delivery)
+        .await?;
+    let (committed, report) = match served {
+        (applied, Some(report)) => (applied, report),
+        (applied, None) => return Ok(proposed(&applied)),
     };
     let registry = app.syncer.registry();
     let endpoint = registry.get(&name).filter(|e| e.file == file);
@@ -288,16 +282,13 @@ async fn add_endpoint(
 fn delete(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("endpoints" / String)
         .and(warp::delete())
-        .and(raw_query())
-        .and(auth(app.clone()))
-        .and(with_app(app))
+        .and(query_request(app))
         .then(
-            |name: String, query: String, auth: Auth, app: Arc<App>| async move {
+            |name: String, app: Arc<App>, opened: Opened<RemoveQuery>| async move {
                 respond(
                     async {
-                        let caller = auth.check()?;
-                        let q: RemoveQuery = parse_query(&query)?;
-                        let delivery = endpoint_delivery(&app, q.mode.as_deref())?;
+                        let (caller, q) = opened?;
+                        let delivery = app.writes.delivery(q.mode.as_deref(), Policy::Endpoints)?;
                         let registry = app.syncer.registry();
                         let endpoint = registry.get(&name).ok_or_else(|| {
                             ApiError::not_found(format!(
@@ -318,18 +309,21 @@ fn delete(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
                                 if_match: None,
                             });
                         }
-                        let change = Change {
-                            message: message_or(q.message, || format!("Remove endpoint {name}")),
-                            author: author_for(&caller),
-                            ops,
-                            validation: Validation::NoNewProblems,
-                            may_change_settings: false,
+                        let message = message_or(q.message, || format!("Remove endpoint {name}"));
+                        let served = app
+                            .writes
+                            .serve::<ApiError>(
+                                &caller,
+                                message,
+                                ops,
+                                Validation::NoNewProblems,
+                                delivery,
+                            )
+                            .await?;
+                        let (committed, report) = match served {
+                            (applied, Some(report)) => (applied, report),
+                            (applied, None) => return Ok(proposed(&applied)),
                         };
-                        let (committed, report) =
-                            match apply_and_serve(&app, &caller, change, delivery).await? {
-                                Ok(served) => served,
-                                Err(proposed) => return Ok(proposed),
-                            };
                         Ok(warp::reply::json(&json!({
                             "deleted": name,
                             "script_deleted": !shared,
@@ -353,36 +347,19 @@ pub(super) struct RemoveQuery {
     mode: Option<String>,
 }
 
-/// How an endpoint change reaches the branch: `mode`, else `policy.endpoints`.
-fn endpoint_delivery(app: &App, mode: Option<&str>) -> Result<Delivery, ApiError> {
-    let policy = app.syncer.registry().settings.endpoints_by_pull_request;
-    delivery(app, mode, policy)
-}
-
-/// Applies an endpoint change and, once committed, syncs so the answer comes
-/// when it is served. A change that went to a pull request is `Err`: the 202
-/// answer saying where it waits.
-async fn apply_and_serve(
-    app: &Arc<App>,
-    caller: &Caller,
-    change: Change,
-    delivery: Delivery,
-) -> Result<Result<(Applied, SyncReport), Response>, ApiError> {
-    let applied = super::files::apply(app, caller, change, delivery).await?;
-    if let Some(url) = &applied.pull_request {
-        return Ok(Err(warp::reply::with_status(
-            warp::reply::json(&json!({
-                "pull_request": url,
-                "commit": applied.commit,
-                "live": false,
-                "message": "the change waits in a pull request; it is served once merged",
-            })),
-            StatusCode::ACCEPTED,
-        )
-        .into_response()));
-    }
-    let report = app.syncer.sync(Trigger::Write).await;
-    Ok(Ok((applied, report)))
+/// The 202 answer to an endpoint change that went to a pull request: where
+/// it waits.
+fn proposed(applied: &Applied) -> Response {
+    warp::reply::with_status(
+        warp::reply::json(&json!({
+            "pull_request": applied.pull_request,
+            "commit": applied.commit,
+            "live": false,
+            "message": "the change waits in a pull request; it is served once merged",
+        })),
+        StatusCode::ACCEPTED,
+    )
+    .into_response()
 }
 
 /// POST /call/{name} — call any endpoint by name with a JSON object of parameters,
@@ -653,119 +630,4 @@ async fn invoke(
         location,
     )
     .into_response())
-}
-
-/// What the sandbox lets a script do, its `writable` paths resolved in the
-/// workspace (a folder named there that does not exist yet is made, so that the
-/// script may write in it).
-pub(super) fn policy(
-    app: &App,
-    mode: sandbox::Mode,
-    wanted: &registry::Sandbox,
-) -> Result<sandbox::Policy, ApiError> {
-    // Each writable path is opened here, once, beneath the workspace and
-    // through no symlink; the sandbox grants that descriptor, never the path
-    // looked up again (a folder swapped for a symlink meanwhile grants nothing).
-    let mut writable = Vec::new();
-    for w in &wanted.writable {
-        if w == "." {
-            writable.push(sandbox::Writable::Workspace);
-            continue;
-        }
-        let path = app.workspace.resolve(w)?;
-        // A missing folder is made the same way, beneath the root; `open_path`
-        // said NotFound only after finding no symlink in what exists.
-        let fd = match app.workspace.open_path(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => app
-                .workspace
-                .create_dir_all(&path)
-                .and_then(|()| app.workspace.open_path(&path)),
-            other => other,
-        };
-        let fd = fd.map_err(|e| {
-            if crate::workspace::beneath::is_escape(&e) {
-                ApiError::new(
-                    StatusCode::CONFLICT,
-                    "writable_refused",
-                    format!(
-                        "the writable path `{w}` is, or passes through, a symlink; \
-                         the script did not run"
-                    ),
-                )
-            } else {
-                ApiError::internal(format!("could not open the writable path `{w}`: {e}"))
-            }
-        })?;
-        writable.push(sandbox::Writable::Path(path, Arc::new(fd)));
-    }
-    Ok(sandbox::Policy {
-        mode,
-        writable,
-        network: wanted.network,
-    })
-}
-
-/// The answer of a run that ended (see the module doc), also what a finished
-/// job's `result` says.
-pub(super) fn answer(
-    job: &jobs::Job,
-    result: &Result<Finished, ExecError>,
-) -> Result<Value, ApiError> {
-    let finished = result.as_ref().map_err(ApiError::from)?;
-    let stdout = String::from_utf8_lossy(&finished.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&finished.stderr).into_owned();
-    let truncated = finished.stdout_truncated || finished.stderr_truncated;
-    let duration_ms = finished.duration.as_millis() as u64;
-    let (exit_code, signal) = match finished.exit {
-        Exit::TimedOut => {
-            return Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                format!(
-                    "`{}` ran longer than its timeout of {} and was stopped",
-                    job.endpoint,
-                    humantime::format_duration(job.timeout)
-                ),
-            )
-            .with("stdout", json!(stdout))
-            .with("stderr", json!(stderr))
-            .with("truncated", json!(truncated)))
-        }
-        Exit::Code(c) => (Some(c), None),
-        Exit::Signal(s) => (None, Some(s)),
-    };
-    let ok = exit_code == Some(0);
-    let output = if ok && job.json_output {
-        if finished.stdout_truncated {
-            return Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "bad_output",
-                "the script's JSON output was larger than the output limit",
-            )
-            .with("stderr", json!(stderr)));
-        }
-        serde_json::from_str::<Value>(&stdout).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "bad_output",
-                format!("the script said `output: json` but printed something else: {e}"),
-            )
-            .with("stdout", json!(stdout))
-            .with("stderr", json!(stderr))
-        })?
-    } else {
-        Value::String(stdout)
-    };
-    let mut answer = json!({
-        "ok": ok,
-        "exit_code": exit_code,
-        "output": output,
-        "stderr": stderr,
-        "truncated": truncated,
-        "duration_ms": duration_ms,
-    });
-    if let Some(s) = signal {
-        answer["signal"] = json!(s);
-    }
-    Ok(answer)
 }

@@ -15,6 +15,7 @@ use crate::sandbox::SandboxError;
 use crate::source::change::ChangeError;
 use crate::source::github::GitHubError;
 use crate::source::repo::RepoError;
+use crate::source::writes::{Refusal, WriteError};
 use crate::sql::SqlError;
 use crate::workspace::files::EditError;
 use crate::workspace::{FsError, PathError};
@@ -168,6 +169,25 @@ impl From<ChangeError> for ApiError {
             ChangeError::Repo(r) => ApiError::internal(format!("the commit failed: {r}")),
             ChangeError::GitHub(g) => g.into(),
         }
+    }
+}
+
+/// A write the service refused: the writer's reason, a `mode` that cannot be
+/// honoured (400), or a write whose task ended without an answer (500).
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Change(e) => e.into(),
+            WriteError::Mode(message) => ApiError::bad_request(message),
+            WriteError::Lost(message) => ApiError::internal(message),
+        }
+    }
+}
+
+/// The audit log names a refused write by its answer's code.
+impl Refusal for ApiError {
+    fn code(&self) -> &'static str {
+        self.code
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! Reads answer from the working tree with `ETag` = the git blob id of the file;
 //! writes take `If-Match` (the header, or `if_match` in the body) and become one
-//! commit each through the change writer. A path `.gitignore` ignores is written
+//! commit each through the write service (`source::writes`). A path `.gitignore` ignores is written
 //! but not committed, and the answer says `"committed": false`.
 
 use std::sync::Arc;
@@ -12,20 +12,17 @@ use std::sync::Arc;
 use bytes::Bytes;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
-use super::seed::author_for;
 use super::{
-    auth, blocking, parse_json, parse_query, raw_query, respond, tail_path, with_app, with_body,
-    ApiError, Auth,
+    auth, blocking, json_request, parse_json, parse_query, raw_query, respond, tail_path, with_app,
+    with_body, with_write_status, written, ApiError, Auth, Opened,
 };
-use crate::auth::{Caller, Scope};
-use crate::registry::{MANIFEST_DIR, SETTINGS_FILE};
-use crate::source::change::{Applied, Change, Delivery, Op, Validation};
-use crate::source::sync::Trigger;
+use crate::source::change::Op;
+use crate::source::writes::message_or;
 use crate::workspace::files::{self, PageRequest, TextEdit};
 use crate::workspace::FsError;
 use crate::App;
@@ -157,185 +154,6 @@ fn precondition(header: Option<String>, body: Option<String>) -> Option<String> 
     header.or(body).filter(|s| !s.trim().is_empty())
 }
 
-/// A commit message: the caller's, or `default`.
-pub(crate) fn message_or(given: Option<String>, default: impl FnOnce() -> String) -> String {
-    given
-        .filter(|m| !m.trim().is_empty())
-        .unwrap_or_else(default)
-}
-
-/// Reloads the registry after a change that touched what it is built from, so
-/// the answer comes when the change is served; other commits reload in the
-/// background.
-pub(crate) async fn settle(app: &App, applied: &Applied) {
-    if !applied.new_commit {
-        return;
-    }
-    let served_from = |p: &String| {
-        p == SETTINGS_FILE
-            || p.starts_with(&format!("{MANIFEST_DIR}/"))
-            || p.starts_with("scripts/")
-    };
-    // In GitHub mode the sync is also what brings the new commit's files here.
-    if applied.files.keys().any(served_from) || app.config.remote.is_some() {
-        app.syncer.sync(Trigger::Write).await;
-    } else {
-        app.syncer.trigger(Trigger::Write);
-    }
-}
-
-/// Applies `ops` as ONE commit for `caller` (the author says it came through the
-/// API, and with which token), then `settle`s.
-/// In GitHub mode, by pull request when the request's `mode` or the repository's
-/// `policy.files` says so.
-pub(crate) async fn commit(
-    app: &Arc<App>,
-    caller: &Caller,
-    message: String,
-    ops: Vec<Op>,
-) -> Result<Applied, ApiError> {
-    commit_as(app, caller, message, ops, None).await
-}
-
-pub(crate) async fn commit_as(
-    app: &Arc<App>,
-    caller: &Caller,
-    message: String,
-    ops: Vec<Op>,
-    mode: Option<&str>,
-) -> Result<Applied, ApiError> {
-    let policy = app.syncer.registry().settings.files_by_pull_request;
-    let delivery = delivery(app, mode, policy)?;
-    let change = Change {
-        message,
-        author: author_for(caller),
-        ops,
-        validation: Validation::NoNewProblems,
-        // Granted by `apply`, for admins only.
-        may_change_settings: false,
-    };
-    let applied = apply(app, caller, change, delivery).await?;
-    settle(app, &applied).await;
-    Ok(applied)
-}
-
-/// Applies `change` through the writer and records it in the audit log, whether
-/// it was taken or refused. Every write a request makes comes through here.
-pub(crate) async fn apply(
-    app: &Arc<App>,
-    caller: &Caller,
-    change: Change,
-    delivery: Delivery,
-) -> Result<Applied, ApiError> {
-    // The writer refuses `dynapi.yaml` unless the caller is an admin; this is
-    // where the caller's token becomes that permission.
-    let mut change = change;
-    change.may_change_settings = caller.scopes.contains(Scope::Admin);
-    let (app, caller) = (app.clone(), caller.clone());
-    // Its own task: a caller that hangs up mid-write drops this future, not
-    // the write or its line in the audit log.
-    tokio::spawn(async move {
-        let started = std::time::Instant::now();
-        let target = change
-            .ops
-            .iter()
-            .flat_map(Op::paths)
-            .collect::<Vec<_>>()
-            .join(", ");
-        let result = app
-            .writer
-            .apply_as(change, delivery)
-            .await
-            .map_err(ApiError::from);
-        let outcome = match &result {
-            Ok(a) if a.pull_request.is_some() => "pull_request",
-            Ok(_) => "ok",
-            Err(e) => e.code,
-        };
-        let commit = result.as_ref().ok().map(|a| a.commit.as_str());
-        audit_write(&app, &caller, &target, commit, outcome, started);
-        result
-    })
-    .await
-    .map_err(ApiError::internal)?
-}
-
-/// One write in the audit log: what `caller` changed (`target`), the commit it
-/// made, and how it ended.
-pub(crate) fn audit_write(
-    app: &App,
-    caller: &Caller,
-    target: &str,
-    commit: Option<&str>,
-    outcome: &str,
-    started: std::time::Instant,
-) {
-    app.audit.record(&crate::audit::Entry {
-        token: &caller.token_name,
-        operation: "write",
-        target,
-        commit,
-        duration: started.elapsed(),
-        outcome,
-    });
-}
-
-/// How a write reaches the branch: the request's `mode` (`commit` or
-/// `pull_request`), else the repository's policy for it (`by_policy`); pull
-/// requests need GitHub mode.
-pub(crate) fn delivery(
-    app: &App,
-    mode: Option<&str>,
-    by_policy: bool,
-) -> Result<Delivery, ApiError> {
-    let remote = app.config.remote.is_some();
-    match mode {
-        Some("pull_request") if remote => Ok(Delivery::PullRequest),
-        Some("pull_request") => Err(ApiError::bad_request(
-            "`mode: pull_request` needs a GitHub repository (`dynapi serve --remote`); the local workspace takes commits only",
-        )),
-        Some("commit") => Ok(Delivery::Commit),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "`mode` is `commit` or `pull_request`, not `{other}`"
-        ))),
-        None if remote && by_policy => Ok(Delivery::PullRequest),
-        None => Ok(Delivery::Commit),
-    }
-}
-
-/// `answer` with `status`, or 202 when the change went to a pull request.
-pub(crate) fn with_write_status(applied: &Applied, answer: &Value, status: StatusCode) -> Response {
-    let status = if applied.pull_request.is_some() {
-        StatusCode::ACCEPTED
-    } else {
-        status
-    };
-    warp::reply::with_status(warp::reply::json(answer), status).into_response()
-}
-
-/// The answer to a write of `path`.
-pub(crate) fn written(applied: &Applied, path: &str) -> Value {
-    let mut answer = json!({
-        "path": path,
-        "etag": applied.files.get(path).cloned().flatten(),
-        "changed": applied.changed,
-    });
-    if let Some(url) = &applied.pull_request {
-        answer["committed"] = json!(false);
-        answer["pull_request"] = json!(url);
-        answer["note"] = json!("the change waits in a pull request; the branch has it once merged");
-    } else if applied.uncommitted.iter().any(|p| p == path) {
-        answer["committed"] = json!(false);
-        answer["note"] = json!(format!(
-            "`.gitignore` ignores `{path}`: it is in the workspace but not committed"
-        ));
-    } else {
-        answer["committed"] = json!(true);
-        answer["commit"] = json!(applied.commit);
-    }
-    answer
-}
-
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PutFile {
@@ -378,19 +196,20 @@ fn put(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> +
                         let message = message_or(req.message, || {
                             format!("{} {path}", if exists { "Update" } else { "Create" })
                         });
-                        let applied = commit_as(
-                            &app,
-                            &caller,
-                            message,
-                            vec![Op::Write {
-                                path: path.clone(),
-                                contents: content.into_bytes(),
-                                executable: req.executable,
-                                if_match: precondition(if_match, req.if_match),
-                            }],
-                            req.mode.as_deref(),
-                        )
-                        .await?;
+                        let applied = app
+                            .writes
+                            .commit::<ApiError>(
+                                &caller,
+                                message,
+                                vec![Op::Write {
+                                    path: path.clone(),
+                                    contents: content.into_bytes(),
+                                    executable: req.executable,
+                                    if_match: precondition(if_match, req.if_match),
+                                }],
+                                req.mode.as_deref(),
+                            )
+                            .await?;
                         let status = if applied.pull_request.is_some() {
                             StatusCode::ACCEPTED
                         } else if applied.created.contains(&path) {
@@ -457,9 +276,7 @@ fn patch(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection>
                         }
                         let count = req.edits.len();
                         let message = message_or(req.message, || format!("Edit {path}"));
-                        let applied = commit_as(
-                            &app,
-                            &caller,
+                        let applied = app.writes.commit::<ApiError>(&caller,
                             message,
                             vec![Op::Edit {
                                 path: path.clone(),
@@ -518,17 +335,18 @@ fn delete(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
                             return Err(FsError::IsFolder(path).into());
                         }
                         let message = message_or(q.message, || format!("Delete {path}"));
-                        let applied = commit_as(
-                            &app,
-                            &caller,
-                            message,
-                            vec![Op::Delete {
-                                path: path.clone(),
-                                if_match: precondition(if_match, q.if_match),
-                            }],
-                            q.mode.as_deref(),
-                        )
-                        .await?;
+                        let applied = app
+                            .writes
+                            .commit::<ApiError>(
+                                &caller,
+                                message,
+                                vec![Op::Delete {
+                                    path: path.clone(),
+                                    if_match: precondition(if_match, q.if_match),
+                                }],
+                                q.mode.as_deref(),
+                            )
+                            .await?;
                         let mut answer = written(&applied, &path);
                         answer["deleted"] = json!(applied.pull_request.is_none());
                         Ok(with_write_status(&applied, &answer, StatusCode::OK))
@@ -563,16 +381,12 @@ fn move_files(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
     warp::path!("files" / "move")
         .and(warp::post())
         .and(warp::header::optional::<String>("if-match"))
-        .and(with_body(app))
+        .and(json_request(app))
         .then(
-            |if_match: Option<String>,
-             auth: Auth,
-             app: Arc<App>,
-             body: Result<Bytes, ApiError>| async move {
+            |if_match: Option<String>, app: Arc<App>, opened: Opened<MoveFiles>| async move {
                 respond(
                     async {
-                        let caller = auth.check()?;
-                        let req: MoveFiles = parse_json(body)?;
+                        let (caller, req) = opened?;
                         let (Some(from), Some(to)) = (req.from, req.to) else {
                             return Err(ApiError::bad_request("`from` and `to` are required"));
                         };
@@ -592,7 +406,7 @@ fn move_files(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
                         let moved = ops.len();
                         let message = message_or(req.message, || format!("Move {from} to {to}"));
                         let applied =
-                            commit_as(&app, &caller, message, ops, req.mode.as_deref()).await?;
+                            app.writes.commit::<ApiError>(&caller, message, ops, req.mode.as_deref()).await?;
                         let mut answer = json!({
                             "from": from,
                             "to": to,

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
@@ -12,13 +11,10 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
-use super::files::{commit_as, message_or, with_write_status};
-use super::{
-    auth, blocking, parse_json, parse_query, raw_query, respond, with_app, with_body, ApiError,
-    Auth,
-};
+use super::{blocking, json_request, query_request, respond, with_write_status, ApiError, Opened};
 use crate::source::change::{self, ChangeError};
 use crate::source::repo::Lookup;
+use crate::source::writes::message_or;
 use crate::App;
 
 /// Characters of a commit message shown in a history answer.
@@ -44,14 +40,11 @@ pub(super) struct HistoryQuery {
 fn history(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("history")
         .and(warp::get())
-        .and(raw_query())
-        .and(auth(app.clone()))
-        .and(with_app(app))
-        .then(|query: String, auth: Auth, app: Arc<App>| async move {
+        .and(query_request(app))
+        .then(|app: Arc<App>, opened: Opened<HistoryQuery>| async move {
             respond(
                 async {
-                    auth.check()?;
-                    let q: HistoryQuery = parse_query(&query)?;
+                    let (_, q) = opened?;
                     let path = match q.path.as_deref() {
                         Some(p) => Some(app.workspace.normalize(p)?).filter(|p| !p.is_empty()),
                         None => None,
@@ -111,12 +104,11 @@ pub(super) struct RevertRequest {
 fn revert(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("revert")
         .and(warp::post())
-        .and(with_body(app))
-        .then(|auth: Auth, app: Arc<App>, body: Result<Bytes, ApiError>| async move {
+        .and(json_request(app))
+        .then(|app: Arc<App>, opened: Opened<RevertRequest>| async move {
             respond(
                 async {
-                    let caller = auth.check()?;
-                    let req: RevertRequest = parse_json(body)?;
+                    let (caller, req) = opened?;
                     let wanted = req.commit.unwrap_or_default().trim().to_ascii_lowercase();
                     if wanted.len() < 4
                         || wanted.len() > 40
@@ -169,7 +161,7 @@ fn revert(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
                         format!("Revert \"{}\"\n\nThis reverts commit {target}.", info.summary)
                     });
                     let applied =
-                        commit_as(&app, &caller, message, ops, req.mode.as_deref()).await?;
+                        app.writes.commit::<ApiError>(&caller, message, ops, req.mode.as_deref()).await?;
                     let mut answer = json!({
                         "reverted": target.to_string(),
                         "commit": applied.commit,

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use super::endpoints::answer;
+use super::run::answer;
 use super::{auth, parse_query, raw_query, respond, with_app, ApiError, Auth};
 use crate::auth::{Caller, Scope};
 use crate::exec::{Exit, Output};

@@ -16,6 +16,7 @@ pub mod mcp;
 mod meta;
 mod oauth;
 mod project;
+mod run;
 mod seed;
 mod sql;
 mod status;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
@@ -36,6 +38,7 @@ pub use error::ApiError;
 
 use crate::auth::{self, Caller, Scope, Scopes};
 use crate::oauth::{Audience, Denied, ACCESS_PREFIX};
+use crate::source::change::Applied;
 use crate::App;
 
 /// Every route, with errors in the JSON shape and an `X-Request-Id` on every answer.
@@ -312,6 +315,49 @@ pub(crate) fn with_body(
     auth(app.clone()).and(with_app(app)).and(body(limit))
 }
 
+/// The opening of a route with a JSON body: the app, and the caller (if their
+/// token has the scope the catalogue documents for this method and path) with
+/// the body parsed into `T`, in that order: a refused token is answered before
+/// the body is read as JSON. An `Err` is the answer (401, 403, 413, 400), never a
+/// rejection, so it cannot fall through to another route.
+pub(crate) fn json_request<T: DeserializeOwned + Default + Send>(
+    app: Arc<App>,
+) -> impl Filter<Extract = (Arc<App>, Opened<T>), Error = warp::Rejection> + Clone {
+    with_body(app)
+        .map(|auth: Auth, app: Arc<App>, body: Result<Bytes, ApiError>| {
+            let opened = auth
+                .check()
+                .and_then(|caller| Ok((caller, parse_json(body)?)));
+            (app, opened)
+        })
+        .untuple_one()
+}
+
+/// The opening of a route that takes a query string: as `json_request`, with
+/// the query parsed into `T`.
+pub(crate) fn query_request<T: DeserializeOwned + Send>(
+    app: Arc<App>,
+) -> impl Filter<Extract = (Arc<App>, Opened<T>), Error = warp::Rejection> + Clone {
+    raw_query()
+        .and(auth(app.clone()))
+        .and(with_app(app))
+        .map(|query: String, auth: Auth, app: Arc<App>| {
+            let opened = auth
+                .check()
+                .and_then(|caller| Ok((caller, parse_query(&query)?)));
+            (app, opened)
+        })
+        .untuple_one()
+}
+
+/// What `json_request` and `query_request` yield: the caller and the request,
+/// or the answer refusing them. Routes that check something between the token
+/// and the request keep their opening written out, so their refusals come in
+/// the same order: PUT, PATCH and DELETE `/files/{path}` (the path, then the
+/// body), `POST /call/{name}` (the endpoint's own scopes), `GET /files` (the
+/// query's type depends on the path).
+pub(crate) type Opened<T> = Result<(Caller, T), ApiError>;
+
 /// The request body, read up to `limit` bytes whether or not a length was sent
 /// (a chunked body is counted as it arrives).
 pub(crate) fn body(
@@ -393,6 +439,39 @@ pub(crate) fn tail_path(
             .map(|s| s.into_owned())
             .map_err(|_| ApiError::bad_request("the path is not UTF-8 once percent-decoded"))
     })
+}
+
+/// `answer` with `status`, or 202 when the change went to a pull request.
+pub(crate) fn with_write_status(applied: &Applied, answer: &Value, status: StatusCode) -> Response {
+    let status = if applied.pull_request.is_some() {
+        StatusCode::ACCEPTED
+    } else {
+        status
+    };
+    warp::reply::with_status(warp::reply::json(answer), status).into_response()
+}
+
+/// The answer to a write of `path`.
+pub(crate) fn written(applied: &Applied, path: &str) -> Value {
+    let mut answer = json!({
+        "path": path,
+        "etag": applied.files.get(path).cloned().flatten(),
+        "changed": applied.changed,
+    });
+    if let Some(url) = &applied.pull_request {
+        answer["committed"] = json!(false);
+        answer["pull_request"] = json!(url);
+        answer["note"] = json!("the change waits in a pull request; the branch has it once merged");
+    } else if applied.uncommitted.iter().any(|p| p == path) {
+        answer["committed"] = json!(false);
+        answer["note"] = json!(format!(
+            "`.gitignore` ignores `{path}`: it is in the workspace but not committed"
+        ));
+    } else {
+        answer["committed"] = json!(true);
+        answer["commit"] = json!(applied.commit);
+    }
+    answer
 }
 
 /// Runs blocking work (files, git) off the async threads.

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
@@ -13,13 +12,12 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
-use super::files::{commit, message_or, with_write_status, written};
 use super::{
-    auth, blocking, parse_json, parse_query, raw_query, respond, with_app, with_body, ApiError,
-    Auth,
+    blocking, json_request, query_request, respond, with_write_status, written, ApiError, Opened,
 };
 use crate::auth::Scope;
 use crate::source::change::Op;
+use crate::source::writes::message_or;
 use crate::workspace::archive::{self, Format};
 use crate::workspace::{combine, search};
 use crate::App;
@@ -63,14 +61,11 @@ pub(super) struct SearchQuery {
 fn search_route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("search")
         .and(warp::get())
-        .and(raw_query())
-        .and(auth(app.clone()))
-        .and(with_app(app))
-        .then(|query: String, auth: Auth, app: Arc<App>| async move {
+        .and(query_request(app))
+        .then(|app: Arc<App>, opened: Opened<SearchQuery>| async move {
             respond(
                 async {
-                    auth.check()?;
-                    let q: SearchQuery = parse_query(&query)?;
+                    let (_, q) = opened?;
                     let pattern = q.q.filter(|p| !p.is_empty()).ok_or_else(|| {
                         ApiError::bad_request(
                             "`q` is required: the text (or with `regex=true`, the regex) to find",
@@ -126,12 +121,11 @@ pub(super) struct CombineRequest {
 fn combine_route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("combine")
         .and(warp::post())
-        .and(with_body(app))
-        .then(|auth: Auth, app: Arc<App>, body: Result<Bytes, ApiError>| async move {
+        .and(json_request(app))
+        .then(|app: Arc<App>, opened: Opened<CombineRequest>| async move {
             respond(
                 async {
-                    let caller = auth.check()?;
-                    let req: CombineRequest = parse_json(body)?;
+                    let (caller, req) = opened?;
                     if req.paths.is_empty() && req.globs.is_empty() {
                         return Err(ApiError::bad_request(
                             "send `paths` (files or folders) or `globs` (like `src/**/*.rs`)",
@@ -178,12 +172,12 @@ fn combine_route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Re
                     let message =
                         message_or(req.message, || format!("Combine {count} files into {output}"));
                     let size = combined.text.len();
-                    let applied = commit(&app, &caller, message, vec![Op::Write {
+                    let applied = app.writes.commit::<ApiError>(&caller, message, vec![Op::Write {
                                 path: output.clone(),
                                 contents: combined.text.into_bytes(),
                                 executable: Some(false),
                                 if_match: None,
-                            }]).await?;
+                            }], None).await?;
                     let mut answer = written(&applied, &output);
                     answer["size"] = json!(size);
                     answer["files"] = json!(combined.files);
@@ -242,56 +236,56 @@ pub(super) struct ArchiveRequest {
 fn archive_route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("archive")
         .and(warp::post())
-        .and(with_body(app))
-        .then(
-            |auth: Auth, app: Arc<App>, body: Result<Bytes, ApiError>| async move {
-                respond(
-                    async {
-                        let caller = auth.check()?;
-                        let req: ArchiveRequest = parse_json(body)?;
-                        let format_name = req.format.as_deref().unwrap_or("zip");
-                        let format = Format::parse(format_name).ok_or_else(|| {
-                            ApiError::bad_request(format!(
-                                "`format` is `zip` or `tar.gz`, not `{format_name}`"
-                            ))
-                        })?;
-                        let ws = app.workspace.clone();
-                        let path = ws.normalize(req.path.as_deref().unwrap_or(""))?;
-                        let name = match path.rsplit('/').next() {
-                            Some(n) if !n.is_empty() => n.to_string(),
-                            _ => "workspace".to_string(),
-                        };
-                        let output = ws.normalize(&req.output.unwrap_or_else(|| {
+        .and(json_request(app))
+        .then(|app: Arc<App>, opened: Opened<ArchiveRequest>| async move {
+            respond(
+                async {
+                    let (caller, req) = opened?;
+                    let format_name = req.format.as_deref().unwrap_or("zip");
+                    let format = Format::parse(format_name).ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "`format` is `zip` or `tar.gz`, not `{format_name}`"
+                        ))
+                    })?;
+                    let ws = app.workspace.clone();
+                    let path = ws.normalize(req.path.as_deref().unwrap_or(""))?;
+                    let name = match path.rsplit('/').next() {
+                        Some(n) if !n.is_empty() => n.to_string(),
+                        _ => "workspace".to_string(),
+                    };
+                    let output = ws
+                        .normalize(&req.output.unwrap_or_else(|| {
                             format!("archives/{name}.{}", format.extension())
                         }))?;
-                        let skip = ws.resolve(&output)?;
-                        let max = app.config.files.archive_bytes;
-                        let (p, include_ignored) = (path.clone(), req.include_ignored);
-                        let built = blocking(move || {
-                            Ok(archive::build(
-                                &ws,
-                                &p,
-                                format,
-                                include_ignored,
-                                &skip,
-                                max,
-                            )?)
-                        })
-                        .await?;
-                        let size = built.bytes.len();
-                        let sha256 = hex::encode(sha2::Sha256::digest(&built.bytes));
-                        let message = message_or(req.message, || {
-                            format!(
-                                "Archive {} as {output}",
-                                if path.is_empty() {
-                                    "the workspace"
-                                } else {
-                                    &path
-                                }
-                            )
-                        });
-                        let applied = commit(
-                            &app,
+                    let skip = ws.resolve(&output)?;
+                    let max = app.config.files.archive_bytes;
+                    let (p, include_ignored) = (path.clone(), req.include_ignored);
+                    let built = blocking(move || {
+                        Ok(archive::build(
+                            &ws,
+                            &p,
+                            format,
+                            include_ignored,
+                            &skip,
+                            max,
+                        )?)
+                    })
+                    .await?;
+                    let size = built.bytes.len();
+                    let sha256 = hex::encode(sha2::Sha256::digest(&built.bytes));
+                    let message = message_or(req.message, || {
+                        format!(
+                            "Archive {} as {output}",
+                            if path.is_empty() {
+                                "the workspace"
+                            } else {
+                                &path
+                            }
+                        )
+                    });
+                    let applied = app
+                        .writes
+                        .commit::<ApiError>(
                             &caller,
                             message,
                             vec![Op::Write {
@@ -300,18 +294,18 @@ fn archive_route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Re
                                 executable: Some(false),
                                 if_match: None,
                             }],
+                            None,
                         )
                         .await?;
-                        let mut answer = written(&applied, &output);
-                        answer["format"] = json!(format.extension());
-                        answer["size"] = json!(size);
-                        answer["sha256"] = json!(sha256);
-                        answer["files"] = json!(built.files);
-                        answer["download"] = json!(format!("/download/{output}"));
-                        Ok(with_write_status(&applied, &answer, StatusCode::CREATED))
-                    }
-                    .await,
-                )
-            },
-        )
+                    let mut answer = written(&applied, &output);
+                    answer["format"] = json!(format.extension());
+                    answer["size"] = json!(size);
+                    answer["sha256"] = json!(sha256);
+                    answer["files"] = json!(built.files);
+                    answer["download"] = json!(format!("/download/{output}"));
+                    Ok(with_write_status(&applied, &answer, StatusCode::CREATED))
+                }
+                .await,
+            )
+        })
 }

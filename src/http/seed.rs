@@ -10,13 +10,11 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use super::{auth, endpoints, parse_json, respond, with_app, with_body, ApiError, Auth};
-use crate::auth::{Caller, Scope, Scopes};
+use super::{auth, json_request, respond, run, with_app, ApiError, Auth, Opened};
+use crate::auth::{Scope, Scopes};
 use crate::exec::{Exit, Job, Tag};
 use crate::registry::{self, Endpoint, Registry};
-use crate::source::change::ChangeError;
-use crate::source::repo::Author;
-use crate::source::sync::Trigger;
+use crate::source::writes::message_or;
 use crate::App;
 
 pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
@@ -25,15 +23,6 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
         .unify()
         .or(git_sync(app))
         .unify()
-}
-
-/// The author of a commit made for `caller`: it says it came through the API, and
-/// with which token (never the token itself).
-pub(crate) fn author_for(caller: &Caller) -> Author {
-    Author {
-        name: format!("{} via dynapi", caller.token_name),
-        email: "dynapi@localhost".into(),
-    }
 }
 
 /// GET /list-scripts — `{"scripts": [...]}`: the files in the workspace's `scripts/`.
@@ -67,12 +56,11 @@ pub(super) struct RunScript {
 fn run_script(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("run-script")
         .and(warp::post())
-        .and(with_body(app))
-        .then(|auth: Auth, app: Arc<App>, body| async move {
+        .and(json_request(app))
+        .then(|app: Arc<App>, opened: Opened<RunScript>| async move {
             respond(
                 async {
-                    let caller = auth.check()?;
-                    let req: RunScript = parse_json(body)?;
+                    let (caller, req) = opened?;
                     if req.script_name.is_empty() {
                         return Err(ApiError::bad_request(
                             "`script_name` is required; GET /list-scripts lists them",
@@ -120,7 +108,7 @@ fn run_script(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
                             stdin,
                             cwd: app.workspace.root().to_path_buf(),
                             timeout: rules.timeout,
-                            sandbox: endpoints::policy(
+                            sandbox: run::policy(
                                 &app,
                                 registry.settings.sandbox,
                                 &rules.sandbox,
@@ -281,41 +269,16 @@ pub(super) struct GitSync {
 fn git_sync(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("git-sync")
         .and(warp::post())
-        .and(with_body(app))
-        .then(|auth: Auth, app: Arc<App>, body| async move {
+        .and(json_request(app))
+        .then(|app: Arc<App>, opened: Opened<GitSync>| async move {
             respond(
                 async {
-                    let caller = auth.check()?;
-                    let req: GitSync = parse_json(body)?;
-                    let message = req
-                        .message
-                        .filter(|m| !m.trim().is_empty())
-                        .unwrap_or_else(|| "Sync the workspace".into());
-                    let started = std::time::Instant::now();
-                    let result = app
-                        .writer
-                        .commit_worktree(
-                            message,
-                            author_for(&caller),
-                            caller.scopes.contains(Scope::Admin),
-                        )
-                        .await;
-                    let target = match &result {
-                        Ok(applied) => applied.files.keys().cloned().collect::<Vec<_>>().join(", "),
-                        Err(_) => String::new(),
-                    };
-                    let outcome = match &result {
-                        Ok(_) | Err(ChangeError::Empty) => "ok",
-                        Err(_) => "failed",
-                    };
-                    let commit = result.as_ref().ok().map(|a| a.commit.as_str());
-                    super::files::audit_write(&app, &caller, &target, commit, outcome, started);
-                    let committed = match result {
-                        Ok(applied) => applied.new_commit,
-                        Err(ChangeError::Empty) => false,
-                        Err(e) => return Err(ApiError::from(e)),
-                    };
-                    let report = app.syncer.sync(Trigger::Write).await;
+                    let (caller, req) = opened?;
+                    let message = message_or(req.message, || "Sync the workspace".into());
+                    let (committed, report) = app
+                        .writes
+                        .commit_worktree::<ApiError>(&caller, message)
+                        .await?;
                     Ok(warp::reply::json(&json!({
                         "message": "Git synchronization complete.",
                         "commit": report.commit,

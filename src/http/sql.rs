@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -13,9 +12,7 @@ use warp::http::{header, HeaderValue};
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
-use super::{
-    auth, parse_json, parse_query, raw_query, respond, with_app, with_body, ApiError, Auth,
-};
+use super::{json_request, query_request, respond, ApiError, Opened};
 use crate::auth::Scope;
 use crate::registry::{Database, DEFAULT_DATABASE};
 use crate::sql::{Request, SqlError};
@@ -74,12 +71,11 @@ fn database(app: &App, name: Option<&str>) -> Result<(String, Database), ApiErro
 fn run(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("sql")
         .and(warp::post())
-        .and(with_body(app))
-        .then(|auth: Auth, app: Arc<App>, body: Result<Bytes, ApiError>| async move {
+        .and(json_request(app))
+        .then(|app: Arc<App>, opened: Opened<SqlRequest>| async move {
             respond(
                 async {
-                    let caller = auth.check()?;
-                    let req: SqlRequest = parse_json(body)?;
+                    let (caller, req) = opened?;
                     let query = req.query.filter(|q| !q.trim().is_empty()).ok_or_else(|| {
                         ApiError::bad_request("`query` is required: one SQL statement")
                     })?;
@@ -148,14 +144,11 @@ pub(super) struct SchemaQuery {
 fn schema(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("sql" / "schema")
         .and(warp::get())
-        .and(raw_query())
-        .and(auth(app.clone()))
-        .and(with_app(app))
-        .then(|query: String, auth: Auth, app: Arc<App>| async move {
+        .and(query_request(app))
+        .then(|app: Arc<App>, opened: Opened<SchemaQuery>| async move {
             respond(
                 async {
-                    auth.check()?;
-                    let q: SchemaQuery = parse_query(&query)?;
+                    let (_, q) = opened?;
                     let (name, db) = database(&app, q.database.as_deref())?;
                     let kind = crate::sql::kind(&db);
                     let tables = app.sql.schema(&app.workspace, &name, &db, TIMEOUT).await?;

@@ -1,4 +1,6 @@
-//! The change writer: the only code that creates commits.
+//! The change writer: the only code that creates commits. Its entry points
+//! are visible in `source` only: the API reaches it through `writes::Writes`,
+//! which decides who may change what.
 //!
 //! Writes are serialized through one lock. A change is first planned against the
 //! working tree (what the caller sees: `If-Match` is checked against the file on
@@ -209,7 +211,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Writer {
-    pub fn new(repo: Repo, workspace: Workspace, github: Option<GitHub>) -> Writer {
+    pub(super) fn new(repo: Repo, workspace: Workspace, github: Option<GitHub>) -> Writer {
         Writer {
             repo,
             workspace,
@@ -219,13 +221,8 @@ impl Writer {
         }
     }
 
-    /// Applies `change` as one commit on the branch and writes it to the working tree.
-    pub async fn apply(&self, change: Change) -> Result<Applied, ChangeError> {
-        self.apply_as(change, Delivery::Commit).await
-    }
-
     /// Applies `change` as one commit, delivered as `delivery`.
-    pub async fn apply_as(
+    pub(super) async fn apply_as(
         &self,
         change: Change,
         delivery: Delivery,
@@ -245,7 +242,7 @@ impl Writer {
     /// the writer's lock, until it is done (for an hour at most): a human's
     /// next `git commit` must find the index holding it. One such task at a
     /// time. Called after each write and at start-up.
-    pub fn repair_later(&self) {
+    pub(super) fn repair_later(&self) {
         use std::sync::atomic::Ordering;
         if self.github.is_some()
             || !repair_pending(&self.workspace)
@@ -470,7 +467,7 @@ impl Writer {
 
     /// Commits whatever differs between the working tree and the branch head (files
     /// scripts wrote, files a human edited), honouring `.gitignore`. `POST /git-sync`.
-    pub async fn commit_worktree(
+    pub(super) async fn commit_worktree(
         &self,
         message: String,
         author: Author,

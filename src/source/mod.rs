@@ -1,6 +1,7 @@
 //! Where commits come from and go to. `repo` wraps the git repository (gix),
-//! `change` is the single writer, `sync` loads commits into registries,
-//! `refwatch` says when the local branch may have moved (inotify).
+//! `change` is the single writer, `writes` the service every API write goes
+//! through (the only holder of the writer), `sync` loads commits into
+//! registries, `refwatch` says when the local branch may have moved (inotify).
 //! The local source is the embedded default; the workspace is the repository.
 
 pub mod change;
@@ -8,3 +9,4 @@ pub mod github;
 pub mod refwatch;
 pub mod repo;
 pub mod sync;
+pub mod writes;

@@ -3,7 +3,8 @@
 //! a compare-and-swap on the branch.
 //!
 //! Everything here is blocking; callers run it on tokio's blocking pool. Only
-//! `change.rs` may call `commit_tree`: it is the single writer.
+//! `change.rs` may call `commit_tree`: it is the single writer (the call is
+//! visible in `source` only).
 
 use std::path::{Path, PathBuf};
 
@@ -679,7 +680,7 @@ impl Repo {
     /// Commits `tree` on the branch with `parent` as its parent. The ref moves only
     /// if it still points at `parent` (a compare-and-swap): `RepoError::Moved` says
     /// someone else committed first, and the caller re-applies on the new head.
-    pub fn commit_tree(
+    pub(super) fn commit_tree(
         &self,
         parent: Option<ObjectId>,
         tree: ObjectId,
