@@ -18,7 +18,7 @@ use crate::App;
 /// What the sandbox lets a script do, its `writable` paths resolved in the
 /// workspace (a folder named there that does not exist yet is made, so that the
 /// script may write in it).
-pub(crate) fn policy(
+pub(super) fn policy(
     app: &App,
     mode: sandbox::Mode,
     wanted: &registry::Sandbox,
@@ -67,7 +67,7 @@ pub(crate) fn policy(
 
 /// The answer of a run that ended (see the module doc), also what a finished
 /// job's `result` says.
-pub(crate) fn answer(
+pub(super) fn answer(
     job: &jobs::Job,
     result: &Result<Finished, ExecError>,
 ) -> Result<Value, ApiError> {

@@ -87,7 +87,7 @@ fn author_for(caller: &Caller) -> Author {
 impl Writes {
     /// The service and the one writer it owns, for the repository in
     /// `workspace` (on GitHub when `github` is given).
-    pub fn new(
+    pub(crate) fn new(
         repo: Repo,
         workspace: Workspace,
         github: Option<GitHub>,
@@ -178,30 +178,43 @@ impl Writes {
         caller: &Caller,
         message: String,
     ) -> Result<(bool, SyncReport), E> {
-        let started = Instant::now();
-        let result = self
-            .writer
-            .commit_worktree(
-                message,
-                author_for(caller),
-                caller.scopes.contains(Scope::Admin),
-            )
-            .await;
-        let target = match &result {
-            Ok(applied) => applied.files.keys().cloned().collect::<Vec<_>>().join(", "),
-            Err(_) => String::new(),
-        };
-        let outcome = match &result {
-            Ok(_) | Err(ChangeError::Empty) => "ok",
-            Err(_) => "failed",
-        };
-        let commit = result.as_ref().ok().map(|a| a.commit.as_str());
-        self.record(caller, &target, commit, outcome, started);
-        let committed = match result {
-            Ok(applied) => applied.new_commit,
-            Err(ChangeError::Empty) => false,
-            Err(e) => return Err(WriteError::from(e).into()),
-        };
+        let (writes, caller) = (self.clone(), caller.clone());
+        // Its own task, as `apply`: a caller that hangs up mid-commit drops
+        // this future, not the commit's line in the audit log.
+        let committed = tokio::spawn(async move {
+            let started = Instant::now();
+            let result = writes
+                .writer
+                .commit_worktree(
+                    message,
+                    author_for(&caller),
+                    caller.scopes.contains(Scope::Admin),
+                )
+                .await;
+            let target = match &result {
+                Ok(applied) => applied.files.keys().cloned().collect::<Vec<_>>().join(", "),
+                Err(_) => String::new(),
+            };
+            let refused = match result {
+                Ok(applied) => Ok(applied),
+                Err(ChangeError::Empty) => Err(None),
+                Err(e) => Err(Some(E::from(WriteError::Change(e)))),
+            };
+            // Refusals are recorded by the answer's code, as every write.
+            let outcome = match &refused {
+                Ok(_) | Err(None) => "ok",
+                Err(Some(e)) => e.code(),
+            };
+            let commit = refused.as_ref().ok().map(|a| a.commit.as_str());
+            writes.record(&caller, &target, commit, outcome, started);
+            match refused {
+                Ok(applied) => Ok(applied.new_commit),
+                Err(None) => Ok(false),
+                Err(Some(e)) => Err(e),
+            }
+        })
+        .await
+        .map_err(|e| E::from(WriteError::Lost(e.to_string())))??;
         let report = self.syncer.sync(Trigger::Write).await;
         Ok((committed, report))
     }

@@ -93,6 +93,47 @@ async fn request_ids_are_kept_or_made_and_bodies_are_bounded() {
     assert_eq!(a.json["error"]["code"], json!("bad_request"));
 }
 
+/// Every route that writes, asked by a write token to change `dynapi.yaml`:
+/// 403 from each, no commit, the file as it was (the one place that turns
+/// the caller's scope into the writer's permission is `source::writes`).
+#[tokio::test]
+async fn no_writing_route_lets_a_write_token_change_dynapi_yaml() {
+    let d = Daemon::start().await;
+    d.grant_reader("writer-secret", "read, write, run").await;
+    let settings = std::fs::read_to_string(d.workspace.join("dynapi.yaml")).unwrap();
+    let first = settings.lines().next().unwrap_or("#").to_string();
+    let commits = d.commits();
+    let tries = [
+        (
+            "PATCH",
+            "/files/dynapi.yaml",
+            json!({"edits": [{"old": first, "new": format!("{first}\nsandbox: off")}]}),
+        ),
+        ("DELETE", "/files/dynapi.yaml", json!({})),
+        (
+            "POST",
+            "/combine",
+            json!({"paths": ["manifests"], "output": "dynapi.yaml"}),
+        ),
+        (
+            "POST",
+            "/archive",
+            json!({"path": "manifests", "format": "zip", "output": "dynapi.yaml"}),
+        ),
+    ];
+    for (method, path, body) in tries {
+        let a = d
+            .request(method, path, Some(body), Some("writer-secret"))
+            .await;
+        assert_eq!(a.status, 403, "{method} {path}: {}", a.json);
+    }
+    assert_eq!(d.commits(), commits, "a refused change was committed");
+    assert_eq!(
+        std::fs::read_to_string(d.workspace.join("dynapi.yaml")).unwrap(),
+        settings
+    );
+}
+
 #[tokio::test]
 async fn only_an_admin_token_may_change_dynapi_yaml() {
     let d = Daemon::start().await;
