@@ -311,6 +311,9 @@ impl App {
             app.syncer.registry().settings.sandbox,
             app.exec.sandbox().describe()
         );
+        if let Some(closed) = app.exec.sandbox().closed_above(&app.config.workspace) {
+            tracing::warn!("{closed}");
+        }
         Ok(Started {
             app,
             new_token,

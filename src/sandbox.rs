@@ -423,6 +423,33 @@ impl Sandbox {
         })
     }
 
+    /// The first folder above `workspace` the script user may not pass, in
+    /// words for `/status` and the log (`None` when every one lets it by, or
+    /// scripts run as the daemon's own user). Runs still work there: a script
+    /// starts in the workspace (entered as root) and reaches it by relative
+    /// paths; a program that resolves an absolute path does not.
+    pub fn closed_above(&self, workspace: &Path) -> Option<String> {
+        let user = &self.support.user;
+        if !user.switch {
+            return None;
+        }
+        let real = std::fs::canonicalize(workspace).ok()?;
+        for dir in real.ancestors().skip(1) {
+            let st = rustix::fs::stat(dir).ok()?;
+            if !user.may_enter(&st) {
+                return Some(format!(
+                    "scripts run as {} (uid {}), who may not pass {} (mode {:o}) above the workspace: scripts start in the workspace and reach it by relative paths, but programs that resolve absolute paths (SQLite among them) fail; put the workspace where that user may pass, `chmod o+x {}`, or choose --script-user",
+                    user.name,
+                    user.uid,
+                    dir.display(),
+                    st.st_mode & 0o7777,
+                    dir.display(),
+                ));
+            }
+        }
+        None
+    }
+
     /// Before a run as another user (`RunAs::switch`): refuses when that user
     /// may not enter the workspace (the script's working folder), and hands
     /// the user what the daemon owns in the run's `writable` paths.

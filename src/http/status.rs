@@ -156,7 +156,11 @@ fn sandbox_status(app: &App, mode: sandbox::Mode) -> serde_json::Value {
             "file_size_bytes": limits.file_size,
             "processes": limits.processes,
         },
-        "missing": if on { support.missing.clone() } else { vec!["`sandbox: off` in dynapi.yaml".to_string()] },
+        "missing": if on {
+            support.missing.iter().cloned().chain(sandbox.closed_above(&app.config.workspace)).collect()
+        } else {
+            vec!["`sandbox: off` in dynapi.yaml".to_string()]
+        },
     })
 }
 

@@ -887,6 +887,22 @@ async fn a_workspace_closed_to_the_script_user_is_said_plainly() {
         d.post("/inside", json!({})).await.json["output"],
         json!("in\n")
     );
+    // A folder above it closed to the script user: scripts still run (by
+    // relative paths), and /status says what fails there.
+    let above = d.workspace.parent().unwrap();
+    let missing = || async { d.get("/status").await.json["sandbox"]["missing"].to_string() };
+    assert!(!missing().await.contains("may not pass"));
+    std::fs::set_permissions(above, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    assert_eq!(
+        d.post("/inside", json!({})).await.json["output"],
+        json!("in\n")
+    );
+    let said = missing().await;
+    assert!(
+        said.contains("may not pass") && said.contains(above.to_str().unwrap()),
+        "{said}"
+    );
+    std::fs::set_permissions(above, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::set_permissions(
         &d.workspace,
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
