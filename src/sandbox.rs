@@ -795,10 +795,6 @@ fn drop_capabilities() -> Result<(), i32> {
         {
             return Err(errno());
         }
-        let header = Header {
-            version: CAPABILITY_VERSION_3,
-            pid: 0,
-        };
         if libc::syscall(libc::SYS_capget, &header as *const Header, now.as_mut_ptr()) != 0 {
             return Err(errno());
         }

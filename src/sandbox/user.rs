@@ -142,10 +142,12 @@ impl RunAs {
     /// Symlinks are never followed nor changed. Looks at `budget` entries at
     /// most.
     pub fn hand_over(&self, fd: BorrowedFd<'_>, budget: &mut usize) {
-        self.hand_over_at(fd, 0, budget);
+        // SAFETY: geteuid cannot fail and touches no memory.
+        let daemon = unsafe { libc::geteuid() };
+        self.hand_over_at(fd, daemon, 0, budget);
     }
 
-    fn hand_over_at(&self, fd: BorrowedFd<'_>, depth: usize, budget: &mut usize) {
+    fn hand_over_at(&self, fd: BorrowedFd<'_>, daemon: u32, depth: usize, budget: &mut usize) {
         let Some(left) = budget.checked_sub(1) else {
             return;
         };
@@ -154,8 +156,6 @@ impl RunAs {
             return;
         };
         let kind = FileType::from_raw_mode(st.st_mode);
-        // SAFETY: geteuid cannot fail and touches no memory.
-        let daemon = unsafe { libc::geteuid() };
         let folder = kind == FileType::Directory;
         let single = kind == FileType::RegularFile && st.st_nlink == 1;
         if st.st_uid == daemon && (folder || single) {
@@ -210,7 +210,7 @@ impl RunAs {
                 OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 FileMode::empty(),
             ) {
-                self.hand_over_at(child.as_fd(), depth + 1, budget);
+                self.hand_over_at(child.as_fd(), daemon, depth + 1, budget);
             }
             if *budget == 0 {
                 return;

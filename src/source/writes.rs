@@ -179,42 +179,36 @@ impl Writes {
         message: String,
     ) -> Result<(bool, SyncReport), E> {
         let (writes, caller) = (self.clone(), caller.clone());
-        // Its own task, as `apply`: a caller that hangs up mid-commit drops
-        // this future, not the commit's line in the audit log.
-        let committed = tokio::spawn(async move {
+        let committed = detached(async move {
             let started = Instant::now();
-            let result = writes
+            let result = match writes
                 .writer
                 .commit_worktree(
                     message,
                     author_for(&caller),
                     caller.scopes.contains(Scope::Admin),
                 )
-                .await;
-            let target = match &result {
-                Ok(applied) => applied.files.keys().cloned().collect::<Vec<_>>().join(", "),
-                Err(_) => String::new(),
+                .await
+            {
+                Ok(applied) => Ok(Some(applied)),
+                // Nothing to commit is no error here.
+                Err(ChangeError::Empty) => Ok(None),
+                Err(e) => Err(E::from(WriteError::Change(e))),
             };
-            let refused = match result {
-                Ok(applied) => Ok(applied),
-                Err(ChangeError::Empty) => Err(None),
-                Err(e) => Err(Some(E::from(WriteError::Change(e)))),
-            };
+            let applied = result.as_ref().ok().and_then(Option::as_ref);
+            let target = applied.map_or(String::new(), |a| {
+                a.files.keys().cloned().collect::<Vec<_>>().join(", ")
+            });
             // Refusals are recorded by the answer's code, as every write.
-            let outcome = match &refused {
-                Ok(_) | Err(None) => "ok",
-                Err(Some(e)) => e.code(),
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(e) => e.code(),
             };
-            let commit = refused.as_ref().ok().map(|a| a.commit.as_str());
+            let commit = applied.map(|a| a.commit.as_str());
             writes.record(&caller, &target, commit, outcome, started);
-            match refused {
-                Ok(applied) => Ok(applied.new_commit),
-                Err(None) => Ok(false),
-                Err(Some(e)) => Err(e),
-            }
+            result.map(|applied| applied.is_some_and(|a| a.new_commit))
         })
-        .await
-        .map_err(|e| E::from(WriteError::Lost(e.to_string())))??;
+        .await?;
         let report = self.syncer.sync(Trigger::Write).await;
         Ok((committed, report))
     }
@@ -240,9 +234,7 @@ impl Writes {
             may_change_settings: caller.scopes.contains(Scope::Admin),
         };
         let (writes, caller) = (self.clone(), caller.clone());
-        // Its own task: a caller that hangs up mid-write drops this future, not
-        // the write or its line in the audit log.
-        tokio::spawn(async move {
+        detached(async move {
             let started = Instant::now();
             let target = change
                 .ops
@@ -265,7 +257,6 @@ impl Writes {
             result
         })
         .await
-        .map_err(|e| E::from(WriteError::Lost(e.to_string())))?
     }
 
     /// Reloads the registry after a change that touched what it is built
@@ -307,4 +298,18 @@ impl Writes {
             outcome,
         });
     }
+}
+
+/// Runs a write in a task of its own: a caller that hangs up drops the future
+/// awaiting it, not the write nor its line in the audit log.
+async fn detached<T, E>(
+    work: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
+) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: Refusal,
+{
+    tokio::spawn(work)
+        .await
+        .map_err(|e| E::from(WriteError::Lost(e.to_string())))?
 }
