@@ -12,6 +12,7 @@
 //! (`sslrootcert=system`, and the default here where libpq would look for
 //! `~/.postgresql/root.crt`). rustls with ring, the binary's one provider.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -33,6 +34,7 @@ enum Check {
 
 /// A database URL made ready for tokio-postgres, and the TLS it asks for
 /// (`None`: `sslmode=disable`).
+#[derive(Clone)]
 pub struct Connection {
     pub url: String,
     pub tls: Option<MakeRustlsConnect>,
@@ -40,18 +42,17 @@ pub struct Connection {
 
 /// Reads `sslmode` and `sslrootcert` from `url` (a `postgres://` URL) and
 /// gives tokio-postgres a URL it accepts with the connector they ask for.
-/// Connectors are kept for the last URL seen: loading the system's roots
-/// takes a while, and every statement connects anew.
+/// Connectors are kept per URL (the databases `dynapi.yaml` names, a few):
+/// loading the system's roots takes a while, and every statement connects
+/// anew, to whichever database it names.
 pub fn prepare(url: &str) -> Result<Connection, SqlError> {
-    static LAST: Mutex<Option<(String, Option<MakeRustlsConnect>, String)>> = Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((seen, tls, cleaned)) = last.as_ref() {
-        if seen == url {
-            return Ok(Connection {
-                url: cleaned.clone(),
-                tls: tls.clone(),
-            });
-        }
+    /// URLs kept at most; all are dropped when one more comes.
+    const KEPT: usize = 32;
+    static SEEN: Mutex<Option<HashMap<String, Connection>>> = Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    let seen = seen.get_or_insert_with(HashMap::new);
+    if let Some(known) = seen.get(url) {
+        return Ok(known.clone());
     }
     let bad = |why: String| SqlError::Unavailable(format!("the database URL: {why}"));
     let mut parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
@@ -83,9 +84,15 @@ pub fn prepare(url: &str) -> Result<Connection, SqlError> {
         None => None,
         Some(check) => Some(MakeRustlsConnect::new(config(check, rootcert.as_deref())?)),
     };
-    let cleaned = parsed.to_string();
-    *last = Some((url.to_string(), tls.clone(), cleaned.clone()));
-    Ok(Connection { url: cleaned, tls })
+    let made = Connection {
+        url: parsed.to_string(),
+        tls,
+    };
+    if seen.len() >= KEPT {
+        seen.clear();
+    }
+    seen.insert(url.to_string(), made.clone());
+    Ok(made)
 }
 
 fn config(check: Check, rootcert: Option<&str>) -> Result<rustls::ClientConfig, SqlError> {
