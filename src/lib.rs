@@ -417,7 +417,8 @@ pub async fn serve(
         routes,
         mcp: mcp.service(hosts, app.config.max_body as usize, shutdown.child_token()),
     };
-    tasks.spawn(mcp.announce_changes(shutdown.clone()));
+    tasks.spawn(mcp.clone().announce_changes(shutdown.clone()));
+    tasks.spawn(mcp.announce_file_changes(shutdown.clone()));
     tasks.close();
     let stop = shutdown.clone();
     let server = http::front::run(listener, front, async move { stop.cancelled().await });

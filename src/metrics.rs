@@ -14,9 +14,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry as Exposition;
 
-use crate::http::catalog::ByMethod;
-use crate::registry::{Method, Registry};
-
 type Labels = Vec<(&'static str, String)>;
 type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
 
@@ -33,8 +30,6 @@ pub struct Metrics {
     script_seconds: Histograms,
     syncs: Family<Labels, Counter>,
     commit: Family<Labels, Gauge>,
-    /// The built-in routes, to label a request with its template.
-    builtin: ByMethod<String>,
 }
 
 /// The content type of `render`'s text.
@@ -85,7 +80,6 @@ impl Metrics {
             "The commit served (value 1, the commit in a label)",
             commit.clone(),
         );
-        let builtin = ByMethod::new(|op| op.path.to_string());
         Metrics {
             registry,
             requests,
@@ -94,21 +88,11 @@ impl Metrics {
             script_seconds,
             syncs,
             commit,
-            builtin,
         }
     }
 
-    /// The route template `path` matched: a built-in's, an endpoint's, or `other`.
-    pub fn route(&self, method: &str, path: &str, registry: &Registry) -> String {
-        if let Some(template) = self.builtin.at(method, path) {
-            return template.clone();
-        }
-        Method::parse(method)
-            .and_then(|m| registry.route(m, path))
-            .map(|matched| matched.endpoint.path.clone())
-            .unwrap_or_else(|| "other".to_string())
-    }
-
+    /// A request answered; `route` is the template it matched (`/files/{path}`,
+    /// an endpoint's own path) or `other`, never the raw path.
     pub fn request(&self, route: String, method: &str, status: u16, seconds: f64) {
         self.request_seconds
             .get_or_create(&vec![("route", route.clone())])

@@ -115,13 +115,21 @@ impl Scopes {
     }
 }
 
+/// The template of the built-in route `method path` matches (`/files/{path}`
+/// for `/files/a/b`), to label a request without its raw path.
+pub fn template(method: &str, path: &str) -> Option<&'static str> {
+    static TABLE: std::sync::LazyLock<ByMethod<&'static str>> =
+        std::sync::LazyLock::new(|| ByMethod::new(|op| op.path));
+    TABLE.at(method, path).copied()
+}
+
 /// A value for each built-in operation, found by method and path: one route
 /// table per method, so a lookup is the path alone (this runs on every
 /// request).
-pub struct ByMethod<T>([matchit::Router<T>; 5]);
+struct ByMethod<T>([matchit::Router<T>; 5]);
 
 impl<T> ByMethod<T> {
-    pub fn new(mut value: impl FnMut(&Operation) -> T) -> ByMethod<T> {
+    fn new(mut value: impl FnMut(&Operation) -> T) -> ByMethod<T> {
         let mut routers: [matchit::Router<T>; 5] = Default::default();
         for op in operations() {
             // `{path}` holds slashes: a catch-all for the router.
@@ -132,7 +140,7 @@ impl<T> ByMethod<T> {
     }
 
     /// The value of the operation `method path` matches, if one does.
-    pub fn at(&self, method: &str, path: &str) -> Option<&T> {
+    fn at(&self, method: &str, path: &str) -> Option<&T> {
         let method = Method::parse(method)?;
         self.0[method as usize]
             .at(path)

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 use warp::http::{header, HeaderValue, StatusCode};
@@ -18,12 +19,12 @@ use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
 use super::{
-    auth, blocking, json_request, parse_json, parse_query, raw_query, respond, tail_path, with_app,
-    with_body, with_write_status, written, ApiError, Auth, Opened,
+    auth, blocking, body, json_request, parse_json, parse_query, raw_query, respond, tail_path,
+    with_app, with_write_status, written, ApiError, Auth, Opened,
 };
 use crate::source::change::Op;
 use crate::source::writes::message_or;
-use crate::workspace::files::{self, PageRequest, TextEdit};
+use crate::workspace::files::{self, content_type, PageRequest, TextEdit};
 use crate::workspace::FsError;
 use crate::App;
 
@@ -169,66 +170,115 @@ pub(super) struct PutFile {
     mode: Option<String>,
 }
 
-/// PUT /files/{path} — create or replace a file: one commit. 201 when created.
-fn put(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+/// What a write to one file carries besides its path: a JSON body or a query
+/// string, still to be parsed into the route's request type.
+enum Raw {
+    Json(Result<Bytes, ApiError>),
+    Query(String),
+}
+
+impl Raw {
+    fn parse<T: DeserializeOwned + Default>(self) -> Result<T, ApiError> {
+        match self {
+            Raw::Json(body) => parse_json(body),
+            Raw::Query(query) => parse_query(&query),
+        }
+    }
+}
+
+/// The body, bounded by `Config::max_body`.
+fn with_json(app: &App) -> impl Filter<Extract = (Raw,), Error = Rejection> + Clone {
+    body(app.config.max_body).map(Raw::Json)
+}
+
+fn with_query() -> impl Filter<Extract = (Raw,), Error = Rejection> + Clone {
+    // `and_then` only to say this filter's error as the body's is said.
+    raw_query().and_then(|query| async move { Ok::<_, Rejection>(Raw::Query(query)) })
+}
+
+/// The opening of a write to one file, `/files/{path}` by `method`: the app,
+/// the `If-Match` header, and the caller with the path (in the workspace's
+/// form) and the request parsed into `T`, refused in that order: the token
+/// (the scope the catalogue documents), the path, then the request. As
+/// `json_request`, an `Err` is the answer, never a rejection.
+fn one_file<T: DeserializeOwned + Default + Send>(
+    app: Arc<App>,
+    method: impl Filter<Extract = (), Error = Rejection> + Clone + Send + Sync + 'static,
+    raw: impl Filter<Extract = (Raw,), Error = Rejection> + Clone + Send + Sync + 'static,
+) -> impl Filter<Extract = (Arc<App>, Option<String>, Opened<(String, T)>), Error = Rejection> + Clone
+{
     warp::path("files")
         .and(tail_path())
-        .and(warp::put())
+        .and(method)
         .and(warp::header::optional::<String>("if-match"))
-        .and(with_body(app))
-        .then(
+        .and(auth(app.clone()))
+        .and(with_app(app))
+        .and(raw)
+        .map(
             |path: Result<String, ApiError>,
              if_match: Option<String>,
              auth: Auth,
              app: Arc<App>,
-             body: Result<Bytes, ApiError>| async move {
-                respond(
-                    async {
-                        let caller = auth.check()?;
-                        let path = app.workspace.normalize(&path?)?;
-                        let req: PutFile = parse_json(body)?;
-                        let content = req.content.ok_or_else(|| {
-                            ApiError::bad_request(
-                                "`content` is required: the whole new text of the file",
-                            )
-                        })?;
-                        let exists = app.workspace.resolve(&path)?.exists();
-                        let message = message_or(req.message, || {
-                            format!("{} {path}", if exists { "Update" } else { "Create" })
-                        });
-                        let applied = app
-                            .writes
-                            .commit::<ApiError>(
-                                &caller,
-                                message,
-                                vec![Op::Write {
-                                    path: path.clone(),
-                                    contents: content.into_bytes(),
-                                    executable: req.executable,
-                                    if_match: precondition(if_match, req.if_match),
-                                }],
-                                req.mode.as_deref(),
-                            )
-                            .await?;
-                        let status = if applied.pull_request.is_some() {
-                            StatusCode::ACCEPTED
-                        } else if applied.created.contains(&path) {
-                            StatusCode::CREATED
-                        } else {
-                            StatusCode::OK
-                        };
-                        let answer = written(&applied, &path);
-                        let etag = answer["etag"].as_str().unwrap_or_default().to_string();
-                        Ok(with_etag(
-                            warp::reply::with_status(warp::reply::json(&answer), status)
-                                .into_response(),
-                            &etag,
-                        ))
-                    }
-                    .await,
-                )
+             raw: Raw| {
+                let opened = auth.check().and_then(|caller| {
+                    let path = app.workspace.normalize(&path?)?;
+                    Ok((caller, (path, raw.parse()?)))
+                });
+                (app, if_match, opened)
             },
         )
+        .untuple_one()
+}
+
+/// PUT /files/{path} — create or replace a file: one commit. 201 when created.
+fn put(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    one_file(app.clone(), warp::put(), with_json(&app)).then(
+        |app: Arc<App>, if_match: Option<String>, opened: Opened<(String, PutFile)>| async move {
+            respond(
+                async {
+                    let (caller, (path, req)) = opened?;
+                    let content = req.content.ok_or_else(|| {
+                        ApiError::bad_request(
+                            "`content` is required: the whole new text of the file",
+                        )
+                    })?;
+                    let exists = app.workspace.resolve(&path)?.exists();
+                    let message = message_or(req.message, || {
+                        format!("{} {path}", if exists { "Update" } else { "Create" })
+                    });
+                    let applied = app
+                        .writes
+                        .commit::<ApiError>(
+                            &caller,
+                            message,
+                            vec![Op::Write {
+                                path: path.clone(),
+                                contents: content.into_bytes(),
+                                executable: req.executable,
+                                if_match: precondition(if_match, req.if_match),
+                            }],
+                            req.mode.as_deref(),
+                        )
+                        .await?;
+                    let status = if applied.pull_request.is_some() {
+                        StatusCode::ACCEPTED
+                    } else if applied.created.contains(&path) {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::OK
+                    };
+                    let answer = written(&applied, &path);
+                    let etag = answer["etag"].as_str().unwrap_or_default().to_string();
+                    Ok(with_etag(
+                        warp::reply::with_status(warp::reply::json(&answer), status)
+                            .into_response(),
+                        &etag,
+                    ))
+                }
+                .await,
+            )
+        },
+    )
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -248,22 +298,12 @@ pub(super) struct PatchFile {
 /// PATCH /files/{path} — exact-text edits, all or none: one commit. 409 naming the
 /// edit when its `old` is not found exactly once.
 fn patch(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path("files")
-        .and(tail_path())
-        .and(warp::patch())
-        .and(warp::header::optional::<String>("if-match"))
-        .and(with_body(app))
+    one_file(app.clone(), warp::patch(), with_json(&app))
         .then(
-            |path: Result<String, ApiError>,
-             if_match: Option<String>,
-             auth: Auth,
-             app: Arc<App>,
-             body: Result<Bytes, ApiError>| async move {
+            |app: Arc<App>, if_match: Option<String>, opened: Opened<(String, PatchFile)>| async move {
                 respond(
                     async {
-                        let caller = auth.check()?;
-                        let path = app.workspace.normalize(&path?)?;
-                        let req: PatchFile = parse_json(body)?;
+                        let (caller, (path, req)) = opened?;
                         if req.edits.is_empty() {
                             return Err(ApiError::bad_request(
                                 "`edits` is required: a list of {\"old\", \"new\"}",
@@ -313,24 +353,12 @@ pub(super) struct DeleteQuery {
 
 /// DELETE /files/{path}?message= — remove a file: one commit.
 fn delete(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path("files")
-        .and(tail_path())
-        .and(warp::delete())
-        .and(raw_query())
-        .and(warp::header::optional::<String>("if-match"))
-        .and(auth(app.clone()))
-        .and(with_app(app))
+    one_file(app, warp::delete(), with_query())
         .then(
-            |path: Result<String, ApiError>,
-             query: String,
-             if_match: Option<String>,
-             auth: Auth,
-             app: Arc<App>| async move {
+            |app: Arc<App>, if_match: Option<String>, opened: Opened<(String, DeleteQuery)>| async move {
                 respond(
                     async {
-                        let caller = auth.check()?;
-                        let path = app.workspace.normalize(&path?)?;
-                        let q: DeleteQuery = parse_query(&query)?;
+                        let (caller, (path, q)) = opened?;
                         if app.workspace.resolve(&path)?.is_dir() {
                             return Err(FsError::IsFolder(path).into());
                         }
@@ -559,23 +587,4 @@ fn download(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejecti
                 )
             },
         )
-}
-
-/// A content type from a file name. Text is served as plain text whatever it
-/// holds, so nothing downloaded renders as a page in a browser.
-fn content_type(name: &str) -> &'static str {
-    let lower = name.to_ascii_lowercase();
-    let ext = lower.rsplit('.').next().unwrap_or("");
-    match ext {
-        "zip" => "application/zip",
-        "gz" | "tgz" => "application/gzip",
-        "json" => "application/json",
-        "pdf" => "application/pdf",
-        "png" => "image/png",
-        "jpg" | "jpeg" => "image/jpeg",
-        "csv" => "text/csv; charset=utf-8",
-        "txt" | "md" | "rs" | "py" | "sh" | "yaml" | "yml" | "toml" | "js" | "ts" | "html"
-        | "css" | "sql" | "log" => "text/plain; charset=utf-8",
-        _ => "application/octet-stream",
-    }
 }

@@ -11,6 +11,12 @@
 //! of the 2025-06-18 revision (and the others with `initialize`) get
 //! `notifications/tools/list_changed` on their stream, and 2026-07-28 clients get
 //! it on their `subscriptions/listen` request.
+//!
+//! The project's files are resources (`http::resources`): listed, read, and as
+//! of a commit. A commit that changes a subscribed file, whoever made it, sends
+//! `notifications/resources/updated` (to a session that did
+//! `resources/subscribe`, or on a `subscriptions/listen` that named the URI);
+//! one that adds or removes files sends `resources/list_changed`.
 
 use std::sync::{Arc, Mutex};
 
@@ -18,20 +24,24 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig,
-    SubscriptionFilter, Tool, ToolAnnotations,
+    JsonObject, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+    ResourceUpdatedNotificationParam, ServerCapabilities, ServerConfig, SubscribeRequestParams,
+    SubscriptionFilter, Tool, ToolAnnotations, UnsubscribeRequestParams,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData as McpError, Peer, RoleServer, ServerHandler};
 use serde_json::{json, Map, Value};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 use warp::filters::BoxedFilter;
 use warp::http::{header, Method as HttpMethod, Request};
 
+use super::resources::{self, Changes, ResourceError, Target};
+use super::ApiError;
 use crate::auth::{Caller, Scope};
 use crate::openapi::Operation;
 use crate::registry::{Endpoint, Method, Registry};
@@ -61,6 +71,28 @@ pub struct Shared {
     peers: Mutex<Vec<Peer<RoleServer>>>,
     /// Bumped whenever the endpoint tools change.
     tools_version: watch::Sender<u64>,
+    /// What each new head of the branch changed, for `subscriptions/listen`.
+    files_changed: broadcast::Sender<Arc<Changes>>,
+    /// `resources/subscribe` of sessions: the session, its id, and the URI.
+    subscribed: Mutex<Vec<Subscribed>>,
+}
+
+impl Shared {
+    /// The sessions still open that did `initialize`.
+    fn sessions(&self) -> Vec<Peer<RoleServer>> {
+        let mut peers = lock(&self.peers);
+        peers.retain(|p| !p.is_transport_closed());
+        peers.clone()
+    }
+}
+
+/// One `resources/subscribe`.
+#[derive(Clone)]
+struct Subscribed {
+    peer: Peer<RoleServer>,
+    /// The `Mcp-Session-Id` it came with, to find it again at `unsubscribe`.
+    session: Option<String>,
+    uri: String,
 }
 
 /// The handler rmcp runs for each session (or, statelessly, each request).
@@ -103,6 +135,8 @@ impl Mcp {
             builtins,
             peers: Mutex::default(),
             tools_version: watch::channel(0).0,
+            files_changed: broadcast::channel(16).0,
+            subscribed: Mutex::default(),
         }))
     }
 
@@ -152,14 +186,69 @@ impl Mcp {
             }
             last = now;
             shared.tools_version.send_modify(|v| *v += 1);
-            let peers: Vec<Peer<RoleServer>> = {
-                let mut peers = lock(&shared.peers);
-                peers.retain(|p| !p.is_transport_closed());
-                peers.clone()
-            };
-            for peer in peers {
+            for peer in shared.sessions() {
                 if let Err(e) = peer.notify_tool_list_changed().await {
                     tracing::debug!(error = %e, "a session did not take tools/list_changed");
+                }
+            }
+        }
+    }
+
+    /// Tells clients which files each new head of the branch changed, until
+    /// `stop`: `resources/updated` for the URIs they subscribed to,
+    /// `resources/list_changed` when files came or went.
+    pub async fn announce_file_changes(self, stop: CancellationToken) {
+        let shared = &self.0;
+        let mut heads = shared.app.syncer.heads();
+        let mut last = heads.borrow_and_update().clone();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = heads.changed() => if changed.is_err() { return },
+            }
+            let Some(new) = heads.borrow_and_update().clone() else {
+                continue;
+            };
+            // The first head seen is where the daemon starts: nothing changed yet.
+            let Some(old) = last.replace(new.clone()).filter(|old| *old != new) else {
+                continue;
+            };
+            let repo = shared.app.repo.clone();
+            let found = tokio::task::spawn_blocking(move || {
+                let id = |s: &str| gix::ObjectId::from_hex(s.as_bytes()).ok();
+                match (id(&old), id(&new)) {
+                    (Some(old), Some(new)) => resources::changes(&repo, Some(old), new).ok(),
+                    _ => None,
+                }
+            })
+            .await
+            .ok()
+            .flatten();
+            let Some(changes) = found else { continue };
+            if changes.files.is_empty() {
+                continue;
+            }
+            let changes = Arc::new(changes);
+            let _ = shared.files_changed.send(changes.clone());
+            let subscribed: Vec<Subscribed> = {
+                let mut subscribed = lock(&shared.subscribed);
+                subscribed.retain(|s| !s.peer.is_transport_closed());
+                subscribed.clone()
+            };
+            for Subscribed { peer, uri, .. } in subscribed {
+                if matches!(resources::parse(&uri), Ok(Target::File(p)) if changes.files.contains(&p))
+                {
+                    let param = ResourceUpdatedNotificationParam::new(uri);
+                    if let Err(e) = peer.notify_resource_updated(param).await {
+                        tracing::debug!(error = %e, "a session did not take resources/updated");
+                    }
+                }
+            }
+            if changes.listed {
+                for peer in shared.sessions() {
+                    if let Err(e) = peer.notify_resource_list_changed().await {
+                        tracing::debug!(error = %e, "a session did not take resources/list_changed");
+                    }
                 }
             }
         }
@@ -397,6 +486,9 @@ impl ServerHandler for Mcp {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_tool_list_changed()
+                .enable_resources()
+                .enable_resources_subscribe()
+                .enable_resources_list_changed()
                 .build(),
         )
         .with_server_info(Implementation::new("dynapi", env!("CARGO_PKG_VERSION")))
@@ -464,23 +556,214 @@ impl ServerHandler for Mcp {
         }
     }
 
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        reader_of(&context)?;
+        let after = request.and_then(|r| r.cursor);
+        let ws = self.0.app.workspace.clone();
+        let (items, next) =
+            tokio::task::spawn_blocking(move || resources::list(&ws, after.as_deref()))
+                .await
+                .map_err(|e| McpError::internal_error(e.to_string(), None))?
+                .map_err(resource_error)?;
+        let mut result = ListResourcesResult::with_all_items(items);
+        result.next_cursor = next;
+        Ok(result)
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        reader_of(&context)?;
+        Ok(ListResourceTemplatesResult::with_all_items(
+            resources::templates(),
+        ))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        reader_of(&context)?;
+        let uri = request.uri;
+        let target = resources::parse(&uri).map_err(resource_error)?;
+        let app = self.0.app.clone();
+        let contents = tokio::task::spawn_blocking(move || match target {
+            Target::File(path) => resources::read_file(&app.workspace, &app.repo, &uri, &path),
+            Target::AtCommit { commit, path } => resources::read_at(
+                &app.repo,
+                &uri,
+                &commit,
+                &path,
+                app.config.files.history_walk,
+            ),
+        })
+        .await
+        .map_err(|e| McpError::internal_error(e.to_string(), None))?
+        .map_err(resource_error)?;
+        Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+
+    #[allow(deprecated)]
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        reader_of(&context)?;
+        let Target::File(_) = resources::parse(&request.uri).map_err(resource_error)? else {
+            return Err(McpError::invalid_params(
+                "a file as of a commit never changes: subscribe to dynapi://files/<path>",
+                None,
+            ));
+        };
+        let session = session_of(&context);
+        let mut subscribed = lock(&self.0.subscribed);
+        subscribed.retain(|s| !s.peer.is_transport_closed());
+        if subscribed.len() >= MAX_SUBSCRIPTIONS {
+            return Err(McpError::invalid_request(
+                format!("at most {MAX_SUBSCRIPTIONS} resource subscriptions at once"),
+                None,
+            ));
+        }
+        subscribed.push(Subscribed {
+            peer: context.peer,
+            session,
+            uri: request.uri,
+        });
+        Ok(())
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let session = session_of(&context);
+        let mut subscribed = lock(&self.0.subscribed);
+        subscribed.retain(|s| {
+            let asked = s.uri == request.uri && s.session == session;
+            !(s.peer.is_transport_closed() || asked)
+        });
+        Ok(())
+    }
+
     fn accepted_subscription_filter(
         &self,
-        _requested: &SubscriptionFilter,
+        requested: &SubscriptionFilter,
     ) -> Option<SubscriptionFilter> {
-        Some(SubscriptionFilter::builder().tools_list_changed().build())
+        let files: Vec<String> = requested
+            .resource_subscriptions
+            .iter()
+            .flatten()
+            .filter(|uri| matches!(resources::parse(uri), Ok(Target::File(_))))
+            .take(MAX_SUBSCRIPTIONS)
+            .cloned()
+            .collect();
+        let mut accepted = SubscriptionFilter::builder()
+            .tools_list_changed()
+            .resources_list_changed();
+        if !files.is_empty() {
+            accepted = accepted.resource_subscriptions(files);
+        }
+        Some(accepted.build())
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
         let mut version = self.0.tools_version.subscribe();
+        let mut files = self.0.files_changed.subscribe();
+        // Files are told of only to a reader.
+        let reads =
+            caller_of(context.request_context()).is_ok_and(|c| c.scopes.contains(Scope::Read));
+        let accepted = context.accepted().clone();
+        let wanted: Vec<(String, String)> = accepted
+            .resource_subscriptions
+            .iter()
+            .flatten()
+            .filter_map(|uri| match resources::parse(uri) {
+                Ok(Target::File(path)) => Some((uri.clone(), path)),
+                _ => None,
+            })
+            .collect();
         loop {
-            tokio::select! {
+            let sent = tokio::select! {
                 () = context.cancelled() => return Ok(()),
-                changed = version.changed() => if changed.is_err() { return Ok(()) },
-            }
-            if context.sink().notify_tool_list_changed().await.is_err() {
+                changed = version.changed() => {
+                    if changed.is_err() { return Ok(()) }
+                    context.sink().notify_tool_list_changed().await.is_ok()
+                }
+                changes = files.recv() => match changes {
+                    Ok(changes) if reads => {
+                        let mut ok = true;
+                        for (uri, path) in &wanted {
+                            if changes.files.contains(path) {
+                                ok &= context.sink().notify_resource_updated(uri.clone()).await.is_ok();
+                            }
+                        }
+                        if changes.listed && accepted.resources_list_changed == Some(true) {
+                            ok &= context.sink().notify_resource_list_changed().await.is_ok();
+                        }
+                        ok
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+            };
+            if !sent {
                 return Ok(());
             }
+        }
+    }
+}
+
+/// Resource subscriptions one daemon keeps for all sessions, and one
+/// `subscriptions/listen` may name.
+const MAX_SUBSCRIPTIONS: usize = 1_000;
+
+/// The request's `Mcp-Session-Id`.
+fn session_of(context: &RequestContext<RoleServer>) -> Option<String> {
+    context
+        .extensions
+        .get::<http::request::Parts>()
+        .and_then(|parts| parts.headers.get("mcp-session-id"))
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
+}
+
+/// The caller, if their token may read the project (resources need `read`, as
+/// `GET /files` does).
+fn reader_of(context: &RequestContext<RoleServer>) -> Result<Caller, McpError> {
+    let caller = caller_of(context)?;
+    super::require(&caller, Scope::Read).map_err(|e| McpError::invalid_request(e.message, None))?;
+    Ok(caller)
+}
+
+/// A resource that cannot be given, as the JSON-RPC error MCP names for it.
+fn resource_error(e: ResourceError) -> McpError {
+    match e {
+        ResourceError::NotFound(_) | ResourceError::Ignored(_) | ResourceError::NoCommit(_) => {
+            McpError::resource_not_found(e.to_string(), None)
+        }
+        ResourceError::Fs(fs) => {
+            let answer = ApiError::from(fs);
+            if answer.status.is_server_error() {
+                McpError::internal_error(answer.message, None)
+            } else if answer.status == warp::http::StatusCode::NOT_FOUND {
+                McpError::resource_not_found(answer.message, None)
+            } else {
+                McpError::invalid_params(answer.message, None)
+            }
+        }
+        ResourceError::Repo(_) => McpError::internal_error(e.to_string(), None),
+        ResourceError::BadUri(_) | ResourceError::TooLarge(..) | ResourceError::Ambiguous(_) => {
+            McpError::invalid_params(e.to_string(), None)
         }
     }
 }

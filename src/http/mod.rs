@@ -16,6 +16,7 @@ pub mod mcp;
 mod meta;
 mod oauth;
 mod project;
+mod resources;
 mod run;
 mod seed;
 mod sql;
@@ -76,10 +77,7 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
             response
         })
         .with(warp::log::custom(move |info| {
-            let registry = observed.syncer.registry();
-            let route = observed
-                .metrics
-                .route(info.method().as_str(), info.path(), &registry);
+            let route = route_template(info.method().as_str(), info.path(), &observed);
             observed.metrics.request(
                 route,
                 info.method().as_str(),
@@ -100,6 +98,23 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         }))
         .map(Reply::into_response)
         .boxed()
+}
+
+/// The route template a request matched, for its metrics: a built-in's, an
+/// endpoint's, or `other`, so that the number of series stays bounded
+/// whatever path clients send.
+fn route_template(method: &str, path: &str, app: &App) -> String {
+    if let Some(template) = catalog::template(method, path) {
+        return template.to_string();
+    }
+    crate::registry::Method::parse(method)
+        .and_then(|m| {
+            app.syncer
+                .registry()
+                .route(m, path)
+                .map(|found| found.endpoint.path.clone())
+        })
+        .unwrap_or_else(|| "other".to_string())
 }
 
 /// The caller's id for this request: theirs if it is sane, else a new one.
@@ -351,11 +366,11 @@ pub(crate) fn query_request<T: DeserializeOwned + Send>(
 }
 
 /// What `json_request` and `query_request` yield: the caller and the request,
-/// or the answer refusing them. Routes that check something between the token
-/// and the request keep their opening written out, so their refusals come in
-/// the same order: PUT, PATCH and DELETE `/files/{path}` (the path, then the
-/// body), `POST /call/{name}` (the endpoint's own scopes), `GET /files` (the
-/// query's type depends on the path).
+/// or the answer refusing them. The writes to one file open with
+/// `files::one_file` (the token, the path, then the request); two routes keep
+/// their opening written out: `POST /call/{name}` (the endpoint's own scopes,
+/// known only once the name is looked up) and `GET /files` (the query's type
+/// depends on the path).
 pub(crate) type Opened<T> = Result<(Caller, T), ApiError>;
 
 /// The request body, read up to `limit` bytes whether or not a length was sent

@@ -6,8 +6,15 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::check::is_param_name;
 use super::Endpoint;
+
+/// `[a-z_][a-z0-9_]{0,63}`: parameter names, which also become environment names.
+pub(super) fn is_param_name(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_lowercase() || b == b'_')
+        && s.len() <= 64
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

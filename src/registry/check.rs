@@ -12,7 +12,7 @@ use crate::manifest::{
     MAX_PATH_PARAMS, MAX_WRITABLE,
 };
 
-use super::bind::{parse_template, ArgPart, Param, ParamKind};
+use super::bind::{is_param_name, parse_template, ArgPart, Param, ParamKind};
 use super::{Endpoint, FileKind, Method, Output, Sandbox, Settings, SETTINGS_FILE};
 
 /// Longest a script may be allowed to run (DESIGN.md section 3).
@@ -57,14 +57,6 @@ pub fn is_name(s: &str) -> bool {
         && s.len() <= 64
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
-
-/// `[a-z_][a-z0-9_]{0,63}`: parameter names, which also become environment names.
-pub(super) fn is_param_name(s: &str) -> bool {
-    let mut bytes = s.bytes();
-    matches!(bytes.next(), Some(b) if b.is_ascii_lowercase() || b == b'_')
-        && s.len() <= 64
-        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// A plain relative path: no absolute paths, no `..`, no empty or `.` segments,

@@ -98,6 +98,9 @@ pub struct Syncer {
     /// Bumped on every swap; whoever cares about registry changes (MCP
     /// `list_changed`) subscribes.
     generation: watch::Sender<u64>,
+    /// The branch's head as last synced, served or not: files change with every
+    /// commit, even one whose manifests are refused (MCP resource updates).
+    head: watch::Sender<Option<String>>,
 }
 
 pub fn now_rfc3339() -> String {
@@ -116,6 +119,7 @@ impl Syncer {
             wake: Notify::new(),
             pending: Mutex::new(None),
             generation: watch::channel(0).0,
+            head: watch::channel(None).0,
         }
     }
 
@@ -130,6 +134,12 @@ impl Syncer {
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+
+    /// The branch's head each sync found, whether its manifests were served or
+    /// refused.
+    pub fn heads(&self) -> watch::Receiver<Option<String>> {
+        self.head.subscribe()
     }
 
     /// Asks the background loop for a sync, saying why; coalesces with any
@@ -335,6 +345,15 @@ impl Syncer {
             });
             (commit, outcome, problems, error)
         };
+        if let Some(head) = &commit {
+            self.head.send_if_modified(|seen| {
+                let new = seen.as_ref() != Some(head);
+                if new {
+                    *seen = Some(head.clone());
+                }
+                new
+            });
+        }
         self.metrics.sync(match outcome {
             "invalid" | "failed" => outcome,
             _ => "ok",

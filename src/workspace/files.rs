@@ -459,6 +459,26 @@ pub fn apply_edits(text: &str, edits: &[TextEdit]) -> Result<String, EditError> 
     Ok(text)
 }
 
+/// A content type from a file name, for downloads and MCP resources. Text is
+/// served as plain text whatever it holds, so nothing downloaded renders as a
+/// page in a browser.
+pub fn content_type(name: &str) -> &'static str {
+    let lower = name.to_ascii_lowercase();
+    let ext = lower.rsplit('.').next().unwrap_or("");
+    match ext {
+        "zip" => "application/zip",
+        "gz" | "tgz" => "application/gzip",
+        "json" => "application/json",
+        "pdf" => "application/pdf",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "csv" => "text/csv; charset=utf-8",
+        "txt" | "md" | "rs" | "py" | "sh" | "yaml" | "yml" | "toml" | "js" | "ts" | "html"
+        | "css" | "sql" | "log" => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,18 +31,24 @@ impl Client {
         Client::script("client.py", &all)
     }
 
-    /// tests/mcp/`name` with `args`.
+    /// tests/mcp/`name` with `args`: Python's SDK for a `.py`, the TypeScript
+    /// SDK under Node.js for a `.mjs` (tests/run installs both).
     pub(crate) fn script(name: &str, args: &[String]) -> Client {
         let python = std::env::var("DYNAPI_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let runner = if name.ends_with(".mjs") {
+            "node".to_string()
+        } else {
+            python
+        };
         let script = format!("{}/tests/mcp/{name}", env!("CARGO_MANIFEST_DIR"));
-        let mut child = Command::new(&python)
+        let mut child = Command::new(&runner)
             .arg(&script)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .unwrap_or_else(|e| panic!("{python} runs {script}: {e}"));
+            .unwrap_or_else(|e| panic!("{runner} runs {script}: {e}"));
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
         Client { child, lines }
     }
@@ -55,7 +61,7 @@ impl Client {
             .unwrap();
         let Some(line) = line else {
             let out = stderr_of(&mut self.child).await;
-            panic!("the MCP client ended before `{step}`:\n{out}\n(it needs PyPI's mcp==2.3.0; .ci/run installs it)");
+            panic!("the MCP client ended before `{step}`:\n{out}\n(it needs PyPI's mcp==2.3.0 and npm's @modelcontextprotocol/sdk; tests/run installs them)");
         };
         let value: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(value["step"], json!(step), "{value}");
@@ -263,4 +269,167 @@ async fn mcp_refuses_foreign_hosts_and_shows_a_reader_only_what_it_may_do() {
     );
     client.finish().await;
     assert!(!d.workspace.join("x.md").exists());
+}
+
+/// Commits `files` as a human would and waits until the daemon serves it;
+/// returns the commit.
+async fn human_commit(d: &Daemon, files: &[(&str, &[u8])], message: &str) -> String {
+    for (path, bytes) in files {
+        let file = d.workspace.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, bytes).unwrap();
+    }
+    d.git(&["add", "-A"]);
+    d.git(&["commit", "-q", "-m", message]);
+    let head = d.git(&["rev-parse", "HEAD"]).trim().to_string();
+    assert!(d
+        .eventually(Duration::from_secs(5), |d| d.served() == head)
+        .await
+        .is_some());
+    head
+}
+
+/// The project's files as resources, in one protocol revision: listed in
+/// pages (ignored secrets and `.git` left out), read as text or base64, read as
+/// of a commit, refused outside the workspace; a human's commit of a
+/// subscribed file is told as `resources/updated`, a file added as
+/// `list_changed`.
+async fn resources(script: &str, mode: &str) {
+    let d = Daemon::start().await;
+    let many: Vec<(String, Vec<u8>)> = (0..600)
+        .map(|i| (format!("many/{i:03}.txt"), format!("{i}\n").into_bytes()))
+        .collect();
+    let mut files: Vec<(&str, &[u8])> = many
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_slice()))
+        .collect();
+    files.extend([
+        ("notes.md", b"first\n".as_slice()),
+        ("data/logo.bin", b"\x89PNG\x00\xff\x01"),
+        ("docs/a b.md", b"spaced\n"),
+        (".gitignore", b".env\n"),
+    ]);
+    let first = human_commit(&d, &files, "Notes and data").await;
+    human_commit(&d, &[("notes.md", b"second\n")], "Second notes").await;
+    // A secret the repository ignores, and a file beside the workspace.
+    std::fs::write(d.workspace.join(".env"), "TOKEN=hunter2\n").unwrap();
+    std::fs::write(d.workspace.parent().unwrap().join("outside.txt"), "out\n").unwrap();
+
+    let mut client = Client::script(
+        script,
+        &[format!("{}/mcp", d.url), TOKEN.into(), mode.into(), first],
+    );
+    let listed = client.step("listed").await;
+    let uris: Vec<&str> = listed["uris"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    assert!(
+        listed["pages"].as_u64().unwrap() >= 2,
+        "{}",
+        listed["pages"]
+    );
+    let mut sorted = uris.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, uris, "every file once, by path, across pages");
+    for uri in [
+        "dynapi://files/notes.md",
+        "dynapi://files/many/000.txt",
+        "dynapi://files/many/599.txt",
+        "dynapi://files/docs/a%20b.md",
+        "dynapi://files/manifests/hello.yaml",
+    ] {
+        assert!(uris.contains(&uri), "{uri} not listed");
+    }
+    assert_eq!(uris.iter().filter(|u| u.contains("/many/")).count(), 600);
+    assert!(!uris
+        .iter()
+        .any(|u| u.contains(".env") || u.contains(".git/")));
+    assert_eq!(
+        listed["templates"],
+        json!([
+            "dynapi://files/{+path}",
+            "dynapi://commits/{commit}/files/{+path}"
+        ])
+    );
+
+    let read = client.step("read").await;
+    assert_eq!(read["notes"][0]["text"], json!("second\n"), "{read}");
+    assert_eq!(read["notes"][0]["uri"], json!("dynapi://files/notes.md"));
+    assert_eq!(read["spaced"][0]["text"], json!("spaced\n"), "{read}");
+    use base64::Engine;
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(read["binary"][0]["blob"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(blob, b"\x89PNG\x00\xff\x01");
+    assert_eq!(read["at_commit"][0]["text"], json!("first\n"), "{read}");
+    // Not found is -32002 before 2026-07-28, which makes it invalid params
+    // (-32602) like a URI or path the server refuses.
+    let not_found = if mode == "legacy" { -32002 } else { -32602 };
+    for (name, code) in [
+        ("ignored", not_found),
+        ("missing", not_found),
+        ("escape", -32602),
+        ("git", -32602),
+        ("foreign", -32602),
+        ("folder", not_found),
+    ] {
+        assert_eq!(read[name]["error"]["code"], json!(code), "{name}: {read}");
+    }
+    assert!(!read.to_string().contains("hunter2"));
+    assert!(!read.to_string().contains("out\\n"));
+
+    client.step("ready").await;
+    human_commit(
+        &d,
+        &[("notes.md", b"third\n"), ("new.md", b"new\n")],
+        "Third notes, and a new file",
+    )
+    .await;
+    let updated = client.step("updated").await;
+    assert_eq!(updated["uris"], json!(["dynapi://files/notes.md"]));
+    assert_eq!(updated["list_changed"], json!(true));
+    assert_eq!(updated["text"], json!("third\n"));
+    client.finish().await;
+
+    // Resources need the read scope, as GET /files does.
+    d.grant_reader("runner-secret", "run").await;
+    let mut client = Client::script(
+        script,
+        &[
+            format!("{}/mcp", d.url),
+            "runner-secret".into(),
+            mode.into(),
+            "0000000".into(),
+            "noread".into(),
+        ],
+    );
+    let refused = client.step("refused").await;
+    assert!(
+        refused["list"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`read` scope"),
+        "{refused}"
+    );
+    assert!(refused["read"]["error"].is_object(), "{refused}");
+    client.finish().await;
+}
+
+#[tokio::test]
+async fn the_project_is_resources_and_a_human_commit_is_told_in_a_legacy_session() {
+    resources("resources.py", "legacy").await;
+}
+
+#[tokio::test]
+async fn the_project_is_resources_to_the_typescript_sdk_too() {
+    resources("resources.mjs", "legacy").await;
+}
+
+#[tokio::test]
+async fn the_project_is_resources_and_a_human_commit_is_told_in_2026_07_28() {
+    resources("resources.py", "2026-07-28").await;
 }
