@@ -86,15 +86,21 @@ impl ApiError {
     }
 }
 
-impl Reply for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The JSON an answer carries: `{"error": {"code", "message", ...details}}`.
+    pub fn body(&self) -> Value {
         let mut error = Map::new();
         error.insert("code".into(), Value::from(self.code));
-        error.insert("message".into(), Value::from(self.message));
-        error.extend(self.details);
+        error.insert("message".into(), Value::from(self.message.clone()));
+        error.extend(self.details.clone());
+        json!({ "error": error })
+    }
+}
+
+impl Reply for ApiError {
+    fn into_response(self) -> Response {
         let mut response =
-            warp::reply::with_status(warp::reply::json(&json!({ "error": error })), self.status)
-                .into_response();
+            warp::reply::with_status(warp::reply::json(&self.body()), self.status).into_response();
         let headers = response.headers_mut();
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -18,16 +18,22 @@
 //! `resources/subscribe`, or on a `subscriptions/listen` that named the URI);
 //! one that adds or removes files sends `resources/list_changed`.
 
+// Logging (`logging/setLevel`, deprecated by SEP-2577) and `resources/subscribe`
+// (replaced by `subscriptions/listen` in 2026-07-28) are served for the clients
+// that still use them.
+#![allow(deprecated)]
+
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    JsonObject, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
+    JsonObject, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
     PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
-    ResourceUpdatedNotificationParam, ServerCapabilities, ServerConfig, SubscribeRequestParams,
-    SubscriptionFilter, Tool, ToolAnnotations, UnsubscribeRequestParams,
+    ResourceUpdatedNotificationParam, ServerCapabilities, ServerConfig, SetLevelRequestParams,
+    SubscribeRequestParams, SubscriptionFilter, Tool, ToolAnnotations, UnsubscribeRequestParams,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -40,6 +46,7 @@ use tower_service::Service;
 use warp::filters::BoxedFilter;
 use warp::http::{header, Method as HttpMethod, Request};
 
+use super::progress;
 use super::resources::{self, Changes, ResourceError, Target};
 use super::ApiError;
 use crate::auth::{Caller, Scope};
@@ -75,6 +82,8 @@ pub struct Shared {
     files_changed: broadcast::Sender<Arc<Changes>>,
     /// `resources/subscribe` of sessions: the session, its id, and the URI.
     subscribed: Mutex<Vec<Subscribed>>,
+    /// `logging/setLevel` of sessions, by session id.
+    log_levels: Mutex<HashMap<String, LoggingLevel>>,
 }
 
 impl Shared {
@@ -137,6 +146,7 @@ impl Mcp {
             tools_version: watch::channel(0).0,
             files_changed: broadcast::channel(16).0,
             subscribed: Mutex::default(),
+            log_levels: Mutex::default(),
         }))
     }
 
@@ -282,6 +292,19 @@ impl Mcp {
         body: Option<Value>,
         authorization: Option<&header::HeaderValue>,
     ) -> Result<CallToolResult, McpError> {
+        let (status, answer) = self.send(method, uri, body, authorization).await?;
+        Ok(result_of(status.is_success(), answer))
+    }
+
+    /// Sends `method uri` with `body` to the warp routes as `authorization`:
+    /// the answer's status and JSON (a text answer as a JSON string).
+    async fn send(
+        &self,
+        method: Method,
+        uri: String,
+        body: Option<Value>,
+        authorization: Option<&header::HeaderValue>,
+    ) -> Result<(warp::http::StatusCode, Value), McpError> {
         let bytes = body.map(|b| b.to_string()).unwrap_or_default();
         let mut request = Request::builder()
             .method(HttpMethod::from_bytes(method.as_str().as_bytes()).unwrap_or(HttpMethod::GET))
@@ -310,13 +333,95 @@ impl Mcp {
             .unwrap_or_default();
         let answer = serde_json::from_slice::<Value>(&body)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
-        Ok(match (status.is_success(), answer) {
-            (true, answer @ Value::Object(_)) => CallToolResult::structured(answer),
-            (true, Value::String(text)) => CallToolResult::success(vec![ContentBlock::text(text)]),
-            (true, other) => CallToolResult::success(vec![ContentBlock::text(other.to_string())]),
-            (false, answer @ Value::Object(_)) => CallToolResult::structured_error(answer),
-            (false, other) => CallToolResult::error(vec![ContentBlock::text(other.to_string())]),
+        Ok((status, answer))
+    }
+
+    /// Calls endpoint `name` with `args` as the caller whose `authorization`
+    /// this is: started through `POST /call/{name}?async=true` (so the route
+    /// checks scopes, parameters and limits as for any call), then followed
+    /// here: `notifications/progress` every second to a client that sent a
+    /// `progressToken` (the lines printed since the last one), the script's
+    /// stderr lines as `notifications/message` to one that asked for `info`
+    /// or more, the process group killed when the client cancels the call.
+    /// A run still going after `--job-after` is answered as the job it goes on
+    /// as, with its `job_id` for getJob.
+    async fn call_endpoint(
+        &self,
+        name: &str,
+        args: JsonObject,
+        authorization: Option<&header::HeaderValue>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, McpError> {
+        let uri = format!("/call/{name}?async=true");
+        let (status, answer) = self
+            .send(Method::Post, uri, Some(Value::Object(args)), authorization)
+            .await?;
+        let job = answer["job_id"]
+            .as_str()
+            .and_then(|id| self.0.app.jobs.get(id));
+        let (Some(job), warp::http::StatusCode::ACCEPTED) = (job, status) else {
+            return Ok(result_of(status.is_success(), answer));
+        };
+        let app = &self.0.app;
+        let mut watch = progress::Watch::new(
+            context.meta.get_progress_token(),
+            self.log_level(context),
+            &job,
+        );
+        let deadline = tokio::time::Instant::now() + app.config.job_after;
+        loop {
+            let end = tokio::select! {
+                end = job.wait(progress::EVERY) => end,
+                () = context.ct.cancelled() => {
+                    job.live().cancel();
+                    job.wait(progress::CANCEL_WAIT).await;
+                    return Ok(CallToolResult::structured_error(json!({"error": {
+                        "code": "cancelled",
+                        "message": format!("the call was cancelled; `{name}`'s processes were stopped"),
+                        "job_id": job.id,
+                    }})));
+                }
+            };
+            if let Some(end) = end {
+                watch.send(&context.peer, &job).await;
+                return Ok(match super::run::answer(&job, &end.result) {
+                    Ok(answer) => CallToolResult::structured(answer),
+                    Err(e) => CallToolResult::structured_error(e.body()),
+                });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(CallToolResult::structured(json!({
+                    "job_id": job.id,
+                    "state": "running",
+                    "message": format!(
+                        "`{name}` is still running after {}; it goes on as a job: call getJob with this job_id to read its state and output, cancelJob to stop it",
+                        humantime::format_duration(app.config.job_after)
+                    ),
+                })));
+            }
+            watch.send(&context.peer, &job).await;
+        }
+    }
+
+    /// The logging level this request asked for (2026-07-28 sends it with
+    /// each request), else the one its session set.
+    fn log_level(&self, context: &RequestContext<RoleServer>) -> Option<LoggingLevel> {
+        context.meta.log_level().or_else(|| {
+            let session = session_of(context)?;
+            lock(&self.0.log_levels).get(&session).copied()
         })
+    }
+}
+
+/// A route's answer as a tool result: its JSON as structured content, an
+/// error status as `isError`.
+fn result_of(success: bool, answer: Value) -> CallToolResult {
+    match (success, answer) {
+        (true, answer @ Value::Object(_)) => CallToolResult::structured(answer),
+        (true, Value::String(text)) => CallToolResult::success(vec![ContentBlock::text(text)]),
+        (true, other) => CallToolResult::success(vec![ContentBlock::text(other.to_string())]),
+        (false, answer @ Value::Object(_)) => CallToolResult::structured_error(answer),
+        (false, other) => CallToolResult::error(vec![ContentBlock::text(other.to_string())]),
     }
 }
 
@@ -489,6 +594,7 @@ impl ServerHandler for Mcp {
                 .enable_resources()
                 .enable_resources_subscribe()
                 .enable_resources_list_changed()
+                .enable_logging()
                 .build(),
         )
         .with_server_info(Implementation::new("dynapi", env!("CARGO_PKG_VERSION")))
@@ -541,12 +647,7 @@ impl ServerHandler for Mcp {
             .map(|(_, e)| e.name.clone());
         match endpoint {
             Some(endpoint) => self
-                .forward(
-                    Method::Post,
-                    format!("/call/{endpoint}"),
-                    Some(Value::Object(args)),
-                    authorization.as_ref(),
-                )
+                .call_endpoint(&endpoint, args, authorization.as_ref(), &context)
                 .await
                 .map(Into::into),
             None => Err(McpError::invalid_params(
@@ -554,6 +655,23 @@ impl ServerHandler for Mcp {
                 None,
             )),
         }
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let Some(session) = session_of(&context) else {
+            // Stateless: each request says its level.
+            return Ok(());
+        };
+        let mut levels = lock(&self.0.log_levels);
+        if levels.len() >= MAX_SUBSCRIPTIONS && !levels.contains_key(&session) {
+            levels.clear();
+        }
+        levels.insert(session, request.level);
+        Ok(())
     }
 
     async fn list_resources(
@@ -610,7 +728,6 @@ impl ServerHandler for Mcp {
         Ok(ReadResourceResult::new(vec![contents]).into())
     }
 
-    #[allow(deprecated)]
     async fn subscribe(
         &self,
         request: SubscribeRequestParams,
@@ -640,7 +757,6 @@ impl ServerHandler for Mcp {
         Ok(())
     }
 
-    #[allow(deprecated)]
     async fn unsubscribe(
         &self,
         request: UnsubscribeRequestParams,

@@ -15,6 +15,7 @@ mod jobs;
 pub mod mcp;
 mod meta;
 mod oauth;
+mod progress;
 mod project;
 mod resources;
 mod run;

@@ -433,3 +433,100 @@ async fn the_project_is_resources_to_the_typescript_sdk_too() {
 async fn the_project_is_resources_and_a_human_commit_is_told_in_2026_07_28() {
     resources("resources.py", "2026-07-28").await;
 }
+
+/// A long tool call, in one protocol revision: a client that sent a
+/// progress token hears of each line the script prints while it runs (and of
+/// its stderr lines as log messages at `info`), and a call it cancels leaves
+/// no process behind.
+async fn long_runs(script: &str, mode: &str) {
+    let d = Daemon::start_with(|c| c.job_after = Duration::from_secs(12)).await;
+    d.add_endpoint(
+        "ticker",
+        "",
+        "#!/bin/sh\ni=1\nwhile [ $i -le 10 ]; do echo \"line $i\"; echo \"err $i\" >&2; i=$((i+1)); sleep 1; done\n",
+    )
+    .await;
+    d.add_endpoint(
+        "forever",
+        "",
+        "#!/bin/sh\nsleep 300 &\necho \"pid $$ pid $!\"\nwait\n",
+    )
+    .await;
+    d.add_endpoint("sleepy", "", "#!/bin/sh\nsleep 20\necho awake\n")
+        .await;
+    let mut client = Client::script(
+        script,
+        &[format!("{}/mcp", d.url), TOKEN.into(), mode.into()],
+    );
+
+    let ticked = client.step("ticked").await;
+    assert_eq!(ticked["result"]["is_error"], json!(false), "{ticked}");
+    assert!(ticked["result"]["structured"]["output"]
+        .as_str()
+        .unwrap()
+        .ends_with("line 10\n"));
+    let progress = ticked["progress"].as_array().unwrap();
+    assert!(progress.len() >= 5, "{ticked}");
+    let values: Vec<f64> = progress
+        .iter()
+        .map(|p| p["progress"].as_f64().unwrap())
+        .collect();
+    assert!(values.windows(2).all(|w| w[0] < w[1]), "{values:?}");
+    let said: String = progress
+        .iter()
+        .map(|p| p["message"].as_str().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for i in 1..=10 {
+        assert!(
+            said.contains(&format!("line {i}\n")) || said.ends_with(&format!("line {i}")),
+            "line {i} never told: {said}"
+        );
+    }
+    // Told as it went, not all at the end: the first line came in an early message.
+    assert!(progress[..progress.len() - 3]
+        .iter()
+        .any(|p| p["message"].as_str().unwrap_or_default().contains("line 1")));
+    let logs = ticked["logs"].as_array().unwrap();
+    assert!(
+        logs.iter().any(|l| l["data"] == json!("err 3")
+            && l["level"] == json!("info")
+            && l["logger"] == json!("ticker")),
+        "{ticked}"
+    );
+
+    let cancelled = client.step("cancelled").await;
+    let pids: Vec<u64> = cancelled["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2, "{cancelled}");
+    let gone = d
+        .eventually(Duration::from_secs(10), |_| {
+            pids.iter()
+                .all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .await;
+    assert!(
+        gone.is_some(),
+        "the cancelled call's processes {pids:?} are still there"
+    );
+    client.finish().await;
+}
+
+#[tokio::test]
+async fn a_long_tool_call_tells_its_progress_and_dies_when_cancelled_in_a_legacy_session() {
+    long_runs("progress.py", "legacy").await;
+}
+
+#[tokio::test]
+async fn a_long_tool_call_tells_its_progress_to_the_typescript_sdk_too() {
+    long_runs("progress.mjs", "legacy").await;
+}
+
+#[tokio::test]
+async fn a_long_tool_call_tells_its_progress_and_dies_when_cancelled_in_2026_07_28() {
+    long_runs("progress.py", "2026-07-28").await;
+}

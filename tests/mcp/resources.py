@@ -20,21 +20,15 @@ Errors end it with a non-zero exit and the reason on stderr.
 
 import asyncio
 import contextlib
-import json
 import sys
 
-import httpx2
 import mcp.types as types
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
+from common import connect, say
 from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated
 
 WAIT = 15  # seconds to wait for a notification
 NOTES = "dynapi://files/notes.md"
 
-
-def say(**fields):
-    print(json.dumps(fields), flush=True)
 
 
 def contents(result):
@@ -67,16 +61,7 @@ async def main(url, token, mode, commit, noread=False):
         elif isinstance(message, types.ResourceListChangedNotification):
             told.put_nowait(("list_changed", None))
 
-    http = httpx2.AsyncClient(
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=httpx2.Timeout(30, read=300),
-    )
-    async with http, Client(
-        streamable_http_client(url, http_client=http),
-        mode=mode,
-        message_handler=on_message,
-        cache=None,
-    ) as client:
+    async with connect(url, token, mode, message_handler=on_message) as client:
 
         async def read(uri):
             try:
