@@ -8,11 +8,11 @@ use std::path::Path;
 use crate::auth::{self, Scopes};
 use crate::config::CheckFormat;
 use crate::manifest::Problem;
-use crate::registry::{FileKind, Registry, Snapshot, MANIFEST_DIR, SETTINGS_FILE};
+use crate::registry::{FileKind, Registry, Snapshot, MANIFEST_DIR, PROMPTS_DIR, SETTINGS_FILE};
 use crate::source::repo::Repo;
 use crate::workspace;
 
-/// Validates the manifests of a checkout as they are on disk. Returns every problem.
+/// Validates the manifests and prompts of a checkout as they are on disk. Returns every problem.
 pub fn check_dir(dir: &Path) -> std::io::Result<Vec<Problem>> {
     Ok(build_dir(dir)?.err().unwrap_or_default())
 }
@@ -25,22 +25,8 @@ fn build_dir(dir: &Path) -> std::io::Result<Result<Registry, Vec<Problem>>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let manifests = dir.join(MANIFEST_DIR);
-    if manifests.is_dir() {
-        let mut names: Vec<String> = std::fs::read_dir(&manifests)?
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
-            .collect();
-        names.sort();
-        for name in names {
-            let text = std::fs::read_to_string(manifests.join(&name))?;
-            snapshot
-                .manifests
-                .push((format!("{MANIFEST_DIR}/{name}"), text));
-        }
-    }
+    snapshot.manifests = read_folder(dir, MANIFEST_DIR, &[".yaml", ".yml"])?;
+    snapshot.prompts = read_folder(dir, PROMPTS_DIR, &[".md"])?;
     let kind = |path: &str| {
         use std::os::unix::fs::PermissionsExt;
         match std::fs::symlink_metadata(dir.join(path)) {
@@ -51,6 +37,33 @@ fn build_dir(dir: &Path) -> std::io::Result<Result<Registry, Vec<Problem>>> {
         }
     };
     Ok(Registry::build("", &snapshot, &kind))
+}
+
+/// The files of `dir/folder` whose names end in one of `suffixes` (not below),
+/// as `(path, text)` in path order; none when the folder is missing.
+fn read_folder(
+    dir: &Path,
+    folder: &str,
+    suffixes: &[&str],
+) -> std::io::Result<Vec<(String, String)>> {
+    let full = dir.join(folder);
+    if !full.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&full)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| suffixes.iter().any(|s| n.ends_with(s)))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let text = std::fs::read_to_string(full.join(&name))?;
+            Ok((format!("{folder}/{name}"), text))
+        })
+        .collect()
 }
 
 /// `dynapi openapi [--profile gpt] [--public-url URL] [DIR]`: prints the OpenAPI
@@ -86,7 +99,7 @@ pub fn openapi(dir: &Path, profile: &str, public_url: &str) -> i32 {
 pub fn check(dir: &Path, format: CheckFormat) -> i32 {
     match check_dir(dir) {
         Ok(problems) if problems.is_empty() => {
-            println!("{}: manifests are valid", dir.display());
+            println!("{}: manifests and prompts are valid", dir.display());
             0
         }
         Ok(problems) => {

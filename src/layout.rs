@@ -1,4 +1,4 @@
-//! The repository's layout: where manifests, settings and scripts live, and the
+//! The repository's layout: where manifests, prompts, settings and scripts live, and the
 //! folder inside `.git` the daemon keeps to itself. Names only, no I/O. The
 //! registry (and through its re-exports the writer and the routes), the
 //! sandbox, the workspace's template and its state folder read them here, so
@@ -7,6 +7,8 @@
 /// The folder manifests live in, and the settings file, at the repository root.
 pub const MANIFEST_DIR: &str = "manifests";
 pub const SETTINGS_FILE: &str = "dynapi.yaml";
+/// The folder MCP prompts live in (`prompts/<name>.md`), at the repository root.
+pub const PROMPTS_DIR: &str = "prompts";
 /// The folder the template's scripts live in, at the repository root.
 pub const SCRIPTS_DIR: &str = "scripts";
 /// The folder in the workspace's `.git` the daemon keeps to itself (its token,

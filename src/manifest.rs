@@ -1,5 +1,6 @@
-//! Manifests as written: the raw types of `manifests/*.yaml` and `dynapi.yaml`,
-//! and the `Problem` type every validation error is reported in.
+//! Manifests as written: the raw types of `manifests/*.yaml`, `dynapi.yaml` and
+//! the front matter of `prompts/*.md`, and the `Problem` type every validation
+//! error is reported in.
 //!
 //! This module owns reading text into raw types. The YAML is parsed into a tree of
 //! nodes that keep their positions (yaml-rust2's events), then read field by field:
@@ -129,6 +130,22 @@ pub struct RawToken {
     pub scopes: Vec<String>,
 }
 
+/// A prompt's front matter (`prompts/<name>.md`, between its `---` lines).
+#[derive(Debug, Default)]
+pub struct RawPrompt {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub arguments: Vec<RawPromptArgument>,
+}
+
+/// One of a prompt's `arguments`.
+#[derive(Debug, Default)]
+pub struct RawPromptArgument {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub required: Option<bool>,
+}
+
 /// A validation error, located in its file. Displayed as `file:line:column: message`,
 /// the form editors and CI annotations understand.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -175,6 +192,14 @@ pub fn parse_manifest(file: &str, text: &str) -> Parsed<RawManifest> {
 /// Reads `dynapi.yaml`, like `parse_manifest`.
 pub fn parse_settings(file: &str, text: &str) -> Parsed<RawSettings> {
     parse(file, text)
+}
+
+/// Reads a prompt's front matter, like `parse_manifest`. `front` is the file's
+/// text from its opening `---` line up to its closing one (excluded): YAML
+/// reads the opening line as the document's start, so lines and columns are
+/// the file's own.
+pub fn parse_prompt(file: &str, front: &str) -> Parsed<RawPrompt> {
+    parse(file, front)
 }
 
 fn parse<T: FromNode + Default>(file: &str, text: &str) -> Parsed<T> {
@@ -937,6 +962,42 @@ impl FromNode for RawDefaults {
             d.timeout = r.optional(v, at)
         })?;
         Some(d)
+    }
+}
+
+impl FromNode for RawPrompt {
+    fn read(node: &Node, path: &str, r: &mut Reader) -> Option<Self> {
+        let mut p = RawPrompt::default();
+        r.fields(
+            node,
+            path,
+            "a prompt's front matter",
+            &["name", "description", "arguments"],
+            |r, key, v, at| match key {
+                "name" => p.name = r.optional(v, at),
+                "description" => p.description = r.optional(v, at),
+                _ => p.arguments = r.optional(v, at).unwrap_or_default(),
+            },
+        )?;
+        Some(p)
+    }
+}
+
+impl FromNode for RawPromptArgument {
+    fn read(node: &Node, path: &str, r: &mut Reader) -> Option<Self> {
+        let mut a = RawPromptArgument::default();
+        r.fields(
+            node,
+            path,
+            "a prompt argument",
+            &["name", "description", "required"],
+            |r, key, v, at| match key {
+                "name" => a.name = r.optional(v, at),
+                "description" => a.description = r.optional(v, at),
+                _ => a.required = r.optional(v, at),
+            },
+        )?;
+        Some(a)
     }
 }
 

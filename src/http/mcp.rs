@@ -7,10 +7,15 @@
 //! exactly those of the HTTP API; the route's JSON answer becomes the result's
 //! `structuredContent` (and its text), an error status makes it `isError`.
 //!
-//! Tool lists follow the registry: when a sync changes the endpoints, sessions
-//! of the 2025-06-18 revision (and the others with `initialize`) get
-//! `notifications/tools/list_changed` on their stream, and 2026-07-28 clients get
-//! it on their `subscriptions/listen` request.
+//! The prompts of `prompts/*.md` (the registry's `Prompt`s) are MCP prompts:
+//! `prompts/list` and `prompts/get` (which fills the template) for tokens with
+//! the `read` scope.
+//!
+//! Tool and prompt lists follow the registry: when a sync changes the endpoints
+//! or the prompts, sessions of the 2025-06-18 revision (and the others with
+//! `initialize`) get `notifications/tools/list_changed` or
+//! `notifications/prompts/list_changed` on their stream, and 2026-07-28 clients
+//! get them on their `subscriptions/listen` request (the ones they asked for).
 //!
 //! The project's files are resources (`http::resources`): listed, read, and as
 //! of a commit. A commit that changes a subscribed file, whoever made it, sends
@@ -29,11 +34,13 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    JsonObject, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
-    PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
-    ResourceUpdatedNotificationParam, ServerCapabilities, ServerConfig, SetLevelRequestParams,
-    SubscribeRequestParams, SubscriptionFilter, Tool, ToolAnnotations, UnsubscribeRequestParams,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams,
+    GetPromptResponse, GetPromptResult, Implementation, JsonObject, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
+    PaginatedRequestParams, Prompt, PromptArgument, PromptMessage, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, ResourceUpdatedNotificationParam, Role,
+    ServerCapabilities, ServerConfig, SetLevelRequestParams, SubscribeRequestParams,
+    SubscriptionFilter, Tool, ToolAnnotations, UnsubscribeRequestParams,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -78,6 +85,8 @@ pub struct Shared {
     peers: Mutex<Vec<Peer<RoleServer>>>,
     /// Bumped whenever the endpoint tools change.
     tools_version: watch::Sender<u64>,
+    /// Bumped whenever the prompts change.
+    prompts_version: watch::Sender<u64>,
     /// What each new head of the branch changed, for `subscriptions/listen`.
     files_changed: broadcast::Sender<Arc<Changes>>,
     /// `resources/subscribe` of sessions: the session, its id, and the URI.
@@ -144,6 +153,7 @@ impl Mcp {
             builtins,
             peers: Mutex::default(),
             tools_version: watch::channel(0).0,
+            prompts_version: watch::channel(0).0,
             files_changed: broadcast::channel(16).0,
             subscribed: Mutex::default(),
             log_levels: Mutex::default(),
@@ -172,33 +182,49 @@ impl Mcp {
         )
     }
 
-    /// Tells clients whenever a sync changes the endpoint tools, until `stop`.
+    /// Tells clients whenever a sync changes the endpoint tools or the
+    /// prompts, until `stop`.
     pub async fn announce_changes(self, stop: CancellationToken) {
         let shared = &self.0;
         let mut generation = shared.app.syncer.subscribe();
         // Who may see a tool counts too: the lists are per caller.
-        let tools = || -> Vec<(Tool, Scope)> {
+        let lists = || -> (Vec<(Tool, Scope)>, Vec<Prompt>) {
             let registry = shared.app.syncer.registry();
-            endpoint_tools(&registry, &shared.builtins)
+            let tools = endpoint_tools(&registry, &shared.builtins)
                 .into_iter()
                 .map(|(tool, e)| (tool, e.scope))
-                .collect()
+                .collect();
+            (tools, listed_prompts(&registry))
         };
-        let mut last = tools();
+        let (mut tools, mut prompts) = lists();
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 changed = generation.changed() => if changed.is_err() { return },
             }
-            let now = tools();
-            if now == last {
+            let (now_tools, now_prompts) = lists();
+            let tools_changed = now_tools != tools;
+            let prompts_changed = now_prompts != prompts;
+            (tools, prompts) = (now_tools, now_prompts);
+            if tools_changed {
+                shared.tools_version.send_modify(|v| *v += 1);
+            }
+            if prompts_changed {
+                shared.prompts_version.send_modify(|v| *v += 1);
+            }
+            if !tools_changed && !prompts_changed {
                 continue;
             }
-            last = now;
-            shared.tools_version.send_modify(|v| *v += 1);
             for peer in shared.sessions() {
-                if let Err(e) = peer.notify_tool_list_changed().await {
-                    tracing::debug!(error = %e, "a session did not take tools/list_changed");
+                if tools_changed {
+                    if let Err(e) = peer.notify_tool_list_changed().await {
+                        tracing::debug!(error = %e, "a session did not take tools/list_changed");
+                    }
+                }
+                if prompts_changed {
+                    if let Err(e) = peer.notify_prompt_list_changed().await {
+                        tracing::debug!(error = %e, "a session did not take prompts/list_changed");
+                    }
                 }
             }
         }
@@ -530,6 +556,28 @@ fn endpoint_tools<'r>(registry: &'r Registry, builtins: &[Builtin]) -> Vec<(Tool
         .collect()
 }
 
+/// The registry's prompts as `prompts/list` shows them.
+fn listed_prompts(registry: &Registry) -> Vec<Prompt> {
+    registry
+        .prompts()
+        .iter()
+        .map(|p| {
+            let arguments = p
+                .arguments
+                .iter()
+                .map(|a| {
+                    let argument = PromptArgument::new(&a.name).with_required(a.required);
+                    match &a.description {
+                        Some(d) => argument.with_description(d),
+                        None => argument,
+                    }
+                })
+                .collect();
+            Prompt::new(&p.name, Some(&p.description), Some(arguments))
+        })
+        .collect()
+}
+
 /// An argument as query-string values.
 fn query_values(value: &Value) -> Vec<String> {
     match value {
@@ -591,6 +639,8 @@ impl ServerHandler for Mcp {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_tool_list_changed()
+                .enable_prompts()
+                .enable_prompts_list_changed()
                 .enable_resources()
                 .enable_resources_subscribe()
                 .enable_resources_list_changed()
@@ -785,6 +835,7 @@ impl ServerHandler for Mcp {
             .collect();
         let mut accepted = SubscriptionFilter::builder()
             .tools_list_changed()
+            .prompts_list_changed()
             .resources_list_changed();
         if !files.is_empty() {
             accepted = accepted.resource_subscriptions(files);
@@ -793,12 +844,16 @@ impl ServerHandler for Mcp {
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
-        let mut version = self.0.tools_version.subscribe();
+        let accepted = context.accepted().clone();
+        let wants_tools = accepted.tools_list_changed == Some(true);
+        let wants_prompts = accepted.prompts_list_changed == Some(true);
+        let wants_list = accepted.resources_list_changed == Some(true);
+        let mut tools = self.0.tools_version.subscribe();
+        let mut prompts = self.0.prompts_version.subscribe();
         let mut files = self.0.files_changed.subscribe();
         // Files are told of only to a reader.
         let reads =
             caller_of(context.request_context()).is_ok_and(|c| c.scopes.contains(Scope::Read));
-        let accepted = context.accepted().clone();
         let wanted: Vec<(String, String)> = accepted
             .resource_subscriptions
             .iter()
@@ -809,12 +864,19 @@ impl ServerHandler for Mcp {
             })
             .collect();
         loop {
+            // Only what the subscription accepted is sent: the sink refuses the rest.
             let sent = tokio::select! {
                 () = context.cancelled() => return Ok(()),
-                changed = version.changed() => {
-                    if changed.is_err() { return Ok(()) }
-                    context.sink().notify_tool_list_changed().await.is_ok()
-                }
+                changed = tools.changed() => match changed {
+                    Err(_) => return Ok(()),
+                    Ok(()) if wants_tools => context.sink().notify_tool_list_changed().await.is_ok(),
+                    Ok(()) => true,
+                },
+                changed = prompts.changed() => match changed {
+                    Err(_) => return Ok(()),
+                    Ok(()) if wants_prompts => context.sink().notify_prompt_list_changed().await.is_ok(),
+                    Ok(()) => true,
+                },
                 changes = files.recv() => match changes {
                     Ok(changes) if reads => {
                         let mut ok = true;
@@ -823,7 +885,7 @@ impl ServerHandler for Mcp {
                                 ok &= context.sink().notify_resource_updated(uri.clone()).await.is_ok();
                             }
                         }
-                        if changes.listed && accepted.resources_list_changed == Some(true) {
+                        if changes.listed && wants_list {
                             ok &= context.sink().notify_resource_list_changed().await.is_ok();
                         }
                         ok
@@ -836,6 +898,55 @@ impl ServerHandler for Mcp {
                 return Ok(());
             }
         }
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        let caller = caller_of(&context)?;
+        // Prompts are read: a token without `read` sees none, as it sees no readFile.
+        let prompts = if caller.scopes.contains(Scope::Read) {
+            listed_prompts(&self.0.app.syncer.registry())
+        } else {
+            Vec::new()
+        };
+        Ok(ListPromptsResult::with_all_items(prompts))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        let caller = caller_of(&context)?;
+        if !caller.scopes.contains(Scope::Read) {
+            return Err(McpError::invalid_request(
+                "prompts need a token with the `read` scope",
+                None,
+            ));
+        }
+        let registry = self.0.app.syncer.registry();
+        let Some(prompt) = registry.prompt(&request.name) else {
+            return Err(McpError::invalid_params(
+                format!(
+                    "no prompt named `{}`; prompts/list names them",
+                    request.name
+                ),
+                None,
+            ));
+        };
+        let text = prompt
+            .fill(&request.arguments.unwrap_or_default())
+            .map_err(|e| {
+                McpError::invalid_params(format!("prompt `{}`: {e}", prompt.name), None)
+            })?;
+        Ok(
+            GetPromptResult::new(vec![PromptMessage::new_text(Role::User, text)])
+                .with_description(&prompt.description)
+                .into(),
+        )
     }
 }
 

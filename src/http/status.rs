@@ -113,6 +113,7 @@ fn status(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
                     "next_sync_in_ms": (status.retry_in_ms > 0).then_some(status.retry_in_ms),
                     "counts": {
                         "endpoints": registry.endpoints().len(),
+                        "prompts": registry.prompts().len(),
                         "syncs": status.syncs,
                         "sync_failures": status.failures,
                         "scripts_running": app.exec.running(),

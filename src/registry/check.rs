@@ -72,7 +72,7 @@ pub fn is_plain_relative_path(p: &str) -> bool {
 }
 
 /// Suggests a valid name for an invalid one.
-fn suggest_name(s: &str) -> String {
+pub(super) fn suggest_name(s: &str) -> String {
     let mut out: String = s
         .chars()
         .map(|c| {

@@ -10,10 +10,13 @@
 //! The parts: this file holds the registry and its route table; `check.rs` the
 //! manifest check (`Check` and the problems it reports); `settings.rs`
 //! `dynapi.yaml`'s settings; `bind.rs` the binding of request values to argv,
-//! environment and stdin (`Param`, `Invocation`, `coerce`).
+//! environment and stdin (`Param`, `Invocation`, `coerce`); `prompts.rs` the
+//! prompts of `prompts/*.md` (`Prompt`, checked in the same pass as the
+//! manifests, so they follow the same last-known-good rule).
 
 mod bind;
 mod check;
+mod prompts;
 mod settings;
 
 use std::collections::HashMap;
@@ -25,12 +28,15 @@ use serde::Serialize;
 use crate::auth::{Scope, Scopes};
 use crate::manifest::{self, Problem, MAX_MANIFESTS, MAX_TOTAL_BYTES};
 
-pub use crate::layout::{MANIFEST_DIR, SETTINGS_FILE};
+pub use crate::layout::{MANIFEST_DIR, PROMPTS_DIR, SETTINGS_FILE};
 use bind::ArgPart;
 pub use bind::{Invocation, Param, ParamError, ParamKind, MAX_ARG, MAX_ARGV, MAX_ENV_VALUE};
 use check::Check;
 pub use check::{
     is_name, is_plain_relative_path, DEFAULT_CONCURRENCY, MAX_TIMEOUT, RESERVED_SEGMENTS,
+};
+pub use prompts::{
+    FillError, Prompt, PromptArgument, MAX_PROMPTS, MAX_PROMPTS_TOTAL_BYTES, MAX_PROMPT_ARGUMENTS,
 };
 use settings::check_settings;
 pub use settings::{Database, Settings, DEFAULT_DATABASE, DEFAULT_SQLITE, DEFAULT_TIMEOUT};
@@ -49,7 +55,9 @@ pub enum FileKind {
 pub struct Snapshot {
     pub settings: Option<String>,
     pub manifests: Vec<(String, String)>,
-    /// Files (manifests or the settings) the reader left unread because they are
+    /// `prompts/*.md`, in path order.
+    pub prompts: Vec<(String, String)>,
+    /// Files (manifests, prompts or the settings) the reader left unread because they are
     /// over `manifest::MAX_FILE_BYTES`: path and size. Each is a problem.
     pub too_large: Vec<(String, u64)>,
 }
@@ -161,6 +169,8 @@ pub struct Registry {
     pub settings: Settings,
     endpoints: Vec<Arc<Endpoint>>,
     routes: HashMap<Method, matchit::Router<usize>>,
+    /// Sorted by name.
+    prompts: Vec<Prompt>,
 }
 
 /// What a route lookup found: the endpoint and the placeholders' values (still
@@ -178,6 +188,7 @@ impl Registry {
             settings: Settings::default(),
             endpoints: Vec::new(),
             routes: HashMap::new(),
+            prompts: Vec::new(),
         }
     }
 
@@ -198,30 +209,13 @@ impl Registry {
             problems.push(manifest::too_large(file, *bytes));
         }
         let mut endpoints: Vec<Arc<Endpoint>> = Vec::new();
-        let mut total = 0;
-        for (i, (file, text)) in snapshot.manifests.iter().enumerate() {
-            // Past a limit on the whole folder the rest is not even parsed: the
-            // commit is refused anyway, and parsing is the work being bounded.
-            if i >= MAX_MANIFESTS {
-                problems.push(problem_at_top(
-                    file,
-                    format!("`{MANIFEST_DIR}/` holds more than the limit of {MAX_MANIFESTS} manifests; remove some"),
-                ));
-                break;
-            }
-            // A file over its own limit is that problem, not the folder's.
-            if text.len() > manifest::MAX_FILE_BYTES {
-                problems.push(manifest::too_large(file, text.len() as u64));
-                continue;
-            }
-            total += text.len();
-            if total > MAX_TOTAL_BYTES {
-                problems.push(problem_at_top(
-                    file,
-                    format!("the manifests together are over the limit of {MAX_TOTAL_BYTES} bytes (4 MiB); make some smaller or remove some"),
-                ));
-                break;
-            }
+        let limits = Limits {
+            folder: MANIFEST_DIR,
+            what: "manifests",
+            count: MAX_MANIFESTS,
+            bytes: MAX_TOTAL_BYTES,
+        };
+        for (file, text) in within_limits(&snapshot.manifests, &limits, &mut problems) {
             // What could not be read is reported and left out; the checks still
             // run on the rest, so one wrong key does not hide the file's other problems.
             let parsed = manifest::parse_manifest(file, text);
@@ -238,6 +232,7 @@ impl Registry {
             }
         }
         route_table(&endpoints, &mut problems);
+        let prompts = prompts::check_prompts(&snapshot.prompts, &mut problems);
         if !problems.is_empty() {
             problems.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
             return Err(problems);
@@ -251,6 +246,7 @@ impl Registry {
             settings,
             endpoints,
             routes,
+            prompts,
         })
     }
 
@@ -265,6 +261,18 @@ impl Registry {
             .map(|i| &self.endpoints[i])
     }
 
+    /// The prompts of `prompts/`, by name.
+    pub fn prompts(&self) -> &[Prompt] {
+        &self.prompts
+    }
+
+    pub fn prompt(&self, name: &str) -> Option<&Prompt> {
+        self.prompts
+            .binary_search_by(|p| p.name.as_str().cmp(name))
+            .ok()
+            .and_then(|i| self.prompts.get(i))
+    }
+
     /// The endpoint serving `method` and `path` (the raw request path).
     pub fn route(&self, method: Method, path: &str) -> Option<Matched> {
         let found = self.routes.get(&method)?.at(path).ok()?;
@@ -277,6 +285,62 @@ impl Registry {
                 .collect(),
         })
     }
+}
+
+/// The limits of one folder of the registry's files.
+struct Limits {
+    folder: &'static str,
+    /// What the files are, plural: "manifests".
+    what: &'static str,
+    /// Most files.
+    count: usize,
+    /// Most bytes of all files together.
+    bytes: usize,
+}
+
+/// The files of a folder (`(path, text)`, in path order) that are to be read.
+/// Past a limit on the whole folder the rest is not even parsed: the commit is
+/// refused anyway, and parsing is the work being bounded. A file over its own
+/// limit (`manifest::MAX_FILE_BYTES`) is that problem, not the folder's.
+fn within_limits<'s>(
+    files: &'s [(String, String)],
+    limits: &Limits,
+    problems: &mut Vec<Problem>,
+) -> Vec<(&'s str, &'s str)> {
+    let Limits {
+        folder,
+        what,
+        count,
+        bytes,
+    } = limits;
+    let mut read = Vec::new();
+    let mut total = 0;
+    for (i, (file, text)) in files.iter().enumerate() {
+        if i >= *count {
+            problems.push(problem_at_top(
+                file,
+                format!("`{folder}/` holds more than the limit of {count} {what}; remove some"),
+            ));
+            break;
+        }
+        if text.len() > manifest::MAX_FILE_BYTES {
+            problems.push(manifest::too_large(file, text.len() as u64));
+            continue;
+        }
+        total += text.len();
+        if total > *bytes {
+            problems.push(problem_at_top(
+                file,
+                format!(
+                    "the {what} together are over the limit of {bytes} bytes ({} MiB); make some smaller or remove some",
+                    bytes >> 20
+                ),
+            ));
+            break;
+        }
+        read.push((file.as_str(), text.as_str()));
+    }
+    read
 }
 
 /// Builds the per-method route tables, reporting duplicate and conflicting routes.

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use super::github::{GitHub, GitHubError, RefError, TreeEntry};
 use super::repo::{Author, Edit, Repo, RepoError};
 use crate::manifest::Problem;
-use crate::registry::{MANIFEST_DIR, SETTINGS_FILE};
+use crate::registry::{MANIFEST_DIR, PROMPTS_DIR, SETTINGS_FILE};
 use crate::workspace::files::{self, EditError, TextEdit};
 use crate::workspace::{self, PathError, Workspace};
 
@@ -855,6 +855,7 @@ fn stage(
         let p = e.path();
         p == SETTINGS_FILE
             || p.starts_with(&format!("{MANIFEST_DIR}/"))
+            || p.starts_with(&format!("{PROMPTS_DIR}/"))
             || p.starts_with("scripts/")
     });
     if new_commit && (touches_manifests || prepared.validation == Validation::Strict) {

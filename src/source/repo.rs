@@ -13,7 +13,9 @@ use gix::object::tree::EntryKind;
 use gix::ObjectId;
 
 use crate::manifest::{Problem, MAX_FILE_BYTES, MAX_MANIFESTS};
-use crate::registry::{FileKind, Registry, Snapshot, MANIFEST_DIR, SETTINGS_FILE};
+use crate::registry::{
+    FileKind, Registry, Snapshot, MANIFEST_DIR, MAX_PROMPTS, PROMPTS_DIR, SETTINGS_FILE,
+};
 use crate::workspace::TemplateFile;
 
 /// How long a write waits for git's index lock (`.git/index.lock`) that a
@@ -574,8 +576,9 @@ impl Repo {
         Ok(files)
     }
 
-    /// Builds the registry of `tree` (at `commit`): reads `dynapi.yaml` and every
-    /// `manifests/*.yaml` from the tree, never from the working directory.
+    /// Builds the registry of `tree` (at `commit`): reads `dynapi.yaml`, every
+    /// `manifests/*.yaml` and every `prompts/*.md` from the tree, never from the
+    /// working directory.
     pub fn registry_of(
         &self,
         commit: &str,
@@ -599,33 +602,46 @@ impl Repo {
                 snapshot.settings = Some(text(e.object_id(), SETTINGS_FILE)?);
             }
         }
-        if let Some(dir) = root.lookup_entry_by_path(MANIFEST_DIR)? {
-            if EntryKind::from(dir.mode()) == EntryKind::Tree {
-                for entry in repo.find_tree(dir.object_id())?.iter() {
-                    let entry = entry.map_err(git)?;
-                    let name = entry.filename().to_str_lossy().into_owned();
-                    let is_file = matches!(
-                        EntryKind::from(entry.mode()),
-                        EntryKind::Blob | EntryKind::BlobExecutable
-                    );
-                    if is_file && (name.ends_with(".yaml") || name.ends_with(".yml")) {
-                        let path = format!("{MANIFEST_DIR}/{name}");
-                        // One past the limit is enough for the registry to refuse
-                        // the folder; the rest is never read.
-                        if snapshot.manifests.len() + snapshot.too_large.len() > MAX_MANIFESTS {
-                            break;
-                        }
-                        let size = size_of(entry.object_id())?;
-                        if size > MAX_FILE_BYTES as u64 {
-                            snapshot.too_large.push((path, size));
-                            continue;
-                        }
-                        let body = text(entry.object_id(), &path)?;
-                        snapshot.manifests.push((path, body));
-                    }
-                }
+        // Each folder's files (blobs, not below), in path order. One past a
+        // folder's limit is enough for the registry to refuse it; the rest is
+        // never read.
+        let mut folder = |dir: &str, suffixes: &[&str], limit: usize| {
+            let mut read = Vec::new();
+            let Some(entry) = root.lookup_entry_by_path(dir)? else {
+                return Ok::<_, RepoError>(read);
+            };
+            if EntryKind::from(entry.mode()) != EntryKind::Tree {
+                return Ok(read);
             }
-        }
+            let mut unread = 0;
+            for entry in repo.find_tree(entry.object_id())?.iter() {
+                let entry = entry.map_err(git)?;
+                let name = entry.filename().to_str_lossy().into_owned();
+                let is_file = matches!(
+                    EntryKind::from(entry.mode()),
+                    EntryKind::Blob | EntryKind::BlobExecutable
+                );
+                if !is_file || !suffixes.iter().any(|s| name.ends_with(s)) {
+                    continue;
+                }
+                if read.len() + unread > limit {
+                    break;
+                }
+                let path = format!("{dir}/{name}");
+                let size = size_of(entry.object_id())?;
+                if size > MAX_FILE_BYTES as u64 {
+                    snapshot.too_large.push((path, size));
+                    unread += 1;
+                    continue;
+                }
+                let body = text(entry.object_id(), &path)?;
+                read.push((path, body));
+            }
+            Ok(read)
+        };
+        let manifests = folder(MANIFEST_DIR, &[".yaml", ".yml"], MAX_MANIFESTS)?;
+        let prompts = folder(PROMPTS_DIR, &[".md"], MAX_PROMPTS)?;
+        (snapshot.manifests, snapshot.prompts) = (manifests, prompts);
         let kind_of = |path: &str| match root.lookup_entry_by_path(path) {
             Ok(Some(e)) => match EntryKind::from(e.mode()) {
                 EntryKind::BlobExecutable => FileKind::Executable,

@@ -276,11 +276,11 @@ impl Syncer {
                 Ok(None) => (None, "unchanged", Vec::new(), None),
                 Ok(Some((head, None))) => (Some(head), "unchanged", Vec::new(), None),
                 Ok(Some((head, Some(Ok(registry))))) => {
-                    let count = registry.endpoints().len();
+                    let (count, prompts) = (registry.endpoints().len(), registry.prompts().len());
                     self.registry.store(Arc::new(registry));
                     self.generation.send_modify(|g| *g += 1);
                     status.served_since = Some(now.clone());
-                    tracing::info!(commit = %head, endpoints = count, ?trigger, "serving new commit");
+                    tracing::info!(commit = %head, endpoints = count, prompts, ?trigger, "serving new commit");
                     (Some(head), "served", Vec::new(), None)
                 }
                 Ok(Some((head, Some(Err(problems))))) => {
@@ -298,7 +298,7 @@ impl Syncer {
                         time: now.clone(),
                         commit: Some(head.clone()),
                         message: format!(
-                        "commit {head} has invalid manifests; still serving the last good commit"
+                        "commit {head} has invalid manifests or prompts; still serving the last good commit"
                     ),
                         problems: problems.clone(),
                     });
@@ -591,7 +591,7 @@ async fn report_status(
     let (state, description) = match verdict {
         Ok(()) => (
             "success",
-            "The manifests are valid; dynapi serves this commit.".to_string(),
+            "The manifests and prompts are valid; dynapi serves this commit.".to_string(),
         ),
         Err(problems) => (
             "failure",

@@ -20,7 +20,7 @@ use super::repo::{Author, Repo};
 use super::sync::{SyncReport, Syncer, Trigger};
 use crate::audit::{Audit, Entry};
 use crate::auth::{Caller, Scope};
-use crate::registry::{MANIFEST_DIR, SETTINGS_FILE};
+use crate::registry::{MANIFEST_DIR, PROMPTS_DIR, SETTINGS_FILE};
 use crate::workspace::Workspace;
 
 /// Cheap to clone: every clone shares the one writer.
@@ -269,6 +269,7 @@ impl Writes {
         let served_from = |p: &String| {
             p == SETTINGS_FILE
                 || p.starts_with(&format!("{MANIFEST_DIR}/"))
+                || p.starts_with(&format!("{PROMPTS_DIR}/"))
                 || p.starts_with("scripts/")
         };
         // In GitHub mode the sync is also what brings the new commit's files here.

@@ -1,13 +1,14 @@
 //! The bundled template a new workspace starts from: the project's own
-//! `manifests/` and `scripts/` (embedded at build time), a `.gitignore` for data the
+//! `manifests/`, `prompts/` and `scripts/` (embedded at build time), a `.gitignore` for data the
 //! daemon must never commit, a commented `dynapi.yaml`, and the GitHub workflow
 //! that runs `dynapi check` on pull requests. It only produces file contents; it
 //! never touches the disk.
 
 use include_dir::{include_dir, Dir};
 
-/// The bundled template: the project's own `manifests/` and `scripts/`.
+/// The bundled template: the project's own `manifests/`, `prompts/` and `scripts/`.
 static TEMPLATE_MANIFESTS: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/manifests");
+static TEMPLATE_PROMPTS: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/prompts");
 static TEMPLATE_SCRIPTS: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/scripts");
 
 const TEMPLATE_GITIGNORE: &str =
@@ -29,6 +30,12 @@ pub fn template_files(with_workflow: bool) -> Vec<TemplateFile> {
     collect(
         &TEMPLATE_MANIFESTS,
         crate::layout::MANIFEST_DIR,
+        false,
+        &mut files,
+    );
+    collect(
+        &TEMPLATE_PROMPTS,
+        crate::layout::PROMPTS_DIR,
         false,
         &mut files,
     );
@@ -79,6 +86,7 @@ mod tests {
         assert!(find("scripts/sample_script.sh").unwrap().executable);
         assert!(find("scripts/run_sql.sh").unwrap().executable);
         assert!(!find("manifests/hello.yaml").unwrap().executable);
+        assert!(!find("prompts/review-file.md").unwrap().executable);
         assert!(find(".github/workflows/dynapi-check.yml").is_some());
     }
 }

@@ -10,12 +10,12 @@ use crate::support::{git, template_repo, Daemon};
 
 const SECRET: &str = "webhook-secret";
 /// The fixtures' pushes go to `master`.
-const BRANCH: &str = "master";
+pub(crate) const BRANCH: &str = "master";
 
 /// Content-creating requests go this far apart in tests (GitHub asks for 1 s).
 const WRITE_INTERVAL: Duration = Duration::from_millis(10);
 
-async fn start(poll: Duration) -> (GitHub, Daemon) {
+pub(crate) async fn start(poll: Duration) -> (GitHub, Daemon) {
     let seed = template_repo(BRANCH, &[]);
     let github = GitHub::start(seed.path(), BRANCH).await;
     let daemon = replica(&github, poll).await;
@@ -44,7 +44,7 @@ async fn paced_replica(github: &GitHub, poll: Duration, write_interval: Duration
 }
 
 /// Delivers a signed event; its status.
-async fn webhook(d: &Daemon, event: &str, body: &[u8]) -> u16 {
+pub(crate) async fn webhook(d: &Daemon, event: &str, body: &[u8]) -> u16 {
     deliver(d, event, body).await.0
 }
 
@@ -69,7 +69,7 @@ async fn deliver(d: &Daemon, event: &str, body: &[u8]) -> (u16, Value) {
     (status, answer.json().await.unwrap_or(Value::Null))
 }
 
-fn fixture(name: &str) -> Vec<u8> {
+pub(crate) fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!(
         "{}/tests/fixtures/github-webhooks/{name}.json",
         env!("CARGO_MANIFEST_DIR")
@@ -382,7 +382,13 @@ async fn endpoints_can_go_through_a_pull_request() {
 
 /// Sends GitHub's `pull_request` event (`action`) for pull request `number`
 /// at `sha`, and waits for the status the daemon posts on `sha`.
-async fn check_pull(gh: &GitHub, d: &Daemon, action: &str, number: u64, sha: &str) -> Status {
+pub(crate) async fn check_pull(
+    gh: &GitHub,
+    d: &Daemon,
+    action: &str,
+    number: u64,
+    sha: &str,
+) -> Status {
     let name = match action {
         "opened" => "pull_request.opened.0",
         _ => "pull_request.synchronize.22",

@@ -19,6 +19,7 @@ mod oauth;
 mod openapi;
 mod operate;
 mod project;
+mod prompts;
 mod review;
 mod sandbox;
 mod security;

@@ -12,8 +12,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::support::{Daemon, TOKEN};
 
@@ -21,6 +21,8 @@ use crate::support::{Daemon, TOKEN};
 pub(crate) struct Client {
     child: Child,
     lines: Lines<BufReader<ChildStdout>>,
+    /// For the scripts that take commands (tests/mcp/prompts.py).
+    stdin: ChildStdin,
 }
 
 impl Client {
@@ -44,13 +46,28 @@ impl Client {
         let mut child = Command::new(&runner)
             .arg(&script)
             .args(args)
+            // The scripts import each other: no __pycache__ in the source tree.
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("{runner} runs {script}: {e}"));
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Client { child, lines }
+        let stdin = child.stdin.take().unwrap();
+        Client {
+            child,
+            lines,
+            stdin,
+        }
+    }
+
+    /// Sends the script one command, a line of JSON.
+    pub(crate) async fn send(&mut self, command: Value) {
+        let line = format!("{command}\n");
+        self.stdin.write_all(line.as_bytes()).await.unwrap();
+        self.stdin.flush().await.unwrap();
     }
 
     /// The next step the client prints; its `step` must be `step`.

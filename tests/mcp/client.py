@@ -22,19 +22,12 @@ Errors end it with a non-zero exit and the reason on stderr.
 
 import asyncio
 import contextlib
-import json
 import sys
 
-import httpx2
 import mcp.types as types
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
+from connection import connect, say
 
 WAIT = 15  # seconds to wait for a notification
-
-
-def say(**fields):
-    print(json.dumps(fields), flush=True)
 
 
 def result(r):
@@ -48,22 +41,7 @@ def result(r):
 async def main(url, token, mode, readonly=False):
     changed = asyncio.Queue()
 
-    async def on_message(message):
-        # 2026-07-28 delivers changes on the listen stream (and tees them
-        # here too): count them once, from where each revision sends them.
-        if mode == "legacy" and isinstance(message, types.ToolListChangedNotification):
-            changed.put_nowait("notification")
-
-    http = httpx2.AsyncClient(
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=httpx2.Timeout(30, read=300),
-    )
-    async with http, Client(
-        streamable_http_client(url, http_client=http),
-        mode="legacy" if mode == "legacy" else mode,
-        message_handler=on_message,
-        cache=None,
-    ) as client:
+    async with connect(url, token, mode, changed, types.ToolListChangedNotification) as client:
         listen = contextlib.AsyncExitStack()
         subscription = None
         if mode != "legacy":

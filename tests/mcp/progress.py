@@ -21,7 +21,7 @@ import asyncio
 import re
 import sys
 
-from common import connect, say
+from connection import connect, say
 
 
 def result(r):

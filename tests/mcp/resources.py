@@ -23,7 +23,7 @@ import contextlib
 import sys
 
 import mcp.types as types
-from common import connect, say
+from connection import connect, say
 from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated
 
 WAIT = 15  # seconds to wait for a notification

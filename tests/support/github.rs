@@ -258,6 +258,52 @@ impl GitHub {
         number
     }
 
+    /// Merges pull request `number` with a merge commit, as GitHub's merge
+    /// button does, when its base has not moved since the branch was made (the
+    /// merge's tree is the head's): the base branch moves to the merge, the
+    /// pull request is closed. Returns the merge commit.
+    pub fn merge_pull(&self, number: u64) -> String {
+        let mut s = self.state.lock().unwrap();
+        let pull = s
+            .pulls
+            .iter_mut()
+            .find(|p| p["number"] == json!(number))
+            .expect("the pull request is open");
+        let head = pull["head"]["sha"].as_str().unwrap().to_string();
+        let base = pull["base"]["ref"].as_str().unwrap().to_string();
+        let parent = bare_git(
+            &self.bare,
+            &["rev-parse", &format!("refs/heads/{base}")],
+            None,
+        )
+        .trim()
+        .to_string();
+        let merge_base = bare_git(&self.bare, &["merge-base", &parent, &head], None);
+        assert_eq!(
+            merge_base.trim(),
+            parent,
+            "the base moved: merge it by hand"
+        );
+        let message = format!("Merge pull request #{number}");
+        let tree = format!("{head}^{{tree}}");
+        let args = [
+            "commit-tree",
+            &tree,
+            "-p",
+            &parent,
+            "-p",
+            &head,
+            "-m",
+            &message,
+        ];
+        let merge = bare_git(&self.bare, &args, None).trim().to_string();
+        let name = format!("refs/heads/{base}");
+        bare_git(&self.bare, &["update-ref", &name, &merge, &parent], None);
+        pull["state"] = json!("closed");
+        pull["merged"] = json!(true);
+        merge
+    }
+
     /// The file at `path` in commit `rev`, as GitHub has it.
     pub fn show(&self, rev: &str, path: &str) -> String {
         bare_git(&self.bare, &["show", &format!("{rev}:{path}")], None)
