@@ -34,13 +34,14 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams,
-    GetPromptResponse, GetPromptResult, Implementation, JsonObject, ListPromptsResult,
-    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
-    PaginatedRequestParams, Prompt, PromptArgument, PromptMessage, ReadResourceRequestParams,
-    ReadResourceResponse, ReadResourceResult, ResourceUpdatedNotificationParam, Role,
-    ServerCapabilities, ServerConfig, SetLevelRequestParams, SubscribeRequestParams,
-    SubscriptionFilter, Tool, ToolAnnotations, UnsubscribeRequestParams,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
+    CompletionInfo, ContentBlock, GetPromptRequestParams, GetPromptResponse, GetPromptResult,
+    Implementation, JsonObject, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, LoggingLevel, PaginatedRequestParams, Prompt,
+    PromptArgument, PromptMessage, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, Reference, ResourceUpdatedNotificationParam, Role, ServerCapabilities,
+    ServerConfig, SetLevelRequestParams, SubscribeRequestParams, SubscriptionFilter, Tool,
+    ToolAnnotations, UnsubscribeRequestParams,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -102,6 +103,12 @@ impl Shared {
         peers.retain(|p| !p.is_transport_closed());
         peers.clone()
     }
+}
+
+/// What `completion/complete` completes.
+enum Completing {
+    Path,
+    Commit,
 }
 
 /// One `resources/subscribe`.
@@ -389,6 +396,11 @@ impl Mcp {
             return Ok(result_of(status.is_success(), answer));
         };
         let app = &self.0.app;
+        let schema = app
+            .syncer
+            .registry()
+            .get(name)
+            .and_then(|e| e.output_schema.clone());
         let mut watch = progress::Watch::new(
             context.meta.get_progress_token(),
             self.log_level(context),
@@ -411,7 +423,10 @@ impl Mcp {
             if let Some(end) = end {
                 watch.send(&context.peer, &job).await;
                 return Ok(match super::run::answer(&job, &end.result) {
-                    Ok(answer) => CallToolResult::structured(answer),
+                    Ok(answer) => match &schema {
+                        Some(schema) => structured_output(name, answer, schema),
+                        None => CallToolResult::structured(answer),
+                    },
                     Err(e) => CallToolResult::structured_error(e.body()),
                 });
             }
@@ -436,6 +451,40 @@ impl Mcp {
             let session = session_of(context)?;
             lock(&self.0.log_levels).get(&session).copied()
         })
+    }
+}
+
+/// A finished run of an endpoint with an `output_schema`: its JSON output is
+/// the structured content (MCP's `outputSchema` describes it), when the run
+/// succeeded and the output is an object with the schema's `required`
+/// properties; otherwise an error result that says what is wrong, with the
+/// run's whole answer.
+fn structured_output(name: &str, answer: Value, schema: &Value) -> CallToolResult {
+    let output = &answer["output"];
+    let missing: Vec<&str> = schema["required"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter(|key| output.get(key).is_none())
+        .collect();
+    let problem = match (answer["ok"].as_bool(), output.is_object()) {
+        (Some(true), true) if missing.is_empty() => None,
+        (Some(true), true) => Some(format!(
+            "`{name}` printed JSON without {} that its output_schema requires",
+            missing.join(", ")
+        )),
+        (Some(true), false) => Some(format!(
+            "`{name}` printed JSON that is not an object, as its output_schema says it is"
+        )),
+        _ => Some(format!("`{name}` failed")),
+    };
+    match problem {
+        None => CallToolResult::structured(output.clone()),
+        Some(message) => CallToolResult::error(vec![ContentBlock::text(
+            json!({"error": {"code": "bad_output", "message": message}, "answer": answer})
+                .to_string(),
+        )]),
     }
 }
 
@@ -549,8 +598,11 @@ fn endpoint_tools<'r>(registry: &'r Registry, builtins: &[Builtin]) -> Vec<(Tool
                 e.name.clone()
             };
             let description = format!("{} ({} {})", e.description, e.method.as_str(), e.path);
-            let tool = Tool::new(name, description, object(e.params_schema()))
+            let mut tool = Tool::new(name, description, object(e.params_schema()))
                 .with_annotations(annotations(e.method, e.consequential, false));
+            if let Some(schema) = &e.output_schema {
+                tool = tool.with_raw_output_schema(Arc::new(object(schema.clone())));
+            }
             (tool, e.as_ref())
         })
         .collect()
@@ -645,6 +697,7 @@ impl ServerHandler for Mcp {
                 .enable_resources_subscribe()
                 .enable_resources_list_changed()
                 .enable_logging()
+                .enable_completions()
                 .build(),
         )
         .with_server_info(Implementation::new("dynapi", env!("CARGO_PKG_VERSION")))
@@ -705,6 +758,60 @@ impl ServerHandler for Mcp {
                 None,
             )),
         }
+    }
+
+    /// Completes a resource template's `path` (paths that exist, by prefix)
+    /// and `commit` (the branch's commits), and a prompt's path argument
+    /// (`path`, `file`, or a name ending in `_path`). MCP completes only
+    /// prompt and resource-template arguments, not a tool's: an endpoint
+    /// parameter's `enum` is in its tool's input schema.
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, McpError> {
+        reader_of(&context)?;
+        let name = request.argument.name.as_str();
+        let is_path = name == "path" || name == "file" || name.ends_with("_path");
+        let kind = match &request.r#ref {
+            Reference::Resource(r)
+                if is_path
+                    && [resources::FILE_TEMPLATE, resources::COMMIT_TEMPLATE]
+                        .contains(&r.uri.as_str()) =>
+            {
+                Completing::Path
+            }
+            Reference::Resource(r) if name == "commit" && r.uri == resources::COMMIT_TEMPLATE => {
+                Completing::Commit
+            }
+            Reference::Prompt(p)
+                if is_path
+                    && self
+                        .0
+                        .app
+                        .syncer
+                        .registry()
+                        .prompt(&p.name)
+                        .is_some_and(|prompt| prompt.arguments.iter().any(|a| a.name == name)) =>
+            {
+                Completing::Path
+            }
+            _ => return Ok(CompleteResult::default()),
+        };
+        let value = request.argument.value;
+        let app = self.0.app.clone();
+        let (values, more) = tokio::task::spawn_blocking(move || match kind {
+            Completing::Path => resources::complete_path(&app.workspace, &app.repo, &value),
+            Completing::Commit => {
+                resources::complete_commit(&app.repo, &value, app.config.files.history_walk)
+            }
+        })
+        .await
+        .map_err(|e| McpError::internal_error(e.to_string(), None))?
+        .map_err(resource_error)?;
+        let info = CompletionInfo::with_pagination(values, None, more)
+            .map_err(|e| McpError::internal_error(e, None))?;
+        Ok(CompleteResult::new(info))
     }
 
     async fn set_level(

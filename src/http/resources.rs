@@ -121,13 +121,18 @@ pub fn parse(uri: &str) -> Result<Target, ResourceError> {
     })
 }
 
+/// The template of any file of the working tree.
+pub const FILE_TEMPLATE: &str = "dynapi://files/{+path}";
+/// The template of any file as of a commit.
+pub const COMMIT_TEMPLATE: &str = "dynapi://commits/{commit}/files/{+path}";
+
 /// The two templates: any file of the working tree, any file as of a commit.
 pub fn templates() -> Vec<ResourceTemplate> {
     vec![
-        ResourceTemplate::new(format!("{FILES}{{+path}}"), "file")
+        ResourceTemplate::new(FILE_TEMPLATE, "file")
             .with_title("A file of the project")
             .with_description("Any file of the working tree, by its path from the repository root."),
-        ResourceTemplate::new(format!("{COMMITS}{{commit}}/files/{{+path}}"), "file-at-commit")
+        ResourceTemplate::new(COMMIT_TEMPLATE, "file-at-commit")
             .with_title("A file as of a commit")
             .with_description(
                 "A file as it was in a commit of the branch (a full id, or its first 7 digits as the history tool lists them).",
@@ -273,6 +278,89 @@ fn blob(uri: &str, mime: &str, bytes: &[u8]) -> ResourceContents {
         blob: base64::engine::general_purpose::STANDARD.encode(bytes),
         meta: None,
     }
+}
+
+/// Completions one `completion/complete` answers (MCP's bound).
+pub const MAX_COMPLETIONS: usize = 100;
+
+/// Paths of the working tree that start with `prefix`, for
+/// `completion/complete`: the entries of `prefix`'s folder whose names start
+/// with its last part, a folder's with a trailing `/`; confined as any path,
+/// `.git` and ignored files left out; sorted, at most `MAX_COMPLETIONS`, and
+/// whether there were more. A folder that cannot be read completes to nothing.
+pub fn complete_path(
+    ws: &Workspace,
+    repo: &Repo,
+    prefix: &str,
+) -> Result<(Vec<String>, bool), ResourceError> {
+    let (dir, stem) = match prefix.rfind('/') {
+        Some(i) => (&prefix[..i], &prefix[i + 1..]),
+        None => ("", prefix),
+    };
+    let Ok(folder) = ws.resolve(dir) else {
+        return Ok((Vec::new(), false));
+    };
+    let Ok(entries) = ws.read_dir(&folder) else {
+        return Ok((Vec::new(), false));
+    };
+    let mut found: Vec<(String, bool)> = entries
+        .into_iter()
+        .filter_map(|(name, meta)| {
+            let name = name.into_string().ok()?;
+            let hidden = name == ".git" || name.starts_with(crate::workspace::TEMP_PREFIX);
+            (!hidden && name.starts_with(stem)).then(|| {
+                let path = if dir.is_empty() {
+                    name
+                } else {
+                    format!("{dir}/{name}")
+                };
+                (path, meta.is_dir())
+            })
+        })
+        .collect();
+    found.sort();
+    // Checked against the ignore rules in one pass, a page at a time.
+    let mut out = Vec::new();
+    let mut more = false;
+    for chunk in found.chunks(MAX_COMPLETIONS) {
+        let paths: Vec<&str> = chunk.iter().map(|(p, _)| p.as_str()).collect();
+        let ignored = repo.ignored(&paths)?;
+        for ((path, folder), ignored) in chunk.iter().zip(ignored) {
+            if ignored {
+                continue;
+            }
+            if out.len() == MAX_COMPLETIONS {
+                more = true;
+                break;
+            }
+            out.push(if *folder {
+                format!("{path}/")
+            } else {
+                path.clone()
+            });
+        }
+        if more {
+            break;
+        }
+    }
+    Ok((out, more))
+}
+
+/// Commits of the branch, newest first, whose ids start with `prefix` (7
+/// digits each, as `history` shows them), for `completion/complete`.
+pub fn complete_commit(
+    repo: &Repo,
+    prefix: &str,
+    max_walk: usize,
+) -> Result<(Vec<String>, bool), ResourceError> {
+    let prefix = prefix.to_ascii_lowercase();
+    let (commits, _) = repo.log(None, 0, max_walk.min(1_000), max_walk)?;
+    let mut matching = commits
+        .into_iter()
+        .filter(|c| c.commit.starts_with(&prefix))
+        .map(|c| c.commit[..7.min(c.commit.len())].to_string());
+    let out: Vec<String> = matching.by_ref().take(MAX_COMPLETIONS).collect();
+    Ok((out, matching.next().is_some()))
 }
 
 /// What a new commit changed, for the notifications.

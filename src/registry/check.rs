@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use serde_json::Value;
+
 use crate::auth::Scope;
 use crate::manifest::{
     Locator, Problem, RawManifest, RawParam, MAX_ARGS, MAX_ENUM, MAX_ENV, MAX_PARAMS,
@@ -14,6 +16,9 @@ use crate::manifest::{
 
 use super::bind::{is_param_name, parse_template, ArgPart, Param, ParamKind};
 use super::{Endpoint, FileKind, Method, Output, Sandbox, Settings, SETTINGS_FILE};
+
+/// The largest `output_schema`, as JSON (it is sent with every tools/list).
+const MAX_OUTPUT_SCHEMA: usize = 16 * 1024;
 
 /// Longest a script may be allowed to run (DESIGN.md section 3).
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(600);
@@ -262,6 +267,10 @@ impl Check<'_> {
                 Output::Text
             }
         };
+        let output_schema = raw
+            .output_schema
+            .as_ref()
+            .and_then(|schema| self.output_schema(schema, output));
         let timeout = match &raw.timeout {
             None => settings.default_timeout,
             Some(t) => self
@@ -344,6 +353,7 @@ impl Check<'_> {
             args,
             params,
             output,
+            output_schema,
             timeout,
             is_async: raw.is_async,
             scope,
@@ -355,6 +365,66 @@ impl Check<'_> {
             env,
             file: file.to_string(),
         })
+    }
+
+    /// `output_schema`: a JSON Schema object of `type: object` (MCP's
+    /// `outputSchema`: a tool's structured result is an object), only with
+    /// `output: json`, at most `MAX_OUTPUT_SCHEMA` bytes as JSON; its
+    /// `properties` a mapping and its `required` names among them.
+    fn output_schema(&mut self, schema: &Value, output: Output) -> Option<Value> {
+        let key = "output_schema";
+        let before = self.problems.len();
+        if output != Output::Json {
+            self.at(
+                key,
+                "`output_schema` describes JSON output: add `output: json`",
+            );
+        }
+        let Some(object) = schema.as_object() else {
+            self.at(key, "`output_schema` is a JSON Schema: a mapping");
+            return None;
+        };
+        if object.get("type") != Some(&Value::from("object")) {
+            self.at(
+                key,
+                "`output_schema` needs `type: object`: a tool's structured result is an object",
+            );
+        }
+        let properties = match object.get("properties") {
+            None => None,
+            Some(Value::Object(p)) => Some(p),
+            Some(_) => {
+                self.at(
+                    key,
+                    "`output_schema.properties` is a mapping of names to schemas",
+                );
+                None
+            }
+        };
+        match object.get("required") {
+            None => {}
+            Some(Value::Array(names)) => {
+                for name in names {
+                    let known = name
+                        .as_str()
+                        .is_some_and(|n| properties.is_some_and(|p| p.contains_key(n)));
+                    if !known {
+                        self.at(
+                            key,
+                            format!("`output_schema.required` names {name}, which `properties` does not have"),
+                        );
+                    }
+                }
+            }
+            Some(_) => self.at(key, "`output_schema.required` is a list of property names"),
+        }
+        if serde_json::to_vec(schema).map_or(0, |b| b.len()) > MAX_OUTPUT_SCHEMA {
+            self.at(
+                key,
+                format!("`output_schema` is larger than {MAX_OUTPUT_SCHEMA} bytes as JSON"),
+            );
+        }
+        (self.problems.len() == before).then(|| schema.clone())
     }
 
     /// Checks a route path; returns its placeholders.

@@ -129,6 +129,9 @@ pub struct Endpoint {
     args: Vec<Vec<ArgPart>>,
     pub params: Vec<Param>,
     pub output: Output,
+    /// The JSON Schema of the script's JSON output (`output_schema:`), checked:
+    /// an object schema, only with `output: json`.
+    pub output_schema: Option<serde_json::Value>,
     pub timeout: Duration,
     pub is_async: bool,
     pub consequential: bool,

@@ -390,3 +390,41 @@ async fn oversized_manifests_are_refused_and_never_served() {
     );
     assert_eq!(d.get("/long").await.status, 404);
 }
+
+/// `output_schema` (MCP's `outputSchema` of the endpoint's tool) is checked
+/// like every key: an object schema, only with `output: json`, `required`
+/// names among its properties; each problem at its line.
+#[tokio::test]
+async fn an_output_schema_is_checked_with_the_manifest() {
+    let d = Daemon::start().await;
+    let manifest = |extra: &str| {
+        format!(
+            "name: report\ndescription: A report.\nmethod: GET\nscript: scripts/hello.sh\n{extra}"
+        )
+    };
+    let a = d
+        .post(
+            "/endpoints",
+            json!({"manifest": manifest("output_schema:\n  type: array\n  required: [total]\n")}),
+        )
+        .await;
+    assert_eq!(a.status, 422, "{}", a.json);
+    let problems: Vec<String> = a.json["error"]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("{}: {}", p["line"], p["message"].as_str().unwrap()))
+        .collect();
+    let all = problems.join("\n");
+    assert!(all.contains("add `output: json`"), "{all}");
+    assert!(all.contains("needs `type: object`"), "{all}");
+    assert!(all.contains("names \"total\""), "{all}");
+    // At its value: the mapping under `output_schema:` starts on line 6.
+    assert!(problems.iter().all(|p| p.starts_with("6: ")), "{all}");
+
+    let good = "output: json\noutput_schema:\n  type: object\n  properties:\n    total: {type: integer}\n  required: [total]\n";
+    let a = d
+        .post("/endpoints", json!({"manifest": manifest(good)}))
+        .await;
+    assert_eq!(a.status, 201, "{}", a.json);
+}

@@ -334,7 +334,12 @@ async fn resources(script: &str, mode: &str) {
 
     let mut client = Client::script(
         script,
-        &[format!("{}/mcp", d.url), TOKEN.into(), mode.into(), first],
+        &[
+            format!("{}/mcp", d.url),
+            TOKEN.into(),
+            mode.into(),
+            first.clone(),
+        ],
     );
     let listed = client.step("listed").await;
     let uris: Vec<&str> = listed["uris"]
@@ -398,6 +403,26 @@ async fn resources(script: &str, mode: &str) {
     }
     assert!(!read.to_string().contains("hunter2"));
     assert!(!read.to_string().contains("out\\n"));
+
+    // Completion of a template's path and commit, and a prompt's path: by
+    // prefix, confined, ignored files and .git left out, at most 100.
+    let completed = client.step("completed").await;
+    let values = |name: &str| completed[name]["values"].clone();
+    assert_eq!(values("folder"), json!(["docs/"]), "{completed}");
+    assert_eq!(values("in_folder"), json!(["docs/a b.md"]));
+    assert_eq!(completed["many"]["values"].as_array().unwrap().len(), 100);
+    assert_eq!(completed["many"]["values"][0], json!("many/000.txt"));
+    assert_eq!(completed["many"]["has_more"], json!(true));
+    assert_eq!(values("secret"), json!([]));
+    assert_eq!(values("dot"), json!([".gitignore"]));
+    assert_eq!(values("escape"), json!([]));
+    let commit = values("commit");
+    assert!(
+        commit.as_array().unwrap().contains(&json!(first[..7])),
+        "{completed}"
+    );
+    assert_eq!(values("prompt"), json!(["scripts/hello.sh"]));
+    assert_eq!(values("not_a_path"), json!([]));
 
     client.step("ready").await;
     human_commit(
@@ -471,6 +496,16 @@ async fn long_runs(script: &str, mode: &str) {
     .await;
     d.add_endpoint("sleepy", "", "#!/bin/sh\nsleep 20\necho awake\n")
         .await;
+    let schema = "output: json\noutput_schema:\n  type: object\n  properties:\n    \
+                  city: {type: string}\n    temp: {type: number}\n  required: [city, temp]\n";
+    d.add_endpoint(
+        "weather",
+        schema,
+        "#!/bin/sh\necho '{\"city\": \"Oslo\", \"temp\": -3.5}'\n",
+    )
+    .await;
+    d.add_endpoint("broken", schema, "#!/bin/sh\necho '{\"city\": \"Oslo\"}'\n")
+        .await;
     let mut client = Client::script(
         script,
         &[format!("{}/mcp", d.url), TOKEN.into(), mode.into()],
@@ -530,6 +565,41 @@ async fn long_runs(script: &str, mode: &str) {
         gone.is_some(),
         "the cancelled call's processes {pids:?} are still there"
     );
+
+    // A run that outlives --job-after says it became a job, and getJob reads it.
+    let jobbed = client.step("jobbed").await;
+    let result = &jobbed["result"]["structured"];
+    assert_eq!(result["state"], json!("running"), "{jobbed}");
+    assert!(result["message"].as_str().unwrap().contains("getJob"));
+    assert_eq!(
+        jobbed["job"]["structured"]["state"],
+        json!("running"),
+        "{jobbed}"
+    );
+
+    // An endpoint whose manifest gives an output_schema: the tool lists it as
+    // its outputSchema and answers the script's JSON as structured content
+    // (the SDK checks it against the schema); output missing a required field
+    // is an error result that says so.
+    let structured = client.step("structured").await;
+    assert_eq!(
+        structured["schema"]["required"],
+        json!(["city", "temp"]),
+        "{structured}"
+    );
+    assert_eq!(
+        structured["weather"],
+        json!({"is_error": false, "structured": {"city": "Oslo", "temp": -3.5}})
+    );
+    assert_eq!(
+        structured["broken"]["is_error"],
+        json!(true),
+        "{structured}"
+    );
+    assert!(structured["broken"]["text"][0]
+        .as_str()
+        .unwrap()
+        .contains("without temp"));
     client.finish().await;
 }
 

@@ -63,6 +63,16 @@ async function main([url, token, mode]) {
   const id = jobbed.structured?.job_id;
   const job = id ? result(await client.callTool({ name: "getJob", arguments: { id } })) : null;
   say({ step: "jobbed", result: jobbed, job });
+
+  const tools = Object.fromEntries((await client.listTools()).tools.map((t) => [t.name, t]));
+  const weather = await client.callTool({ name: "weather", arguments: {} });
+  const broken = await client.callTool({ name: "broken", arguments: {} });
+  say({
+    step: "structured",
+    schema: tools.weather.outputSchema ?? null,
+    weather: result(weather),
+    broken: { ...result(broken), text: broken.content.filter((c) => c.type === "text").map((c) => c.text) },
+  });
   await client.close();
 }
 

@@ -14,6 +14,9 @@ Prints one JSON object per line:
         cancelled once its progress named its process ids
   {"step": "jobbed", "result", "job"}  the `sleepy` endpoint, which outlives
         --job-after, called without a progress token, then getJob of its job
+  {"step": "structured", "schema", "weather", "broken"}  the outputSchema the
+        `weather` tool lists, and the results of `weather` and `broken` (both
+        `output: json` with an output_schema; broken's output lacks a field)
 Errors end it with a non-zero exit and the reason on stderr.
 """
 
@@ -67,6 +70,17 @@ async def main(url, token, mode):
         job_id = (jobbed["structured"] or {}).get("job_id")
         job = result(await client.call_tool("getJob", {"id": job_id})) if job_id else None
         say(step="jobbed", result=jobbed, job=job)
+
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        texts = lambda r: [c.text for c in r.content if getattr(c, "text", None) is not None]
+        weather = await client.call_tool("weather", {})
+        broken = await client.call_tool("broken", {})
+        say(
+            step="structured",
+            schema=tools["weather"].output_schema,
+            weather=result(weather),
+            broken={**result(broken), "text": texts(broken)},
+        )
 
 
 if __name__ == "__main__":

@@ -110,6 +110,26 @@ async function main([url, token, mode, commit, noread]) {
     folder: await read("dynapi://files/docs"),
   });
 
+  const complete = async (ref, name, value) => {
+    const done = (await client.complete({ ref, argument: { name, value } })).completion;
+    return { values: done.values, has_more: Boolean(done.hasMore) };
+  };
+  const files = { type: "ref/resource", uri: "dynapi://files/{+path}" };
+  const at = { type: "ref/resource", uri: "dynapi://commits/{commit}/files/{+path}" };
+  const review = { type: "ref/prompt", name: "review-file" };
+  say({
+    step: "completed",
+    folder: await complete(files, "path", "do"),
+    in_folder: await complete(files, "path", "docs/a"),
+    many: await complete(files, "path", "many/"),
+    secret: await complete(files, "path", ".en"),
+    dot: await complete(files, "path", ".gi"),
+    escape: await complete(files, "path", "../"),
+    commit: await complete(at, "commit", commit.slice(0, 3)),
+    prompt: await complete(review, "path", "scripts/he"),
+    not_a_path: await complete(review, "focus", "err"),
+  });
+
   await client.subscribeResource({ uri: NOTES });
   say({ step: "ready" });
   const updated = [];

@@ -11,6 +11,8 @@ this prints.
 Prints one JSON object per line:
   {"step": "listed", "uris", "pages", "templates"}   every page of resources/list
   {"step": "read", name: contents or {"error"}}      resources/read of a few URIs
+  {"step": "completed", name: {"values", "has_more"}}  completion/complete of
+                                                     template and prompt arguments
   {"step": "ready"}                                  subscribed to notes.md; the
                                                      test commits as a human would
   {"step": "updated", "uris", "list_changed", "text"}  what it was told, then
@@ -105,6 +107,28 @@ async def main(url, token, mode, commit, noread=False):
             missing=await read("dynapi://files/no/such.md"),
             foreign=await read("file:///etc/passwd"),
             folder=await read("dynapi://files/docs"),
+        )
+
+        async def complete(ref, name, value):
+            done = (await client.complete(ref, {"name": name, "value": value})).completion
+            return {"values": done.values, "has_more": bool(done.has_more)}
+
+        files = types.ResourceTemplateReference(type="ref/resource", uri="dynapi://files/{+path}")
+        at = types.ResourceTemplateReference(
+            type="ref/resource", uri="dynapi://commits/{commit}/files/{+path}"
+        )
+        review = types.PromptReference(type="ref/prompt", name="review-file")
+        say(
+            step="completed",
+            folder=await complete(files, "path", "do"),
+            in_folder=await complete(files, "path", "docs/a"),
+            many=await complete(files, "path", "many/"),
+            secret=await complete(files, "path", ".en"),
+            dot=await complete(files, "path", ".gi"),
+            escape=await complete(files, "path", "../"),
+            commit=await complete(at, "commit", commit[:3]),
+            prompt=await complete(review, "path", "scripts/he"),
+            not_a_path=await complete(review, "focus", "err"),
         )
 
         listen = contextlib.AsyncExitStack()
