@@ -81,8 +81,9 @@ pub struct Shared {
     app: Arc<App>,
     routes: BoxedFilter<(warp::reply::Response,)>,
     builtins: Vec<Builtin>,
-    /// Sessions that did `initialize`, to tell of changed tools.
-    peers: Mutex<Vec<Peer<RoleServer>>>,
+    /// Sessions that did `initialize`, to tell of changed tools, and whether
+    /// their token reads (only a reader is told of prompts and files).
+    peers: Mutex<Vec<(Peer<RoleServer>, bool)>>,
     /// Bumped whenever the endpoint tools change.
     tools_version: watch::Sender<u64>,
     /// Bumped whenever the prompts change.
@@ -96,10 +97,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The sessions still open that did `initialize`.
-    fn sessions(&self) -> Vec<Peer<RoleServer>> {
+    /// The sessions still open that did `initialize`, and whether each reads.
+    fn sessions(&self) -> Vec<(Peer<RoleServer>, bool)> {
         let mut peers = lock(&self.peers);
-        peers.retain(|p| !p.is_transport_closed());
+        peers.retain(|(p, _)| !p.is_transport_closed());
         peers.clone()
     }
 }
@@ -215,13 +216,13 @@ impl Mcp {
             if !tools_changed && !prompts_changed {
                 continue;
             }
-            for peer in shared.sessions() {
+            for (peer, reads) in shared.sessions() {
                 if tools_changed {
                     if let Err(e) = peer.notify_tool_list_changed().await {
                         tracing::debug!(error = %e, "a session did not take tools/list_changed");
                     }
                 }
-                if prompts_changed {
+                if prompts_changed && reads {
                     if let Err(e) = peer.notify_prompt_list_changed().await {
                         tracing::debug!(error = %e, "a session did not take prompts/list_changed");
                     }
@@ -281,7 +282,8 @@ impl Mcp {
                 }
             }
             if changes.listed {
-                for peer in shared.sessions() {
+                // Files are told of only to a reader, as on `listen`.
+                for (peer, _) in shared.sessions().into_iter().filter(|(_, reads)| *reads) {
                     if let Err(e) = peer.notify_resource_list_changed().await {
                         tracing::debug!(error = %e, "a session did not take resources/list_changed");
                     }
@@ -652,9 +654,14 @@ impl ServerHandler for Mcp {
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        let reads = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Caller>())
+            .is_some_and(|c| c.scopes.contains(Scope::Read));
         let mut peers = lock(&self.0.peers);
-        peers.retain(|p| !p.is_transport_closed());
-        peers.push(context.peer);
+        peers.retain(|(p, _)| !p.is_transport_closed());
+        peers.push((context.peer, reads));
     }
 
     async fn list_tools(
@@ -793,6 +800,15 @@ impl ServerHandler for Mcp {
         let session = session_of(&context);
         let mut subscribed = lock(&self.0.subscribed);
         subscribed.retain(|s| !s.peer.is_transport_closed());
+        // The same URI twice in one session is one subscription (one
+        // notification per change), not two of the shared slots.
+        if session.is_some()
+            && subscribed
+                .iter()
+                .any(|s| s.session == session && s.uri == request.uri)
+        {
+            return Ok(());
+        }
         if subscribed.len() >= MAX_SUBSCRIPTIONS {
             return Err(McpError::invalid_request(
                 format!("at most {MAX_SUBSCRIPTIONS} resource subscriptions at once"),

@@ -21,6 +21,7 @@ mod operate;
 mod project;
 mod prompts;
 mod review;
+mod review22;
 mod sandbox;
 mod security;
 mod seed;
