@@ -82,8 +82,9 @@ pub struct Shared {
     app: Arc<App>,
     routes: BoxedFilter<(warp::reply::Response,)>,
     builtins: Vec<Builtin>,
-    /// Sessions that did `initialize`, to tell of changed tools.
-    peers: Mutex<Vec<Peer<RoleServer>>>,
+    /// Sessions that did `initialize`, to tell of changed tools, and whether
+    /// their token reads (only a reader is told of prompts and files).
+    peers: Mutex<Vec<(Peer<RoleServer>, bool)>>,
     /// Bumped whenever the endpoint tools change.
     tools_version: watch::Sender<u64>,
     /// Bumped whenever the prompts change.
@@ -93,14 +94,14 @@ pub struct Shared {
     /// `resources/subscribe` of sessions: the session, its id, and the URI.
     subscribed: Mutex<Vec<Subscribed>>,
     /// `logging/setLevel` of sessions, by session id.
-    log_levels: Mutex<HashMap<String, LoggingLevel>>,
+    log_levels: Mutex<HashMap<String, (Peer<RoleServer>, LoggingLevel)>>,
 }
 
 impl Shared {
-    /// The sessions still open that did `initialize`.
-    fn sessions(&self) -> Vec<Peer<RoleServer>> {
+    /// The sessions still open that did `initialize`, and whether each reads.
+    fn sessions(&self) -> Vec<(Peer<RoleServer>, bool)> {
         let mut peers = lock(&self.peers);
-        peers.retain(|p| !p.is_transport_closed());
+        peers.retain(|(p, _)| !p.is_transport_closed());
         peers.clone()
     }
 }
@@ -222,13 +223,13 @@ impl Mcp {
             if !tools_changed && !prompts_changed {
                 continue;
             }
-            for peer in shared.sessions() {
+            for (peer, reads) in shared.sessions() {
                 if tools_changed {
                     if let Err(e) = peer.notify_tool_list_changed().await {
                         tracing::debug!(error = %e, "a session did not take tools/list_changed");
                     }
                 }
-                if prompts_changed {
+                if prompts_changed && reads {
                     if let Err(e) = peer.notify_prompt_list_changed().await {
                         tracing::debug!(error = %e, "a session did not take prompts/list_changed");
                     }
@@ -288,7 +289,8 @@ impl Mcp {
                 }
             }
             if changes.listed {
-                for peer in shared.sessions() {
+                // Files are told of only to a reader, as on `listen`.
+                for (peer, _) in shared.sessions().into_iter().filter(|(_, reads)| *reads) {
                     if let Err(e) = peer.notify_resource_list_changed().await {
                         tracing::debug!(error = %e, "a session did not take resources/list_changed");
                     }
@@ -449,7 +451,9 @@ impl Mcp {
     fn log_level(&self, context: &RequestContext<RoleServer>) -> Option<LoggingLevel> {
         context.meta.log_level().or_else(|| {
             let session = session_of(context)?;
-            lock(&self.0.log_levels).get(&session).copied()
+            lock(&self.0.log_levels)
+                .get(&session)
+                .map(|(_, level)| *level)
         })
     }
 }
@@ -705,9 +709,14 @@ impl ServerHandler for Mcp {
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        let reads = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Caller>())
+            .is_some_and(|c| c.scopes.contains(Scope::Read));
         let mut peers = lock(&self.0.peers);
-        peers.retain(|p| !p.is_transport_closed());
-        peers.push(context.peer);
+        peers.retain(|(p, _)| !p.is_transport_closed());
+        peers.push((context.peer, reads));
     }
 
     async fn list_tools(
@@ -824,10 +833,15 @@ impl ServerHandler for Mcp {
             return Ok(());
         };
         let mut levels = lock(&self.0.log_levels);
+        // Sessions that closed give their place up; only open ones count.
+        levels.retain(|_, (peer, _)| !peer.is_transport_closed());
         if levels.len() >= MAX_SUBSCRIPTIONS && !levels.contains_key(&session) {
-            levels.clear();
+            return Err(McpError::invalid_request(
+                format!("at most {MAX_SUBSCRIPTIONS} sessions may set a log level at once"),
+                None,
+            ));
         }
-        levels.insert(session, request.level);
+        levels.insert(session, (context.peer, request.level));
         Ok(())
     }
 
@@ -900,9 +914,22 @@ impl ServerHandler for Mcp {
         let session = session_of(&context);
         let mut subscribed = lock(&self.0.subscribed);
         subscribed.retain(|s| !s.peer.is_transport_closed());
-        if subscribed.len() >= MAX_SUBSCRIPTIONS {
+        // The same URI twice in one session is one subscription (one
+        // notification per change), not two of the shared slots.
+        if session.is_some()
+            && subscribed
+                .iter()
+                .any(|s| s.session == session && s.uri == request.uri)
+        {
+            return Ok(());
+        }
+        let mine = subscribed.iter().filter(|s| s.session == session).count();
+        if mine >= MAX_SESSION_SUBSCRIPTIONS || subscribed.len() >= MAX_SUBSCRIPTIONS {
             return Err(McpError::invalid_request(
-                format!("at most {MAX_SUBSCRIPTIONS} resource subscriptions at once"),
+                format!(
+                    "at most {MAX_SESSION_SUBSCRIPTIONS} resource subscriptions a session, \
+                     {MAX_SUBSCRIPTIONS} in all"
+                ),
                 None,
             ));
         }
@@ -981,7 +1008,7 @@ impl ServerHandler for Mcp {
                 },
                 changed = prompts.changed() => match changed {
                     Err(_) => return Ok(()),
-                    Ok(()) if wants_prompts => context.sink().notify_prompt_list_changed().await.is_ok(),
+                    Ok(()) if wants_prompts && reads => context.sink().notify_prompt_list_changed().await.is_ok(),
                     Ok(()) => true,
                 },
                 changes = files.recv() => match changes {
@@ -1057,9 +1084,12 @@ impl ServerHandler for Mcp {
     }
 }
 
-/// Resource subscriptions one daemon keeps for all sessions, and one
-/// `subscriptions/listen` may name.
+/// Resource subscriptions one daemon keeps for all sessions (and sessions
+/// with a log level), and one `subscriptions/listen` may name.
 const MAX_SUBSCRIPTIONS: usize = 1_000;
+/// Resource subscriptions one session may hold, so that one cannot take
+/// every place.
+const MAX_SESSION_SUBSCRIPTIONS: usize = 100;
 
 /// The request's `Mcp-Session-Id`.
 fn session_of(context: &RequestContext<RoleServer>) -> Option<String> {

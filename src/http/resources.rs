@@ -200,22 +200,30 @@ pub fn read_file(
 ) -> Result<ResourceContents, ResourceError> {
     let path = ws.normalize(path)?;
     let target = ws.resolve(&path)?;
-    if repo.ignored(&[&path])?.first() == Some(&true) {
+    // The rules judge the file really read: a link `notes.md -> ../.env`,
+    // whose own name no rule ignores, is `.env`.
+    let real = ws.real_path(&target).map_err(FsError::io(&path))?;
+    let really = real.relative();
+    if repo.ignored(&[&path, &really])?.contains(&true) {
         return Err(ResourceError::Ignored(path));
     }
-    let meta = match ws.metadata(&target) {
-        Ok(m) if m.is_file() => m,
-        Ok(_) => return Err(ResourceError::NotFound(path)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    // Opened as judged, through no symlink: one put on the way since fails.
+    let file = match ws.open_real(&real) {
+        Ok(file) => file,
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.kind() == std::io::ErrorKind::InvalidInput
+                || e.raw_os_error() == Some(libc::EISDIR) =>
+        {
             return Err(ResourceError::NotFound(path))
         }
         Err(e) => return Err(FsError::io(&path)(e).into()),
     };
-    if meta.len() > MAX_READ {
-        return Err(ResourceError::TooLarge(path, meta.len()));
+    let len = file.metadata().map_err(FsError::io(&path))?.len();
+    if len > MAX_READ {
+        return Err(ResourceError::TooLarge(path, len));
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    let file = ws.open_file(&target).map_err(FsError::io(&path))?;
+    let mut bytes = Vec::with_capacity(len as usize);
     std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_READ + 1), &mut bytes)
         .map_err(FsError::io(&path))?;
     if bytes.len() as u64 > MAX_READ {

@@ -31,6 +31,11 @@ pub const MAX_PROMPT_ARGUMENTS: usize = 32;
 const MAX_TEXT_PROBLEMS: usize = 10;
 /// Longest placeholder looked for after a `{`: an argument name is at most 64.
 const MAX_PLACEHOLDER: usize = 64;
+/// Most bytes of one filled prompt. A text of many placeholders repeats each
+/// argument as often as it names it: the length is counted before the text is
+/// built, so a large argument in a prompt of thousands of `{a}` is refused,
+/// not made into gigabytes.
+pub const MAX_FILLED_BYTES: usize = 4 << 20;
 
 /// A checked prompt: valid by construction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +72,8 @@ pub enum FillError {
     Unknown(String),
     #[error("the argument `{0}` must be text")]
     NotText(String),
+    #[error("the prompt filled with these arguments would be {0} bytes, more than the {MAX_FILLED_BYTES} a prompt may be: give shorter arguments")]
+    TooLong(usize),
 }
 
 impl Prompt {
@@ -93,7 +100,16 @@ impl Prompt {
             }
             values.push(value);
         }
-        let mut out = String::new();
+        let length = self.text.iter().fold(0usize, |sum, part| {
+            sum.saturating_add(match part {
+                Part::Text(text) => text.len(),
+                Part::Argument(i) => values.get(*i).map_or(0, |v| v.len()),
+            })
+        });
+        if length > MAX_FILLED_BYTES {
+            return Err(FillError::TooLong(length));
+        }
+        let mut out = String::with_capacity(length);
         for part in &self.text {
             match part {
                 Part::Text(text) => out.push_str(text),
@@ -431,6 +447,17 @@ mod tests {
             FillError::Unknown("colour".into())
         );
         assert_eq!(fill(json!({"path": 3})), FillError::NotText("path".into()));
+        // A text of many placeholders does not multiply an argument unbounded.
+        let many = format!(
+            "---\nname: review\ndescription: x\narguments:\n  - name: a\n---\n{}\n",
+            "{a}".repeat(20_000)
+        );
+        let many = one(&many).unwrap();
+        assert!(many.fill(&args(json!({"a": "y".repeat(200)}))).is_ok());
+        assert_eq!(
+            many.fill(&args(json!({"a": "y".repeat(2_000)}))),
+            Err(FillError::TooLong(40_000_000))
+        );
         assert_eq!(
             FillError::Missing("path".into()).to_string(),
             "the argument `path` is required"

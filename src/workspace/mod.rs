@@ -91,6 +91,18 @@ pub const PATH_MAX: usize = 4096;
 /// The name of the writer's temporary files; walks and listings never show them.
 pub const TEMP_PREFIX: &str = ".dynapi-tmp-";
 
+/// A path as `Workspace::real_path` found it: relative to the root, through
+/// no symlink, inside the root and outside `.git`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RealPath(PathBuf);
+
+impl RealPath {
+    /// The repository-relative path, with `/`.
+    pub fn relative(&self) -> String {
+        self.0.to_string_lossy().into_owned()
+    }
+}
+
 /// The daemon's checkout.
 #[derive(Debug, Clone)]
 pub struct Workspace {
@@ -264,6 +276,21 @@ impl Workspace {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Where `path` (from `resolve`) really is, every symlink on it followed
+    /// (the last one too), checked inside the root and outside `.git`: the
+    /// file a rule about what is read must judge (`http::resources` asks the
+    /// ignore rules about it, not about a link's own name).
+    pub fn real_path(&self, path: &Path) -> io::Result<RealPath> {
+        self.real(path).map(RealPath)
+    }
+
+    /// Opens the regular file at `real` for reading exactly as spelled: a
+    /// symlink put on the way since `real_path` looked makes the open fail,
+    /// so what was judged is what is read.
+    pub fn open_real(&self, real: &RealPath) -> io::Result<fs::File> {
+        self.dir.open_read(&real.0)
     }
 
     /// Opens the regular file at `path` (from `resolve` or a walk) for reading.

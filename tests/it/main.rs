@@ -15,6 +15,7 @@ mod inputs;
 mod interference;
 mod jobs;
 mod mcp;
+mod mcp_boundaries;
 mod oauth;
 mod openapi;
 mod operate;

@@ -288,24 +288,6 @@ async fn mcp_refuses_foreign_hosts_and_shows_a_reader_only_what_it_may_do() {
     assert!(!d.workspace.join("x.md").exists());
 }
 
-/// Commits `files` as a human would and waits until the daemon serves it;
-/// returns the commit.
-async fn human_commit(d: &Daemon, files: &[(&str, &[u8])], message: &str) -> String {
-    for (path, bytes) in files {
-        let file = d.workspace.join(path);
-        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-        std::fs::write(file, bytes).unwrap();
-    }
-    d.git(&["add", "-A"]);
-    d.git(&["commit", "-q", "-m", message]);
-    let head = d.git(&["rev-parse", "HEAD"]).trim().to_string();
-    assert!(d
-        .eventually(Duration::from_secs(5), |d| d.served() == head)
-        .await
-        .is_some());
-    head
-}
-
 /// The project's files as resources, in one protocol revision: listed in
 /// pages (ignored secrets and `.git` left out), read as text or base64, read as
 /// of a commit, refused outside the workspace; a human's commit of a
@@ -326,8 +308,9 @@ async fn resources(script: &str, mode: &str) {
         ("docs/a b.md", b"spaced\n"),
         (".gitignore", b".env\n"),
     ]);
-    let first = human_commit(&d, &files, "Notes and data").await;
-    human_commit(&d, &[("notes.md", b"second\n")], "Second notes").await;
+    let first = d.human_commit(&files, "Notes and data").await;
+    d.human_commit(&[("notes.md", b"second\n")], "Second notes")
+        .await;
     // A secret the repository ignores, and a file beside the workspace.
     std::fs::write(d.workspace.join(".env"), "TOKEN=hunter2\n").unwrap();
     std::fs::write(d.workspace.parent().unwrap().join("outside.txt"), "out\n").unwrap();
@@ -425,8 +408,7 @@ async fn resources(script: &str, mode: &str) {
     assert_eq!(values("not_a_path"), json!([]));
 
     client.step("ready").await;
-    human_commit(
-        &d,
+    d.human_commit(
         &[("notes.md", b"third\n"), ("new.md", b"new\n")],
         "Third notes, and a new file",
     )

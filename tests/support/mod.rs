@@ -186,6 +186,24 @@ impl Daemon {
         assert_eq!(a.status, 201, "{}", a.json);
     }
 
+    /// Writes `files` and commits them as a human would; then waits until
+    /// that commit is served, and returns it.
+    pub async fn human_commit(&self, files: &[(&str, &[u8])], message: &str) -> String {
+        for (path, bytes) in files {
+            let file = self.workspace.join(path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, bytes).unwrap();
+        }
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", message]);
+        let head = self.git(&["rev-parse", "HEAD"]).trim().to_string();
+        assert!(self
+            .eventually(Duration::from_secs(5), |d| d.served() == head)
+            .await
+            .is_some());
+        head
+    }
+
     /// How many commits the branch has.
     pub fn commits(&self) -> usize {
         self.git(&["rev-list", "--count", "HEAD"])
