@@ -6,7 +6,8 @@
 //!
 //! Jobs live in memory (a restart forgets them, and shutdown kills their scripts
 //! like any other). A finished job is kept for `keep`, and the finished jobs
-//! together keep at most `budget` bytes of output: past it, the oldest go first.
+//! together keep at most `budget` bytes of output (and 1 KiB each for themselves,
+//! so that the budget bounds their number too): past it, the oldest go first.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -125,8 +126,14 @@ impl Job {
         }
     }
 
-    /// Bytes of output the job holds.
+    /// Bytes the job holds: its output, and `OVERHEAD` for itself, so that
+    /// the budget bounds how many finished jobs are kept even when they
+    /// printed nothing.
     fn size(&self) -> usize {
+        OVERHEAD + self.output_size()
+    }
+
+    fn output_size(&self) -> usize {
         match self.end() {
             Some(end) => end
                 .result
@@ -137,6 +144,9 @@ impl Job {
         }
     }
 }
+
+/// What a job costs besides its output, counted against the budget.
+const OVERHEAD: usize = 1024;
 
 fn new_id() -> String {
     let mut bytes = [0u8; 16];
@@ -164,6 +174,12 @@ impl Jobs {
         let mut table = self.lock();
         table.insert(job.id.clone(), job);
         self.prune(&mut table);
+    }
+
+    /// Forgets a job whose end its caller already answered (an MCP tool
+    /// call that followed its run to the end): nobody will ask for it.
+    pub fn remove(&self, id: &str) {
+        self.lock().remove(id);
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Job>> {

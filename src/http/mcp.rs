@@ -415,15 +415,17 @@ impl Mcp {
                 () = context.ct.cancelled() => {
                     job.live().cancel();
                     job.wait(progress::CANCEL_WAIT).await;
+                    app.jobs.remove(&job.id);
                     return Ok(CallToolResult::structured_error(json!({"error": {
                         "code": "cancelled",
                         "message": format!("the call was cancelled; `{name}`'s processes were stopped"),
-                        "job_id": job.id,
                     }})));
                 }
             };
             if let Some(end) = end {
                 watch.send(&context.peer, &job).await;
+                // Answered here: no getJob will ask for it.
+                app.jobs.remove(&job.id);
                 return Ok(match super::run::answer(&job, &end.result) {
                     Ok(answer) => match &schema {
                         Some(schema) => structured_output(name, answer, schema),
