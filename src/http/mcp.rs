@@ -257,6 +257,14 @@ impl Mcp {
             let Some(old) = last.replace(new.clone()).filter(|old| *old != new) else {
                 continue;
             };
+            // Comparing two trees costs a walk of each: only when someone
+            // would be told (a reading session, a subscription, a listener).
+            let listened = shared.files_changed.receiver_count() > 0
+                || !lock(&shared.subscribed).is_empty()
+                || shared.sessions().iter().any(|(_, reads)| *reads);
+            if !listened {
+                continue;
+            }
             let repo = shared.app.repo.clone();
             let found = tokio::task::spawn_blocking(move || {
                 let id = |s: &str| gix::ObjectId::from_hex(s.as_bytes()).ok();
