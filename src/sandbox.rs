@@ -373,6 +373,12 @@ impl Sandbox {
         if self.support.processes {
             limits.push((libc::RLIMIT_NPROC, self.nproc()));
         }
+        // No limit above the daemon's own hard one: raising it needs
+        // CAP_SYS_RESOURCE, which a container may not grant (the child's
+        // setrlimit failed with EPERM, and the run with it).
+        for (resource, value) in &mut limits {
+            *value = (*value).min(hard_limit(*resource));
+        }
         let user = &self.support.user;
         Ok(Prepared {
             slot: Some(slot),
@@ -806,6 +812,45 @@ fn drop_capabilities() -> Result<(), i32> {
         return Err(libc::EPERM);
     }
     Ok(())
+}
+
+/// The daemon's hard limit of `resource` (the most a child may be given
+/// without CAP_SYS_RESOURCE), read once: a process's hard limits only go down.
+fn hard_limit(resource: libc::__rlimit_resource_t) -> u64 {
+    use std::sync::OnceLock;
+    static HARD: OnceLock<Vec<(libc::__rlimit_resource_t, u64)>> = OnceLock::new();
+    let table = HARD.get_or_init(|| {
+        [
+            libc::RLIMIT_DATA,
+            libc::RLIMIT_AS,
+            libc::RLIMIT_FSIZE,
+            libc::RLIMIT_CORE,
+            libc::RLIMIT_CPU,
+            libc::RLIMIT_NPROC,
+        ]
+        .into_iter()
+        .map(|r| {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes the struct we pass.
+            let ok = unsafe { libc::getrlimit(r, &mut limit) } == 0;
+            (
+                r,
+                if ok {
+                    limit.rlim_max
+                } else {
+                    libc::RLIM_INFINITY
+                },
+            )
+        })
+        .collect()
+    });
+    table
+        .iter()
+        .find(|(r, _)| *r == resource)
+        .map_or(libc::RLIM_INFINITY, |(_, hard)| *hard)
 }
 
 fn errno() -> i32 {
