@@ -51,7 +51,13 @@ curl -fs -H "Authorization: Bearer bench" "http://127.0.0.1:$oport/status" | gre
 curl -fs -H "Authorization: Bearer bench" "http://127.0.0.1:$dport/bench" | grep -q "hello from a script"
 curl -fs "http://127.0.0.1:$wport/hooks/bench" | grep -q "hello from a script"
 
-rps() { wrk -t2 -c"$conns" -d"${secs}s" "$@" | awk '/Requests\/sec/ {print $2}'; }
+# A figure counts only answers that succeeded: a run refused (a 502 is
+# quicker than a script) would inflate it.
+rps() {
+  local out; out=$(wrk -t2 -c"$conns" -d"${secs}s" "$@")
+  if grep -q "Non-2xx" <<<"$out"; then echo "answers that are not 2xx: $out" >&2; exit 1; fi
+  awk '/Requests\/sec/ {print $2}' <<<"$out"
+}
 echo "wrk: ${secs}s, $conns connections, GET, script: scripts/bench.sh"
 d=$(rps -H "Authorization: Bearer bench" "http://127.0.0.1:$dport/bench")
 o=$(rps -H "Authorization: Bearer bench" "http://127.0.0.1:$oport/bench")
