@@ -181,6 +181,10 @@ impl Mcp {
         let config = StreamableHttpServerConfig::default()
             .with_allowed_hosts(allowed)
             .with_max_request_body_bytes(max_body)
+            // A stateless (2026-07-28) call that sends nothing before its
+            // result is answered as plain JSON, not an event stream of one
+            // event; one that tells progress streams as before.
+            .with_json_response(true)
             .with_cancellation_token(stop);
         let handler = self.clone();
         StreamableHttpService::new(
