@@ -823,15 +823,13 @@ impl ServerHandler for Mcp {
         };
         let value = request.argument.value;
         let app = self.0.app.clone();
-        let (values, more) = tokio::task::spawn_blocking(move || match kind {
+        let (values, more) = in_blocking(move || match kind {
             Completing::Path => resources::complete_path(&app.workspace, &app.repo, &value),
             Completing::Commit => {
                 resources::complete_commit(&app.repo, &value, app.config.files.history_walk)
             }
         })
-        .await
-        .map_err(|e| McpError::internal_error(e.to_string(), None))?
-        .map_err(resource_error)?;
+        .await?;
         let info = CompletionInfo::with_pagination(values, None, more)
             .map_err(|e| McpError::internal_error(e, None))?;
         Ok(CompleteResult::new(info))
@@ -867,11 +865,7 @@ impl ServerHandler for Mcp {
         reader_of(&context)?;
         let after = request.and_then(|r| r.cursor);
         let ws = self.0.app.workspace.clone();
-        let (items, next) =
-            tokio::task::spawn_blocking(move || resources::list(&ws, after.as_deref()))
-                .await
-                .map_err(|e| McpError::internal_error(e.to_string(), None))?
-                .map_err(resource_error)?;
+        let (items, next) = in_blocking(move || resources::list(&ws, after.as_deref())).await?;
         let mut result = ListResourcesResult::with_all_items(items);
         result.next_cursor = next;
         Ok(result)
@@ -897,7 +891,7 @@ impl ServerHandler for Mcp {
         let uri = request.uri;
         let target = resources::parse(&uri).map_err(resource_error)?;
         let app = self.0.app.clone();
-        let contents = tokio::task::spawn_blocking(move || match target {
+        let contents = in_blocking(move || match target {
             Target::File(path) => resources::read_file(&app.workspace, &app.repo, &uri, &path),
             Target::AtCommit { commit, path } => resources::read_at(
                 &app.repo,
@@ -907,9 +901,7 @@ impl ServerHandler for Mcp {
                 app.config.files.history_walk,
             ),
         })
-        .await
-        .map_err(|e| McpError::internal_error(e.to_string(), None))?
-        .map_err(resource_error)?;
+        .await?;
         Ok(ReadResourceResult::new(vec![contents]).into())
     }
 
@@ -1068,13 +1060,7 @@ impl ServerHandler for Mcp {
         request: GetPromptRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, McpError> {
-        let caller = caller_of(&context)?;
-        if !caller.scopes.contains(Scope::Read) {
-            return Err(McpError::invalid_request(
-                "prompts need a token with the `read` scope",
-                None,
-            ));
-        }
+        reader_of(&context)?;
         let registry = self.0.app.syncer.registry();
         let Some(prompt) = registry.prompt(&request.name) else {
             return Err(McpError::invalid_params(
@@ -1121,6 +1107,17 @@ fn reader_of(context: &RequestContext<RoleServer>) -> Result<Caller, McpError> {
     let caller = caller_of(context)?;
     super::require(&caller, Scope::Read).map_err(|e| McpError::invalid_request(e.message, None))?;
     Ok(caller)
+}
+
+/// Runs resource work (file and git reads) on the blocking pool; its
+/// refusal as the JSON-RPC error MCP names for it.
+async fn in_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ResourceError> + Send + 'static,
+) -> Result<T, McpError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| McpError::internal_error(e.to_string(), None))?
+        .map_err(resource_error)
 }
 
 /// A resource that cannot be given, as the JSON-RPC error MCP names for it.

@@ -164,16 +164,17 @@ pub fn list(
         if after.is_some_and(|a| path.as_str() <= a) {
             continue;
         }
-        let size = entry.metadata().map(|m| m.len()).ok();
-        page.push((path, size));
+        page.push((path, entry));
     }
-    page.sort();
+    page.sort_by(|a, b| a.0.cmp(&b.0));
     let more = page.len() > PAGE;
     page.truncate(PAGE);
     let next = more.then(|| page.last().map(|(p, _)| p.clone())).flatten();
+    // Sizes of the page's files only: a stat each, not one per file walked.
     let resources = page
         .into_iter()
-        .map(|(path, size)| {
+        .map(|(path, entry)| {
+            let size = entry.metadata().map(|m| m.len()).ok();
             let name = path.rsplit('/').next().unwrap_or(&path).to_string();
             let mut raw = Resource::new(file_uri(&path), name)
                 .with_title(path.clone())

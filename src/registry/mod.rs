@@ -421,6 +421,15 @@ mod tests {
 
     const COUNT: &str = "name: count-lines\ndescription: Count lines.\nmethod: GET\npath: /count-lines/{dir}\nscript: scripts/ok.sh\nargs: [\"{dir}\", \"--max={limit}\", \"{tags}\"]\nparams:\n  dir: {type: string}\n  limit: {type: integer, minimum: 1, maximum: 100, default: 10}\n  tags: {type: array, items: {type: string}, default: []}\n";
 
+    /// What building a registry of `manifests` (scripts all executable) refuses.
+    fn refusal_of(manifests: Vec<(String, String)>) -> Vec<Problem> {
+        let snapshot = Snapshot {
+            manifests,
+            ..Snapshot::default()
+        };
+        Registry::build("", &snapshot, &|_| FileKind::Executable).unwrap_err()
+    }
+
     #[test]
     fn a_valid_manifest_routes_and_binds() {
         let reg = build(&[("manifests/count-lines.yaml", COUNT)]).unwrap();
@@ -612,15 +621,7 @@ mod tests {
                 )
             })
             .collect();
-        let problems = Registry::build(
-            "",
-            &Snapshot {
-                manifests: files,
-                ..Snapshot::default()
-            },
-            &|_| FileKind::Executable,
-        )
-        .unwrap_err();
+        let problems = refusal_of(files);
         assert_eq!(
             problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
             vec!["manifests/e1000.yaml:1:1: `manifests/` holds more than the limit of 1000 manifests; remove some"]
@@ -634,15 +635,7 @@ mod tests {
             .map(|i| (format!("manifests/b{i:03}.yaml"), big.clone()))
             .collect();
         let last = files.last().unwrap().0.clone();
-        let problems = Registry::build(
-            "",
-            &Snapshot {
-                manifests: files,
-                ..Snapshot::default()
-            },
-            &|_| FileKind::Executable,
-        )
-        .unwrap_err();
+        let problems = refusal_of(files);
         let total = problems
             .iter()
             .find(|p| p.message.contains("together"))
