@@ -14,25 +14,10 @@ conns=${2:-8}
 
 port=$(free_port)
 base="http://127.0.0.1:$port"
-cb="http://127.0.0.1:9/cb"
 DYNAPI_TOKEN=bench RUST_LOG=warn "$bin" serve --workspace "$tmp/ws" --listen "127.0.0.1:$port" >/dev/null 2>&1 &
 wait_for "$base/healthz"
 
-# Sign in as an MCP client does: register, the owner approves, redeem the code.
-json() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
-client=$(curl -fs "$base/oauth/register" -H 'content-type: application/json' \
-  -d "{\"redirect_uris\": [\"$cb\"], \"token_endpoint_auth_method\": \"none\"}" | json client_id)
-verifier=$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')
-challenge=$(python3 -c 'import base64, hashlib, sys; print(base64.urlsafe_b64encode(hashlib.sha256(sys.argv[1].encode()).digest()).rstrip(b"=").decode())' "$verifier")
-back=$(curl -fs -o /dev/null -w '%{redirect_url}' "$base/oauth/authorize" \
-  --data-urlencode response_type=code --data-urlencode client_id="$client" \
-  --data-urlencode redirect_uri="$cb" --data-urlencode code_challenge="$challenge" \
-  --data-urlencode code_challenge_method=S256 --data-urlencode owner_token=bench \
-  --data-urlencode grant=read --data-urlencode decision=approve)
-code=$(python3 -c 'import sys, urllib.parse as u; print(dict(u.parse_qsl(u.urlsplit(sys.argv[1]).query))["code"])' "$back")
-access=$(curl -fs "$base/oauth/token" --data-urlencode grant_type=authorization_code \
-  --data-urlencode code="$code" --data-urlencode redirect_uri="$cb" \
-  --data-urlencode client_id="$client" --data-urlencode code_verifier="$verifier" | json access_token)
+access=$(sign_in "$base")
 curl -fs -H "Authorization: Bearer $access" "$base/status" >/dev/null
 
 rps() { wrk -t2 -c"$conns" -d"${secs}s" "$@" | awk '/Requests\/sec/ {print $2}'; }

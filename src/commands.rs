@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::auth::{self, Scopes};
-use crate::config::CheckFormat;
+use crate::config::{CheckFormat, StoreAt};
 use crate::manifest::Problem;
 use crate::registry::{FileKind, Registry, Snapshot, MANIFEST_DIR, PROMPTS_DIR, SETTINGS_FILE};
 use crate::source::repo::Repo;
@@ -195,8 +195,28 @@ pub fn token_new(scopes: &str, name: &str) -> i32 {
     0
 }
 
-/// The OAuth store of the workspace at `dir`, which must exist.
-fn oauth_store(dir: &Path, command: &str) -> Option<crate::oauth::Store> {
+/// The OAuth store `at` names: the shared state's, or the one of the
+/// workspace, which must exist. The commands run its calls on a runtime of
+/// their own.
+fn oauth_store(
+    at: &StoreAt,
+    command: &str,
+) -> Option<(tokio::runtime::Runtime, crate::oauth::Store)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("dynapi {command}: {e}"))
+        .ok()?;
+    if let Some(url) = &at.state {
+        return match runtime.block_on(crate::shared::Shared::connect(url)) {
+            Ok(shared) => Some((runtime, crate::oauth::Store::shared(shared))),
+            Err(e) => {
+                eprintln!("dynapi {command}: {e}");
+                None
+            }
+        };
+    }
+    let dir = &at.workspace;
     let workspace = match workspace::Workspace::open(dir) {
         Ok(w) if dir.join(".git").is_dir() => w,
         _ => {
@@ -210,11 +230,12 @@ fn oauth_store(dir: &Path, command: &str) -> Option<crate::oauth::Store> {
     crate::oauth::Store::open(&workspace.state_dir())
         .map_err(|e| eprintln!("dynapi {command}: {e}"))
         .ok()
+        .map(|store| (runtime, store))
 }
 
 /// `dynapi oauth client new`: a confidential client for GPT Actions' OAuth settings.
 pub fn oauth_client_new(
-    dir: &Path,
+    at: &StoreAt,
     name: &str,
     redirect_uris: Vec<String>,
     scopes: &str,
@@ -228,11 +249,15 @@ pub fn oauth_client_new(
             return 2;
         }
     };
-    let Some(store) = oauth_store(dir, command) else {
+    let Some((runtime, store)) = oauth_store(at, command) else {
         return 1;
     };
-    let (client, secret) = match crate::oauth::add_owner_client(&store, name, redirect_uris, scopes)
-    {
+    let (client, secret) = match runtime.block_on(crate::oauth::add_owner_client(
+        &store,
+        name,
+        redirect_uris,
+        scopes,
+    )) {
         Ok(made) => made,
         Err(e) => {
             eprintln!("dynapi {command}: {}", e.description);
@@ -271,12 +296,12 @@ pub fn oauth_client_new(
 }
 
 /// `dynapi oauth client allow-redirect`: adds an exact redirect URI.
-pub fn oauth_allow_redirect(dir: &Path, id: &str, uri: &str) -> i32 {
+pub fn oauth_allow_redirect(at: &StoreAt, id: &str, uri: &str) -> i32 {
     let command = "oauth client allow-redirect";
-    let Some(store) = oauth_store(dir, command) else {
+    let Some((runtime, store)) = oauth_store(at, command) else {
         return 1;
     };
-    match crate::oauth::allow_redirect(&store, id, uri) {
+    match runtime.block_on(crate::oauth::allow_redirect(&store, id, uri)) {
         Ok(client) => {
             println!(
                 "{} now redirects to: {}",
@@ -293,18 +318,19 @@ pub fn oauth_allow_redirect(dir: &Path, id: &str, uri: &str) -> i32 {
 }
 
 /// `dynapi oauth list`: every client and every grant.
-pub fn oauth_list(dir: &Path) -> i32 {
+pub fn oauth_list(at: &StoreAt) -> i32 {
     let command = "oauth list";
-    let Some(store) = oauth_store(dir, command) else {
+    let Some((runtime, store)) = oauth_store(at, command) else {
         return 1;
     };
-    let (clients, grants) = match (store.clients(), store.grants()) {
-        (Ok(c), Ok(g)) => (c, g),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("dynapi {command}: {e}");
-            return 1;
-        }
-    };
+    let (clients, grants) =
+        match runtime.block_on(async { (store.clients().await, store.grants().await) }) {
+            (Ok(c), Ok(g)) => (c, g),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("dynapi {command}: {e}");
+                return 1;
+            }
+        };
     let when = |t: i64| {
         humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64),
@@ -350,16 +376,18 @@ pub fn oauth_list(dir: &Path) -> i32 {
 }
 
 /// `dynapi oauth revoke ID`: a grant, or a client with its grants.
-pub fn oauth_revoke(dir: &Path, id: &str) -> i32 {
+pub fn oauth_revoke(at: &StoreAt, id: &str) -> i32 {
     let command = "oauth revoke";
-    let Some(store) = oauth_store(dir, command) else {
+    let Some((runtime, store)) = oauth_store(at, command) else {
         return 1;
     };
     let revoked = if id.starts_with("g_") {
-        store.revoke_grant(id).map(|found| (found, "grant"))
+        runtime
+            .block_on(store.revoke_grant(id))
+            .map(|found| (found, "grant"))
     } else {
-        store
-            .remove_client(id)
+        runtime
+            .block_on(store.remove_client(id))
             .map(|found| (found, "client and its grants"))
     };
     match revoked {

@@ -74,16 +74,27 @@ pub enum OauthCommand {
     Client(OauthClientCommand),
     /// List clients and grants.
     List {
-        #[arg(long, env = "DYNAPI_WORKSPACE", default_value = "workspace")]
-        workspace: PathBuf,
+        #[command(flatten)]
+        store: StoreAt,
     },
     /// Revoke a grant (`g_...`), or remove a client with all its grants.
     Revoke {
         /// A grant id or a client id, as `dynapi oauth list` shows them.
         id: String,
-        #[arg(long, env = "DYNAPI_WORKSPACE", default_value = "workspace")]
-        workspace: PathBuf,
+        #[command(flatten)]
+        store: StoreAt,
     },
+}
+
+/// Where `dynapi oauth` finds the OAuth store: the workspace's, or the shared
+/// state's when the daemon runs with `--state`.
+#[derive(Debug, clap::Args)]
+pub struct StoreAt {
+    #[arg(long, env = "DYNAPI_WORKSPACE", default_value = "workspace")]
+    pub workspace: PathBuf,
+    /// The shared state's PostgreSQL URL, as `dynapi serve --state` has it.
+    #[arg(long, env = "DYNAPI_STATE", hide_env_values = true)]
+    pub state: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,15 +117,15 @@ pub enum OauthClientCommand {
             default_value = "http://127.0.0.1:8000"
         )]
         public_url: String,
-        #[arg(long, env = "DYNAPI_WORKSPACE", default_value = "workspace")]
-        workspace: PathBuf,
+        #[command(flatten)]
+        store: StoreAt,
     },
     /// Add a redirect URI to a client made with `client new`.
     AllowRedirect {
         id: String,
         uri: String,
-        #[arg(long, env = "DYNAPI_WORKSPACE", default_value = "workspace")]
-        workspace: PathBuf,
+        #[command(flatten)]
+        store: StoreAt,
     },
 }
 
@@ -203,6 +214,12 @@ pub struct ServeArgs {
     /// GitHub mode: least time between two content-creating API requests (GitHub asks for 1s).
     #[arg(long, env = "DYNAPI_GITHUB_WRITE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub github_write_interval: Duration,
+    /// Replicas: the PostgreSQL URL of the state they share (OAuth, jobs, webhook deliveries, GitHub pacing); each keeps its own without it.
+    #[arg(long, env = "DYNAPI_STATE", hide_env_values = true)]
+    pub state: Option<String>,
+    /// Replicas: how long a replica's running jobs stay `running` after it stops renewing them (it died); then they read `lost`.
+    #[arg(long, env = "DYNAPI_JOB_LEASE", default_value = "10s", value_parser = parse_duration)]
+    pub job_lease: Duration,
     /// How long an OAuth access token lives; clients refresh it with their refresh token.
     #[arg(long, env = "DYNAPI_OAUTH_ACCESS_LIFETIME", default_value = "1h", value_parser = parse_duration)]
     pub oauth_access_lifetime: Duration,
@@ -274,6 +291,10 @@ pub struct Config {
     pub remote: Option<Remote>,
     /// How long an OAuth access token lives (its refresh token gets another).
     pub oauth_access_lifetime: Duration,
+    /// The shared state's PostgreSQL URL (`--state`), when replicas share one.
+    pub state: Option<String>,
+    /// How long a replica's jobs stay running in the shared state without it.
+    pub job_lease: Duration,
     pub connections: ConnectionLimits,
 }
 
@@ -374,6 +395,8 @@ impl Config {
             watch_poll: Default::default(),
             remote: None,
             oauth_access_lifetime: Duration::from_secs(3600),
+            state: None,
+            job_lease: Duration::from_secs(10),
             connections: ConnectionLimits::default(),
         }
     }
@@ -393,6 +416,8 @@ impl Config {
         config.shutdown_grace = args.shutdown_grace;
         config.job_after = args.job_after;
         config.job_keep = args.job_keep;
+        config.state = args.state.clone().filter(|s| !s.is_empty());
+        config.job_lease = args.job_lease.max(Duration::from_secs(2));
         config.oauth_access_lifetime = args.oauth_access_lifetime.max(Duration::from_secs(1));
         config.connections = ConnectionLimits {
             header_timeout: args.header_timeout.max(Duration::from_millis(100)),

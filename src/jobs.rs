@@ -5,7 +5,8 @@
 //! reads its state and output, `DELETE /jobs/{id}` kills its process group.
 //!
 //! Jobs live in memory (a restart forgets them, and shutdown kills their scripts
-//! like any other). A finished job is kept for `keep`, and the finished jobs
+//! like any other); with shared state they are published there too, for the
+//! other replicas (`shared.rs`). A finished job is kept for `keep`, and the finished jobs
 //! together keep at most `budget` bytes of output (and 1 KiB each for themselves,
 //! so that the budget bounds their number too): past it, the oldest go first.
 
@@ -15,8 +16,12 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use crate::exec::{ExecError, Exit, Finished, Live, Running};
-use crate::registry::{Endpoint, Output};
+mod shared;
+
+use crate::exec::{ExecError, Exit, Finished, Live, Output, Running};
+use crate::registry::Endpoint;
+use crate::shared::{Event, Shared, SharedError};
+use shared::SharedJobs;
 
 /// How a job stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +35,9 @@ pub enum State {
     TimedOut,
     /// Stopped by `DELETE /jobs/{id}`.
     Cancelled,
+    /// Shared state only: the replica running it stopped renewing its lease
+    /// (it died); nobody will finish it.
+    Lost,
 }
 
 impl State {
@@ -40,8 +48,45 @@ impl State {
             State::Failed => "failed",
             State::TimedOut => "timed_out",
             State::Cancelled => "cancelled",
+            State::Lost => "lost",
         }
     }
+
+    fn parse(s: &str) -> State {
+        match s {
+            "running" => State::Running,
+            "succeeded" => State::Succeeded,
+            "timed_out" => State::TimedOut,
+            "cancelled" => State::Cancelled,
+            "lost" => State::Lost,
+            _ => State::Failed,
+        }
+    }
+}
+
+/// The error a caller waiting for a run that ended would have got, as its
+/// code and message (the HTTP layer knows them); `None` when it succeeded.
+pub type Describe = fn(&Job, &End) -> Option<(String, String)>;
+
+/// A job as it stands, whichever replica runs it: what `GET /jobs/{id}` shows.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub id: String,
+    pub endpoint: String,
+    /// The token that started it.
+    pub owner: String,
+    pub json_output: bool,
+    pub state: State,
+    pub started_at: SystemTime,
+    pub finished_at: Option<SystemTime>,
+    pub duration_ms: u64,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Its output so far, or all of it.
+    pub output: Output,
+    /// Set when it ended (not cancelled) in what a waiting caller would have
+    /// got as an error.
+    pub error: Option<(String, String)>,
 }
 
 /// The end of a job's run.
@@ -83,7 +128,7 @@ impl Job {
         Arc::new(Job {
             id: new_id(),
             endpoint: endpoint.name.clone(),
-            json_output: endpoint.output == Output::Json,
+            json_output: endpoint.output == crate::registry::Output::Json,
             timeout: endpoint.timeout,
             owner: owner.to_string(),
             started_at: SystemTime::now(),
@@ -126,6 +171,43 @@ impl Job {
         }
     }
 
+    /// The job as it stands now.
+    pub fn seen(&self, describe: Describe) -> Seen {
+        let end = self.end();
+        let state = self.state();
+        let finished = end.as_ref().and_then(|e| e.result.as_ref().ok());
+        let output = match finished {
+            Some(f) => Output {
+                streams: [f.stdout.clone(), f.stderr.clone()],
+                truncated: [f.stdout_truncated, f.stderr_truncated],
+            },
+            None => self.live.read(Output::clone),
+        };
+        let (exit_code, signal) = match finished.map(|f| f.exit) {
+            Some(Exit::Code(c)) => (Some(c), None),
+            Some(Exit::Signal(s)) => (None, Some(s)),
+            _ => (None, None),
+        };
+        let error = match &end {
+            Some(end) if state != State::Cancelled => describe(self, end),
+            _ => None,
+        };
+        Seen {
+            id: self.id.clone(),
+            endpoint: self.endpoint.clone(),
+            owner: self.owner.clone(),
+            json_output: self.json_output,
+            state,
+            started_at: self.started_at,
+            finished_at: end.as_ref().map(|e| e.at),
+            duration_ms: elapsed_ms(self, end.as_deref()),
+            exit_code,
+            signal,
+            output,
+            error,
+        }
+    }
+
     /// Bytes the job holds: its output, and `OVERHEAD` for itself, so that
     /// the budget bounds how many finished jobs are kept even when they
     /// printed nothing.
@@ -159,6 +241,7 @@ pub struct Jobs {
     table: Mutex<HashMap<String, Arc<Job>>>,
     keep: Duration,
     budget: usize,
+    shared: Option<Arc<SharedJobs>>,
 }
 
 impl Jobs {
@@ -167,19 +250,60 @@ impl Jobs {
             table: Mutex::default(),
             keep,
             budget,
+            shared: None,
         }
     }
 
-    pub fn insert(&self, job: Arc<Job>) {
-        let mut table = self.lock();
-        table.insert(job.id.clone(), job);
-        self.prune(&mut table);
+    /// Jobs published in the shared state too, where other replicas read them;
+    /// `lease`: how long one stays running there without this replica.
+    pub fn shared(mut self, shared: Option<Arc<Shared>>, lease: Duration) -> Jobs {
+        self.shared = shared.map(|shared| {
+            Arc::new(SharedJobs {
+                shared,
+                lease,
+                keep: self.keep,
+            })
+        });
+        self
+    }
+
+    /// Keeps `job` (and publishes it, with shared state); `describe` names
+    /// the error its end would have been to a waiting caller.
+    pub async fn insert(&self, job: Arc<Job>, describe: Describe) {
+        {
+            let mut table = self.lock();
+            table.insert(job.id.clone(), job.clone());
+            self.prune(&mut table);
+        }
+        if let Some(shared) = &self.shared {
+            shared.publish(job, describe).await;
+        }
     }
 
     /// Forgets a job whose end its caller already answered (an MCP tool
     /// call that followed its run to the end): nobody will ask for it.
     pub fn remove(&self, id: &str) {
         self.lock().remove(id);
+        if let Some(shared) = &self.shared {
+            shared.remove(id);
+        }
+    }
+
+    /// A job another replica runs (or ran), from the shared state; `None`
+    /// without one.
+    pub async fn elsewhere(&self, id: &str) -> Result<Option<Seen>, SharedError> {
+        match &self.shared {
+            Some(shared) => shared.read(id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Asks the replica running job `id` to stop it.
+    pub async fn cancel_elsewhere(&self, id: &str) -> Result<(), SharedError> {
+        match &self.shared {
+            Some(shared) => shared.shared.notify(&Event::Cancel(id.to_string())).await,
+            None => Ok(()),
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Job>> {

@@ -20,6 +20,8 @@
 //! - `sql`: statements against SQLite (the default) and PostgreSQL, read-only
 //!   unless allowed.
 //! - `webhook`: GitHub webhook signatures, replays, and payloads.
+//! - `shared`: the state replicas share in PostgreSQL (`--state`): the pool,
+//!   the schema, the notifications between replicas.
 //! - `http`: the warp routes, the only module that knows HTTP.
 //! - `commands`: the one-shot commands `check`, `init`, `token new` and `oauth`.
 //!
@@ -45,6 +47,7 @@ pub mod oauth;
 pub mod openapi;
 pub mod registry;
 pub mod sandbox;
+pub mod shared;
 pub mod source;
 pub mod sql;
 pub mod webhook;
@@ -101,6 +104,8 @@ pub struct App {
     pub jobs: jobs::Jobs,
     pub sql: sql::Sql,
     pub deliveries: webhook::Deliveries,
+    /// The state replicas share (`--state`), if they do.
+    pub shared: Option<Arc<shared::Shared>>,
     /// Tokens that do not come from the repository: `DYNAPI_TOKEN` or the generated one.
     pub tokens: Vec<TokenEntry>,
     /// The authorization server, and the access tokens it issued.
@@ -180,10 +185,18 @@ impl App {
                 config.workspace.display()
             );
         }
+        let shared = match &config.state {
+            Some(url) => Some(
+                shared::Shared::connect(url)
+                    .await
+                    .context("the shared state (--state)")?,
+            ),
+            None => None,
+        };
         let github = match &config.remote {
             Some(remote) => Some(
                 GitHub::new(&remote.url, &remote.api_url, remote.token.as_deref())?
-                    .with_write_interval(remote.write_interval),
+                    .paced(remote.write_interval, shared.clone()),
             ),
             None => None,
         };
@@ -274,8 +287,13 @@ impl App {
             tracing::warn!("serving {} from the local checkout: {e}", report.served);
             syncer.trigger(Trigger::Startup);
         }
+        let store = match &shared {
+            Some(shared) => oauth::Store::shared(shared.clone()),
+            None => oauth::Store::open(&workspace.state_dir())?,
+        };
         let oauth = oauth::OAuth::new(
-            oauth::Store::open(&workspace.state_dir())?,
+            store,
+            shared.clone(),
             config.oauth_access_lifetime,
             oauth::documents_may_be_local(config.listen, config.public_url.as_deref()),
         );
@@ -292,9 +310,11 @@ impl App {
                 .observed(observe_runs(audit.clone(), metrics.clone())),
             audit,
             metrics,
-            jobs: jobs::Jobs::new(config.job_keep, JOB_OUTPUT_BUDGET),
+            jobs: jobs::Jobs::new(config.job_keep, JOB_OUTPUT_BUDGET)
+                .shared(shared.clone(), config.job_lease),
             sql: sql::Sql::default(),
-            deliveries: webhook::Deliveries::default(),
+            deliveries: webhook::Deliveries::shared(shared.clone()),
+            shared,
             writes,
             repo,
             syncer,
@@ -383,6 +403,33 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 /// Serves `app` on `listener` until `shutdown` is cancelled. Then: stop accepting,
 /// let running requests finish for `shutdown_grace`, kill the scripts still
 /// running, and return.
+/// What other replicas say through the shared state: a push one of them
+/// was told of (sync now), a job of this one to stop.
+async fn hear_replicas(
+    app: Arc<App>,
+    mut events: tokio::sync::broadcast::Receiver<shared::Event>,
+    shutdown: CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            () = shutdown.cancelled() => return,
+        };
+        match event {
+            Ok(shared::Event::Sync | shared::Event::Reconnected) | Err(RecvError::Lagged(_)) => {
+                app.syncer.trigger(source::sync::Trigger::Replica);
+            }
+            Ok(shared::Event::Cancel(id)) => {
+                if let Some(job) = app.jobs.get(&id) {
+                    job.live().cancel();
+                }
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
@@ -417,6 +464,13 @@ pub async fn serve(
         routes,
         mcp: mcp.service(hosts, app.config.max_body as usize, shutdown.child_token()),
     };
+    if let Some(shared) = &app.shared {
+        tasks.spawn(hear_replicas(
+            app.clone(),
+            shared.subscribe(),
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(mcp.clone().announce_changes(shutdown.clone()));
     tasks.spawn(mcp.announce_file_changes(shutdown.clone()));
     tasks.close();

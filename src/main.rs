@@ -26,24 +26,18 @@ fn main() -> std::process::ExitCode {
             redirect_uris,
             scopes,
             public_url,
-            workspace,
-        })) => dynapi::commands::oauth_client_new(
-            &workspace,
-            &name,
-            redirect_uris,
-            &scopes,
-            &public_url,
-        ),
+            store,
+        })) => {
+            dynapi::commands::oauth_client_new(&store, &name, redirect_uris, &scopes, &public_url)
+        }
         Command::Oauth(OauthCommand::Client(OauthClientCommand::AllowRedirect {
             id,
             uri,
-            workspace,
-        })) => dynapi::commands::oauth_allow_redirect(&workspace, &id, &uri),
-        Command::Oauth(OauthCommand::List { workspace }) => {
-            dynapi::commands::oauth_list(&workspace)
-        }
-        Command::Oauth(OauthCommand::Revoke { id, workspace }) => {
-            dynapi::commands::oauth_revoke(&workspace, &id)
+            store,
+        })) => dynapi::commands::oauth_allow_redirect(&store, &id, &uri),
+        Command::Oauth(OauthCommand::List { store }) => dynapi::commands::oauth_list(&store),
+        Command::Oauth(OauthCommand::Revoke { id, store }) => {
+            dynapi::commands::oauth_revoke(&store, &id)
         }
         Command::Serve(args) => {
             init_tracing(args.log_format);

@@ -76,7 +76,7 @@ fn job_view() -> Value {
         (
             "state",
             "string",
-            "running, succeeded, failed, timed_out or cancelled",
+            "running, succeeded, failed, timed_out, cancelled, or lost (replicas: the one running it died)",
         ),
         ("exit_code", "integer", ""),
         (

@@ -602,7 +602,7 @@ async fn invoke(
             return answer(&job, &end.result).map(|a| warp::reply::json(&a).into_response());
         }
     }
-    app.jobs.insert(job.clone());
+    app.jobs.insert(job.clone(), super::jobs::describe).await;
     let message = if run_async {
         format!(
             "`{}` runs as a job; GET /jobs/{} reads its state and output, DELETE /jobs/{} stops it",

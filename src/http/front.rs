@@ -93,7 +93,7 @@ impl Front {
             .headers()
             .get(http::header::HOST)
             .and_then(|v| v.to_str().ok());
-        let mut response = match bearer(&self.app, header, host, Audience::Mcp) {
+        let mut response = match bearer(&self.app, header, host, Audience::Mcp).await {
             Ok(caller) => {
                 req.extensions_mut().insert(caller);
                 let mut r = match self.mcp.call(req).await {

@@ -23,7 +23,6 @@ use warp::{Filter, Rejection};
 use super::run::answer;
 use super::{auth, parse_query, raw_query, respond, with_app, ApiError, Auth};
 use crate::auth::{Caller, Scope};
-use crate::exec::{Exit, Output};
 use crate::jobs::{self, Job, State};
 use crate::App;
 
@@ -44,11 +43,17 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
         .and(with_app(app.clone()))
         .then(
             |id: String, query: String, auth: Auth, app: Arc<App>| async move {
-                respond((|| {
-                    let job = find(&app, &id, auth)?;
-                    let page: Page = parse_query(&query)?;
-                    Ok(warp::reply::json(&view(&job, &page)?))
-                })())
+                respond(
+                    async {
+                        let page: Page = parse_query(&query)?;
+                        let seen = match find(&app, &id, auth).await? {
+                            Found::Here(job) => job.seen(describe),
+                            Found::Elsewhere(seen) => *seen,
+                        };
+                        Ok(warp::reply::json(&view(&seen, &page)?))
+                    }
+                    .await,
+                )
             },
         );
     let delete = warp::path!("jobs" / String)
@@ -58,12 +63,20 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
         .then(|id: String, auth: Auth, app: Arc<App>| async move {
             respond(
                 async {
-                    let job = find(&app, &id, auth)?;
-                    if job.end().is_none() {
-                        job.live().cancel();
-                        job.wait(CANCEL_WAIT).await;
-                    }
-                    Ok(warp::reply::json(&view(&job, &Page::default())?))
+                    let seen = match find(&app, &id, auth).await? {
+                        Found::Here(job) => {
+                            if job.end().is_none() {
+                                job.live().cancel();
+                                job.wait(CANCEL_WAIT).await;
+                            }
+                            job.seen(describe)
+                        }
+                        Found::Elsewhere(seen) if seen.state == State::Running => {
+                            cancel_elsewhere(&app, *seen).await?
+                        }
+                        Found::Elsewhere(seen) => *seen,
+                    };
+                    Ok(warp::reply::json(&view(&seen, &Page::default())?))
                 }
                 .await,
             )
@@ -82,35 +95,74 @@ pub(super) struct Page {
     limit: Option<usize>,
 }
 
-fn find(app: &App, id: &str, auth: Auth) -> Result<Arc<Job>, ApiError> {
-    let caller: Caller = auth.check()?;
-    app.jobs
-        .get(id)
-        .filter(|job| job.owner == caller.token_name || caller.scopes.contains(Scope::Admin))
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "no job `{id}`: finished jobs are dropped after a while, and a restart forgets them"
-            ))
-        })
+/// Where a job is: run by this daemon, or (replicas) by another one.
+enum Found {
+    Here(Arc<Job>),
+    Elsewhere(Box<jobs::Seen>),
 }
 
-fn view(job: &Job, page: &Page) -> Result<Value, ApiError> {
+async fn find(app: &App, id: &str, auth: Auth) -> Result<Found, ApiError> {
+    let caller: Caller = auth.check()?;
+    let may_see = |owner: &str| owner == caller.token_name || caller.scopes.contains(Scope::Admin);
+    let not_found = || {
+        ApiError::not_found(format!(
+            "no job `{id}`: finished jobs are dropped after a while, and a restart forgets them"
+        ))
+    };
+    if let Some(job) = app.jobs.get(id) {
+        return match may_see(&job.owner) {
+            true => Ok(Found::Here(job)),
+            false => Err(not_found()),
+        };
+    }
+    match app.jobs.elsewhere(id).await.map_err(unavailable)? {
+        Some(seen) if may_see(&seen.owner) => Ok(Found::Elsewhere(Box::new(seen))),
+        _ => Err(not_found()),
+    }
+}
+
+fn unavailable(e: crate::shared::SharedError) -> ApiError {
+    ApiError::new(
+        warp::http::StatusCode::SERVICE_UNAVAILABLE,
+        "state_unavailable",
+        format!("the shared state cannot be read now; try again: {e}"),
+    )
+}
+
+/// Asks the replica running the job to stop it, and reads the job until it
+/// ended (or `CANCEL_WAIT` passed).
+async fn cancel_elsewhere(app: &App, seen: jobs::Seen) -> Result<jobs::Seen, ApiError> {
+    app.jobs
+        .cancel_elsewhere(&seen.id)
+        .await
+        .map_err(unavailable)?;
+    let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
+    let mut last = seen;
+    while last.state == State::Running && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if let Some(now) = app.jobs.elsewhere(&last.id).await.map_err(unavailable)? {
+            last = now;
+        }
+    }
+    Ok(last)
+}
+
+/// The error a waiting caller would have got from the run's end.
+pub(super) fn describe(job: &Job, end: &jobs::End) -> Option<(String, String)> {
+    answer(job, &end.result)
+        .err()
+        .map(|e| (e.code.to_string(), e.message))
+}
+
+fn view(job: &jobs::Seen, page: &Page) -> Result<Value, ApiError> {
     let limit = page.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
         return Err(ApiError::bad_request(format!(
             "`limit` is between 1 and {MAX_LIMIT}"
         )));
     }
-    let end = job.end();
-    let state = job.state();
-    let finished = end.as_ref().and_then(|e| e.result.as_ref().ok());
-    let output = match finished {
-        Some(f) => Output {
-            streams: [f.stdout.clone(), f.stderr.clone()],
-            truncated: [f.stdout_truncated, f.stderr_truncated],
-        },
-        None => job.live().read(Output::clone),
-    };
+    let state = job.state;
+    let output = &job.output;
     let stdout = &output.streams[0];
     if page.offset > stdout.len() {
         return Err(ApiError::bad_request(format!(
@@ -132,19 +184,14 @@ fn view(job: &Job, page: &Page) -> Result<Value, ApiError> {
     let tail_start = (tail_start..stderr.len())
         .find(|&i| !is_continuation(stderr[i]))
         .unwrap_or(stderr.len());
-    let (exit_code, signal) = match finished.map(|f| f.exit) {
-        Some(Exit::Code(c)) => (Some(c), None),
-        Some(Exit::Signal(s)) => (None, Some(s)),
-        _ => (None, None),
-    };
     let mut view = json!({
         "id": job.id,
         "endpoint": job.endpoint,
         "state": state.as_str(),
         "started_at": rfc3339(job.started_at),
-        "finished_at": end.as_ref().map(|e| rfc3339(e.at)),
-        "duration_ms": jobs::elapsed_ms(job, end.as_deref()),
-        "exit_code": exit_code,
+        "finished_at": job.finished_at.map(rfc3339),
+        "duration_ms": job.duration_ms,
+        "exit_code": job.exit_code,
         "output": out,
         "offset": page.offset,
         "next_offset": stop,
@@ -153,15 +200,11 @@ fn view(job: &Job, page: &Page) -> Result<Value, ApiError> {
         "stderr": String::from_utf8_lossy(&stderr[tail_start..]),
         "truncated": output.truncated[0] || output.truncated[1],
     });
-    if let Some(s) = signal {
+    if let Some(s) = job.signal {
         view["signal"] = json!(s);
     }
-    if let Some(end) = &end {
-        if state != State::Cancelled {
-            if let Err(e) = answer(job, &end.result) {
-                view["error"] = json!({"code": e.code, "message": e.message});
-            }
-        }
+    if let Some((code, message)) = &job.error {
+        view["error"] = json!({"code": code, "message": message});
     }
     Ok(view)
 }

@@ -233,20 +233,23 @@ pub(crate) fn auth(
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::header::optional::<String>("host"))
         .and(warp::ext::optional::<FromMcp>())
-        .map(
+        .then(
             move |method: warp::http::Method,
                   path: warp::path::FullPath,
                   header: Option<String>,
                   host: Option<String>,
                   mcp: Option<FromMcp>| {
-                let at = if mcp.is_some() {
-                    Audience::Mcp
-                } else {
-                    Audience::Api
-                };
-                Auth {
-                    caller: bearer(&app, header.as_deref(), host.as_deref(), at),
-                    documented: catalog::Scopes::of(method.as_str(), path.as_str()),
+                let app = app.clone();
+                async move {
+                    let at = if mcp.is_some() {
+                        Audience::Mcp
+                    } else {
+                        Audience::Api
+                    };
+                    Auth {
+                        caller: bearer(&app, header.as_deref(), host.as_deref(), at).await,
+                        documented: catalog::Scopes::of(method.as_str(), path.as_str()),
+                    }
                 }
             },
         )
@@ -255,7 +258,7 @@ pub(crate) fn auth(
 /// The caller whose token the `Authorization` header carries, or the 401 answer
 /// with the `WWW-Authenticate` challenge that points OAuth clients at the
 /// resource's metadata (RFC 9728 5.1).
-pub(crate) fn bearer(
+pub(crate) async fn bearer(
     app: &App,
     header: Option<&str>,
     host: Option<&str>,
@@ -296,17 +299,26 @@ pub(crate) fn bearer(
         return Ok(caller);
     }
     if token.starts_with(ACCESS_PREFIX) {
-        return app.oauth.verify(token, at).map_err(|denied| match denied {
-            Denied::Expired => refuse("the access token expired; use the refresh token", true),
-            Denied::ElseWhere(resource) => {
-                let resource = resource.unwrap_or_else(|| Audience::Mcp.resource(&base()));
-                refuse(
-                    &format!("the access token was issued for {resource}, not this resource"),
-                    true,
-                )
-            }
-            Denied::Unknown => refuse("the bearer token is not valid", true),
-        });
+        return app
+            .oauth
+            .verify(token, at)
+            .await
+            .map_err(|denied| match denied {
+                Denied::Expired => refuse("the access token expired; use the refresh token", true),
+                Denied::ElseWhere(resource) => {
+                    let resource = resource.unwrap_or_else(|| Audience::Mcp.resource(&base()));
+                    refuse(
+                        &format!("the access token was issued for {resource}, not this resource"),
+                        true,
+                    )
+                }
+                Denied::Unknown => refuse("the bearer token is not valid", true),
+                Denied::Unavailable => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "state_unavailable",
+                    "the OAuth store cannot be read now; try again",
+                ),
+            });
     }
     Err(refuse("the bearer token is not valid", true))
 }

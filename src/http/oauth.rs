@@ -135,8 +135,8 @@ fn register(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejecti
         .and(warp::post())
         .and(with_app(app))
         .and(body(BODY_LIMIT))
-        .map(|app: Arc<App>, body: Result<Bytes, ApiError>| {
-            let registered = body
+        .then(|app: Arc<App>, body: Result<Bytes, ApiError>| async move {
+            let parsed = body
                 .map_err(|e| OAuthError::new("invalid_client_metadata", e.message))
                 .and_then(|b| {
                     serde_json::from_slice::<oauth::ClientMetadata>(&b).map_err(|e| {
@@ -145,11 +145,14 @@ fn register(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejecti
                             format!("the body is not client metadata JSON: {e}"),
                         )
                     })
-                })
-                .and_then(|meta| {
-                    let method = meta.token_endpoint_auth_method.clone();
-                    Ok((app.oauth.register(meta)?, method))
                 });
+            let registered = match parsed {
+                Ok(meta) => {
+                    let method = meta.token_endpoint_auth_method.clone();
+                    app.oauth.register(meta).await.map(|r| (r, method))
+                }
+                Err(e) => Err(e),
+            };
             match registered {
                 Ok(((client, secret), asked)) => {
                     audit(
@@ -193,11 +196,13 @@ fn token(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection>
         .and(host())
         .and(with_app(app))
         .and(form_request::<TokenParams>())
-        .map(
-            |host: Option<String>, app: Arc<App>, request: FormRequest<TokenParams>| {
+        .then(
+            |host: Option<String>, app: Arc<App>, request: FormRequest<TokenParams>| async move {
                 let base = base_url(&app, host.as_deref());
-                let answer =
-                    request.and_then(|(basic, params)| app.oauth.token(&base, params, basic));
+                let answer = match request {
+                    Ok((basic, params)) => app.oauth.token(&base, params, basic).await,
+                    Err(e) => Err(e),
+                };
                 match answer {
                     Ok(tokens) => no_store(warp::reply::json(&tokens)),
                     Err(e) => oauth_error(&e),
@@ -212,13 +217,18 @@ fn revoke(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
         .and(warp::post())
         .and(with_app(app))
         .and(form_request::<RevokeParams>())
-        .map(|app: Arc<App>, request: FormRequest<RevokeParams>| {
-            let answer = request.and_then(|(basic, params)| app.oauth.revoke(&params, basic));
-            match answer {
-                Ok(()) => no_store(warp::reply::json(&json!({}))),
-                Err(e) => oauth_error(&e),
-            }
-        })
+        .then(
+            |app: Arc<App>, request: FormRequest<RevokeParams>| async move {
+                let answer = match request {
+                    Ok((basic, params)) => app.oauth.revoke(&params, basic).await,
+                    Err(e) => Err(e),
+                };
+                match answer {
+                    Ok(()) => no_store(warp::reply::json(&json!({}))),
+                    Err(e) => oauth_error(&e),
+                }
+            },
+        )
 }
 
 /// The HTTP Basic client credentials (if any) and the parameters of a token
@@ -391,7 +401,7 @@ fn decide(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
                 // Guesses are counted per address, so a stranger's cannot
                 // lock out an owner elsewhere.
                 let from = peer.map(|p| front::address_key(p.0.ip()));
-                if let Err(wait) = app.oauth.owner_may_try(from) {
+                if let Err(wait) = app.oauth.owner_may_try(from).await {
                     return too_many_guesses(&base, &params, &approval, wait);
                 }
                 let token = field("owner_token").unwrap_or_default();
@@ -402,7 +412,7 @@ fn decide(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
                 )
                 .filter(|_| !token.trim().is_empty());
                 let Some(owner) = owner else {
-                    let locked = app.oauth.owner_guessed_wrong(from);
+                    let locked = app.oauth.owner_guessed_wrong(from).await;
                     audit(&app, "-", &format!("approve client {}: wrong token", approval.client.id));
                     if let Some(wait) = locked.filter(|w| !w.is_zero()) {
                         return too_many_guesses(&base, &params, &approval, wait);
@@ -431,7 +441,7 @@ fn decide(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
                     let html = consent_html(&base, &params, &approval, Some("Tick at least one scope, or deny."));
                     return page(StatusCode::BAD_REQUEST, &html);
                 }
-                match app.oauth.approve(&base, &approval, granted, &owner) {
+                match app.oauth.approve(&base, &approval, granted, &owner).await {
                     Ok(url) => {
                         audit(
                             &app,

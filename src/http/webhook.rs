@@ -2,7 +2,8 @@
 //! HMAC-SHA256 signature (`X-Hub-Signature-256`) with `DYNAPI_WEBHOOK_SECRET` is
 //! the credential, checked over the raw bytes before anything is parsed. The
 //! answer comes before any sync runs: a push only wakes the sync loop, which
-//! coalesces triggers.
+//! coalesces triggers. With shared state (`--state`) a push also tells the
+//! other replicas to sync, and a delivery id is a replay on every replica.
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
 use super::{body, respond, with_app, ApiError};
+use crate::shared::Event;
 use crate::source::sync::Trigger;
 use crate::webhook::{self, EventRepository, PullRequestEvent, Push};
 use crate::App;
@@ -28,13 +30,13 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
         .and(warp::header::optional::<String>("x-github-delivery"))
         .and(with_app(app))
         .and(body(MAX_PAYLOAD))
-        .map(
+        .then(
             |signature: Option<String>,
              event: Option<String>,
              delivery: Option<String>,
              app: Arc<App>,
-             body: Result<Bytes, ApiError>| {
-                respond(receive(&app, signature, event, delivery, body))
+             body: Result<Bytes, ApiError>| async move {
+                respond(receive(&app, signature, event, delivery, body).await)
             },
         )
 }
@@ -43,7 +45,7 @@ fn accepted(value: serde_json::Value) -> Response {
     warp::reply::with_status(warp::reply::json(&value), StatusCode::ACCEPTED).into_response()
 }
 
-fn receive(
+async fn receive(
     app: &App,
     signature: Option<String>,
     event: Option<String>,
@@ -69,7 +71,7 @@ fn receive(
         ));
     }
     if let Some(id) = delivery.as_deref() {
-        if !app.deliveries.first_time(id) {
+        if !app.deliveries.first_time(id).await {
             return Ok(
                 warp::reply::json(&json!({"delivery": id, "duplicate": true})).into_response(),
             );
@@ -106,6 +108,14 @@ fn receive(
                 })));
             }
             app.syncer.trigger(Trigger::Webhook);
+            // GitHub delivers to one replica; it tells the others.
+            if let Some(shared) = app.shared.clone() {
+                tokio::spawn(async move {
+                    if let Err(e) = shared.notify(&Event::Sync).await {
+                        tracing::warn!("could not tell the other replicas of a push: {e}");
+                    }
+                });
+            }
             Ok(accepted(
                 json!({"event": "push", "sync": "started", "after": push.after}),
             ))

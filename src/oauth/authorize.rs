@@ -4,11 +4,12 @@
 //! client with `state` and `iss` (RFC 9207); and the limit on wrong owner
 //! tokens per address at the consent page.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Caller, Scope, Scopes};
+use crate::shared::{Shared, SharedError};
 
 use super::register::redirect_matches;
 use super::{
@@ -36,24 +37,22 @@ const LOCKED_BACKOFF: Duration = Duration::from_secs(60);
 /// Addresses remembered before those with no recent guess are forgotten.
 const GUESSERS_KEPT: usize = 4096;
 
-/// One address's recent wrong owner tokens.
+/// One address's recent wrong owner tokens: kept in memory, or (replicas)
+/// in the shared state's `dynapi_guesses`, where every replica counts them.
 #[derive(Debug, Default)]
 pub(super) struct Guesses {
     /// When, oldest first, within `GUESS_WINDOW`.
-    wrong: std::collections::VecDeque<std::time::Instant>,
+    wrong: std::collections::VecDeque<SystemTime>,
     /// While locked: when the next token may be checked, and how many wrong
     /// ones were given while locked (the backoff's exponent).
-    next_check: Option<std::time::Instant>,
+    next_check: Option<SystemTime>,
     locked_wrong: u32,
 }
 
 impl Guesses {
-    fn forget_old(&mut self) {
-        while self
-            .wrong
-            .front()
-            .is_some_and(|t| t.elapsed() >= GUESS_WINDOW)
-        {
+    fn forget_old(&mut self, now: SystemTime) {
+        let recent = |t: &SystemTime| now.duration_since(*t).unwrap_or_default() < GUESS_WINDOW;
+        while self.wrong.front().is_some_and(|t| !recent(t)) {
             self.wrong.pop_front();
         }
         if !self.locked() {
@@ -65,6 +64,84 @@ impl Guesses {
     fn locked(&self) -> bool {
         self.wrong.len() >= MAX_GUESSES
     }
+
+    /// `Err(wait)` while the address is locked and its next check is later.
+    fn may_try(&mut self, now: SystemTime) -> Result<(), Duration> {
+        self.forget_old(now);
+        match self.next_check {
+            Some(next) if self.locked() && next > now => {
+                Err(next.duration_since(now).unwrap_or_default())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a wrong token; the wait before the next try when now locked.
+    fn guessed_wrong(&mut self, now: SystemTime) -> Option<Duration> {
+        self.forget_old(now);
+        let was_locked = self.locked();
+        self.wrong.push_back(now);
+        if !self.locked() {
+            return None;
+        }
+        let wait = if was_locked {
+            let wait = Duration::from_secs(1u64 << self.locked_wrong.min(6)).min(LOCKED_BACKOFF);
+            self.locked_wrong += 1;
+            self.next_check = Some(now + wait);
+            wait
+        } else {
+            // Just locked: the next try is checked (it may be the owner's).
+            Duration::ZERO
+        };
+        Some(wait)
+    }
+}
+
+/// The shared state's key of an address.
+fn address_key(from: Option<std::net::IpAddr>) -> String {
+    from.map_or_else(|| "-".to_string(), |a| a.to_string())
+}
+
+/// Reads an address's guesses from the shared state, lets `change` count
+/// them, and writes them back, in one transaction that locks the row.
+async fn in_shared<T>(
+    shared: &Shared,
+    from: Option<std::net::IpAddr>,
+    change: impl FnOnce(&mut Guesses) -> T,
+) -> Result<T, SharedError> {
+    let key = address_key(from);
+    let mut db = shared.client().await?;
+    let tx = db.transaction().await?;
+    tx.execute(
+        "INSERT INTO dynapi_guesses (address, wrong) VALUES ($1, '{}') ON CONFLICT (address) DO NOTHING",
+        &[&key],
+    )
+    .await?;
+    let row = tx
+        .query_one(
+            "SELECT wrong, next_check, locked_wrong FROM dynapi_guesses WHERE address = $1 FOR UPDATE",
+            &[&key],
+        )
+        .await?;
+    let mut guesses = Guesses {
+        wrong: row.get::<_, Vec<SystemTime>>(0).into(),
+        next_check: row.get(1),
+        locked_wrong: row.get::<_, i32>(2).max(0) as u32,
+    };
+    let answer = change(&mut guesses);
+    let wrong: Vec<SystemTime> = guesses.wrong.into();
+    if wrong.is_empty() {
+        tx.execute("DELETE FROM dynapi_guesses WHERE address = $1", &[&key])
+            .await?;
+    } else {
+        tx.execute(
+            "UPDATE dynapi_guesses SET wrong = $2, next_check = $3, locked_wrong = $4 WHERE address = $1",
+            &[&key, &wrong, &guesses.next_check, &(guesses.locked_wrong as i32)],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(answer)
 }
 
 /// An authorization request's parameters (RFC 6749 4.1.1, RFC 7636, RFC 8707),
@@ -107,47 +184,39 @@ pub enum Refused {
 impl OAuth {
     /// Whether an owner token from `from` is checked now, or how long that
     /// address must wait first (it gave too many wrong ones).
-    pub fn owner_may_try(&self, from: Option<std::net::IpAddr>) -> Result<(), Duration> {
-        let mut all = self.guesses.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(guesses) = all.get_mut(&from) else {
-            return Ok(());
-        };
-        guesses.forget_old();
-        match guesses.next_check {
-            Some(next) if guesses.locked() && next > std::time::Instant::now() => {
-                Err(next.saturating_duration_since(std::time::Instant::now()))
+    pub async fn owner_may_try(&self, from: Option<std::net::IpAddr>) -> Result<(), Duration> {
+        let now = SystemTime::now();
+        if let Some(shared) = &self.shared {
+            match in_shared(shared, from, |g| g.may_try(now)).await {
+                Ok(answer) => return answer,
+                Err(e) => tracing::warn!("owner-token guesses: {e}; this replica's count answers"),
             }
-            _ => Ok(()),
+        }
+        let mut all = self.guesses.lock().unwrap_or_else(|p| p.into_inner());
+        match all.get_mut(&from) {
+            Some(guesses) => guesses.may_try(now),
+            None => Ok(()),
         }
     }
 
     /// Counts a wrong owner token from `from`; answers how long that address
     /// must wait before its next try when it is now locked.
-    pub fn owner_guessed_wrong(&self, from: Option<std::net::IpAddr>) -> Option<Duration> {
+    pub async fn owner_guessed_wrong(&self, from: Option<std::net::IpAddr>) -> Option<Duration> {
+        let now = SystemTime::now();
+        if let Some(shared) = &self.shared {
+            match in_shared(shared, from, |g| g.guessed_wrong(now)).await {
+                Ok(answer) => return answer,
+                Err(e) => tracing::warn!("owner-token guesses: {e}; this replica counts alone"),
+            }
+        }
         let mut all = self.guesses.lock().unwrap_or_else(|p| p.into_inner());
         if all.len() >= GUESSERS_KEPT && !all.contains_key(&from) {
             all.retain(|_, g| {
-                g.forget_old();
+                g.forget_old(now);
                 !g.wrong.is_empty()
             });
         }
-        let guesses = all.entry(from).or_default();
-        guesses.forget_old();
-        let was_locked = guesses.locked();
-        guesses.wrong.push_back(std::time::Instant::now());
-        if !guesses.locked() {
-            return None;
-        }
-        let wait = if was_locked {
-            let wait = Duration::from_secs(1u64 << guesses.locked_wrong.min(6)).min(LOCKED_BACKOFF);
-            guesses.locked_wrong += 1;
-            guesses.next_check = Some(std::time::Instant::now() + wait);
-            wait
-        } else {
-            // Just locked: the next try is checked (it may be the owner's).
-            Duration::ZERO
-        };
-        Some(wait)
+        all.entry(from).or_default().guessed_wrong(now)
     }
 
     /// Checks an authorization request as RFC 6749 4.1.2.1 orders it: the client
@@ -281,7 +350,7 @@ impl OAuth {
     }
 
     /// The owner approved `granted`: a code, and where to send the browser.
-    pub fn approve(
+    pub async fn approve(
         &self,
         base: &str,
         a: &Approval,
@@ -289,22 +358,24 @@ impl OAuth {
         approver: &Caller,
     ) -> Result<String, OAuthError> {
         let code = new_secret("");
-        self.store.add_code(
-            &hash(&code),
-            &store::Code {
-                client_id: a.client.id.clone(),
-                redirect_uri: a.redirect_uri.clone(),
-                redirect_given: a.redirect_given,
-                challenge: a.challenge.clone(),
-                scope: scope_string(granted),
-                resource: a.resource.clone(),
-                audience: a.audience.as_str().into(),
-                approved_by: approver.token_name.clone(),
-                expires: store::later(CODE_LIFETIME),
-                grant_id: None,
-            },
-        )?;
-        self.store.mark_approved(&a.client.id)?;
+        self.store
+            .add_code(
+                &hash(&code),
+                &store::Code {
+                    client_id: a.client.id.clone(),
+                    redirect_uri: a.redirect_uri.clone(),
+                    redirect_given: a.redirect_given,
+                    challenge: a.challenge.clone(),
+                    scope: scope_string(granted),
+                    resource: a.resource.clone(),
+                    audience: a.audience.as_str().into(),
+                    approved_by: approver.token_name.clone(),
+                    expires: store::later(CODE_LIFETIME),
+                    grant_id: None,
+                },
+            )
+            .await?;
+        self.store.mark_approved(&a.client.id).await?;
         Ok(back_to_client(
             &a.redirect_uri,
             vec![("code", code.as_str())],

@@ -124,6 +124,9 @@ pub enum Denied {
     Expired,
     /// Issued for `/mcp` only (RFC 8707): the resource it names, if it named one.
     ElseWhere(Option<String>),
+    /// The store could not be read (the shared state's database is down):
+    /// the token may be good, so it is not refused as unknown.
+    Unavailable,
 }
 
 /// The authorization server's state: the store and how long tokens live.
@@ -139,11 +142,18 @@ pub struct OAuth {
     /// Recent wrong owner tokens, by the address they came from (`None`: a
     /// request without one, as in-process).
     guesses: std::sync::Mutex<std::collections::HashMap<Option<std::net::IpAddr>, Guesses>>,
+    /// Replicas count the guesses together here, when they share state.
+    shared: Option<std::sync::Arc<crate::shared::Shared>>,
 }
 
 impl OAuth {
     /// `local_documents`: see `documents_may_be_local`.
-    pub fn new(store: Store, access_lifetime: Duration, local_documents: bool) -> OAuth {
+    pub fn new(
+        store: Store,
+        shared: Option<std::sync::Arc<crate::shared::Shared>>,
+        access_lifetime: Duration,
+        local_documents: bool,
+    ) -> OAuth {
         crate::install_tls();
         let builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -163,6 +173,7 @@ impl OAuth {
             local_documents,
             access_lifetime,
             guesses: Default::default(),
+            shared,
         }
     }
 }

@@ -55,7 +55,10 @@ impl OAuth {
     /// Dynamic registration (RFC 7591): a public client (`none`) or one with a
     /// secret (`client_secret_basic`, the RFC's default, or `_post`). The secret
     /// is answered once and only its hash kept.
-    pub fn register(&self, meta: ClientMetadata) -> Result<(Client, Option<String>), OAuthError> {
+    pub async fn register(
+        &self,
+        meta: ClientMetadata,
+    ) -> Result<(Client, Option<String>), OAuthError> {
         let method = meta
             .token_endpoint_auth_method
             .as_deref()
@@ -67,7 +70,7 @@ impl OAuth {
             ));
         }
         check_metadata(&meta)?;
-        self.room_for_a_stranger()?;
+        self.room_for_a_stranger().await?;
         let secret = (method != "none").then(|| new_secret(SECRET_PREFIX));
         let client = Client {
             id: format!("dyn_{}", random_hex(12)),
@@ -80,15 +83,16 @@ impl OAuth {
             fetched: None,
             approved: false,
         };
-        self.store.add_client(&client)?;
+        self.store.add_client(&client).await?;
         Ok((client, secret))
     }
 
     /// Whether another client may come by itself (`MAX_REGISTERED`).
-    fn room_for_a_stranger(&self) -> Result<(), OAuthError> {
+    async fn room_for_a_stranger(&self) -> Result<(), OAuthError> {
         let left = self
             .store
-            .prune_strangers(store::now() - UNUSED_CLIENT_KEPT)?;
+            .prune_strangers(store::now() - UNUSED_CLIENT_KEPT)
+            .await?;
         if left >= MAX_REGISTERED {
             return Err(OAuthError::new(
                 "temporarily_unavailable",
@@ -103,7 +107,7 @@ impl OAuth {
     /// private address is read only when the configuration allows it
     /// (`documents_may_be_local`).
     pub(super) async fn client(&self, id: &str) -> Result<Option<Client>, OAuthError> {
-        let known = self.store.client(id)?;
+        let known = self.store.client(id).await?;
         let is_document = document::is_document_id(id, self.local_documents);
         let approved = known.as_ref().is_some_and(|c| c.approved);
         match known {
@@ -113,7 +117,7 @@ impl OAuth {
                 return Ok(Some(c))
             }
             Some(_) => {}
-            None => self.room_for_a_stranger()?,
+            None => self.room_for_a_stranger().await?,
         }
         let meta = document::fetch(&self.http, id)
             .await
@@ -130,7 +134,7 @@ impl OAuth {
             fetched: Some(store::now()),
             approved,
         };
-        self.store.add_client(&client)?;
+        self.store.add_client(&client).await?;
         Ok(Some(client))
     }
 }
@@ -141,7 +145,7 @@ impl OAuth {
 /// Actions' OAuth settings take one. It may skip PKCE, which GPT Actions do
 /// not send; when it does send a challenge, the challenge is enforced. Only the
 /// command line makes them, on the store alone: no server is needed.
-pub fn add_owner_client(
+pub async fn add_owner_client(
     store: &Store,
     name: &str,
     redirect_uris: Vec<String>,
@@ -162,16 +166,21 @@ pub fn add_owner_client(
         fetched: None,
         approved: true,
     };
-    store.add_client(&client)?;
+    store.add_client(&client).await?;
     Ok((client, secret))
 }
 
 /// Adds a redirect URI to an owner's client (GPT Actions show their callback
 /// URL only once the action is saved).
-pub fn allow_redirect(store: &Store, client_id: &str, uri: &str) -> Result<Client, OAuthError> {
+pub async fn allow_redirect(
+    store: &Store,
+    client_id: &str,
+    uri: &str,
+) -> Result<Client, OAuthError> {
     check_redirect_uri(uri).map_err(|e| OAuthError::new("invalid_redirect_uri", e))?;
     let mut client = store
-        .client(client_id)?
+        .client(client_id)
+        .await?
         .ok_or_else(|| OAuthError::new("invalid_client", format!("no client `{client_id}`")))?;
     if client.kind != ClientKind::Owner {
         return Err(OAuthError::new(
@@ -187,7 +196,7 @@ pub fn allow_redirect(store: &Store, client_id: &str, uri: &str) -> Result<Clien
             ));
         }
         client.redirect_uris.push(uri.to_string());
-        store.add_client(&client)?;
+        store.add_client(&client).await?;
     }
     Ok(client)
 }

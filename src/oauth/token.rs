@@ -67,20 +67,22 @@ pub struct Tokens {
 
 impl OAuth {
     /// The token endpoint: `authorization_code` and `refresh_token` grants.
-    pub fn token(
+    pub async fn token(
         &self,
         base: &str,
         p: TokenParams,
         basic: Option<(String, String)>,
     ) -> Result<Tokens, OAuthError> {
-        let client = self.authenticate(&Credentials {
-            basic,
-            id: p.client_id.clone(),
-            secret: p.client_secret.clone(),
-        })?;
+        let client = self
+            .authenticate(&Credentials {
+                basic,
+                id: p.client_id.clone(),
+                secret: p.client_secret.clone(),
+            })
+            .await?;
         match p.grant_type.as_deref() {
-            Some("authorization_code") => self.redeem(base, &client, &p),
-            Some("refresh_token") => self.refresh(base, &client, &p),
+            Some("authorization_code") => self.redeem(base, &client, &p).await,
+            Some("refresh_token") => self.refresh(base, &client, &p).await,
             Some(other) => Err(OAuthError::new(
                 "unsupported_grant_type",
                 format!("grant_type `{other}` is not supported; use authorization_code or refresh_token"),
@@ -91,7 +93,7 @@ impl OAuth {
 
     /// Who the client is (RFC 6749 2.3): one way of authenticating, a secret
     /// exactly when the client has one, compared by hash in constant time.
-    pub fn authenticate(&self, c: &Credentials) -> Result<Client, OAuthError> {
+    pub async fn authenticate(&self, c: &Credentials) -> Result<Client, OAuthError> {
         let (id, secret) = match &c.basic {
             Some(_) if c.secret.is_some() => {
                 return Err(OAuthError::new(
@@ -115,7 +117,7 @@ impl OAuth {
             )
         };
         let id = id.ok_or_else(|| OAuthError::new("invalid_client", "client_id is missing"))?;
-        let client = self.store.client(id)?.ok_or_else(unknown)?;
+        let client = self.store.client(id).await?.ok_or_else(unknown)?;
         match (client.secret_hash, secret) {
             (Some(expected), Some(given)) if bool::from(expected.ct_eq(&hash(given))) => Ok(client),
             (Some(_), _) => Err(unknown()),
@@ -127,7 +129,12 @@ impl OAuth {
         }
     }
 
-    fn redeem(&self, base: &str, client: &Client, p: &TokenParams) -> Result<Tokens, OAuthError> {
+    async fn redeem(
+        &self,
+        base: &str,
+        client: &Client,
+        p: &TokenParams,
+    ) -> Result<Tokens, OAuthError> {
         let grant_error = |d: &str| OAuthError::new("invalid_grant", d);
         let given = p
             .code
@@ -136,11 +143,12 @@ impl OAuth {
         let code_hash = hash(given);
         let code = self
             .store
-            .code(&code_hash)?
+            .code(&code_hash)
+            .await?
             .ok_or_else(|| grant_error("the code is not known"))?;
         if let Some(grant) = &code.grant_id {
             // RFC 6749 4.1.2: a code used twice may have been stolen.
-            self.store.revoke_grant(grant)?;
+            self.store.revoke_grant(grant).await?;
             return Err(grant_error(
                 "the code was already used; the tokens issued for it are revoked",
             ));
@@ -207,13 +215,16 @@ impl OAuth {
         };
         let access = new_secret(ACCESS_PREFIX);
         let refresh = new_secret(REFRESH_PREFIX);
-        let stored = self.store.redeem(
-            &code_hash,
-            &grant,
-            &hash(&refresh),
-            &hash(&access),
-            store::later(self.access_lifetime),
-        )?;
+        let stored = self
+            .store
+            .redeem(
+                &code_hash,
+                &grant,
+                &hash(&refresh),
+                &hash(&access),
+                store::later(self.access_lifetime),
+            )
+            .await?;
         if !stored {
             return Err(grant_error("the code was already used"));
         }
@@ -227,19 +238,24 @@ impl OAuth {
         })
     }
 
-    fn refresh(&self, base: &str, client: &Client, p: &TokenParams) -> Result<Tokens, OAuthError> {
+    async fn refresh(
+        &self,
+        base: &str,
+        client: &Client,
+        p: &TokenParams,
+    ) -> Result<Tokens, OAuthError> {
         let grant_error = |d: &str| OAuthError::new("invalid_grant", d);
         let given = p
             .refresh_token
             .as_deref()
             .ok_or_else(|| OAuthError::new("invalid_request", "refresh_token is missing"))?;
         let old = hash(given);
-        let Some(grant) = self.store.grant_by_refresh(&old)? else {
+        let Some(grant) = self.store.grant_by_refresh(&old).await? else {
             // A rotated-away token coming back means two parties hold it
             // (OAuth 2.1 4.3.1): the grant ends for both.
-            if let Some(grant) = self.store.grant_by_previous_refresh(&old)? {
+            if let Some(grant) = self.store.grant_by_previous_refresh(&old).await? {
                 if grant.client_id == client.id {
-                    self.store.revoke_grant(&grant.id)?;
+                    self.store.revoke_grant(&grant.id).await?;
                     return Err(grant_error(
                         "this refresh token was already used and replaced; the grant is revoked, sign in again",
                     ));
@@ -253,7 +269,7 @@ impl OAuth {
             ));
         }
         if grant.refresh_expires < store::now() {
-            self.store.revoke_grant(&grant.id)?;
+            self.store.revoke_grant(&grant.id).await?;
             return Err(grant_error("the refresh token expired; sign in again"));
         }
         let granted = parse_scope(&grant.scope);
@@ -284,17 +300,20 @@ impl OAuth {
         )?;
         let access = new_secret(ACCESS_PREFIX);
         let refresh = new_secret(REFRESH_PREFIX);
-        let rotated = self.store.rotate(
-            &grant.id,
-            &old,
-            &hash(&refresh),
-            store::later(REFRESH_LIFETIME),
-            &store::NewAccess {
-                hash: &hash(&access),
-                scope: &scope,
-                expires: store::later(self.access_lifetime),
-            },
-        )?;
+        let rotated = self
+            .store
+            .rotate(
+                &grant.id,
+                &old,
+                &hash(&refresh),
+                store::later(REFRESH_LIFETIME),
+                &store::NewAccess {
+                    hash: &hash(&access),
+                    scope: &scope,
+                    expires: store::later(self.access_lifetime),
+                },
+            )
+            .await?;
         if !rotated {
             return Err(grant_error(
                 "the refresh token was used by another request at the same time",
@@ -313,16 +332,18 @@ impl OAuth {
     /// Revocation (RFC 7009): a refresh token ends its grant and every access
     /// token of it; an access token ends itself. Unknown tokens are answered
     /// like known ones (2.2), but another client's token is refused.
-    pub fn revoke(
+    pub async fn revoke(
         &self,
         p: &RevokeParams,
         basic: Option<(String, String)>,
     ) -> Result<(), OAuthError> {
-        let client = self.authenticate(&Credentials {
-            basic,
-            id: p.client_id.clone(),
-            secret: p.client_secret.clone(),
-        })?;
+        let client = self
+            .authenticate(&Credentials {
+                basic,
+                id: p.client_id.clone(),
+                secret: p.client_secret.clone(),
+            })
+            .await?;
         let token = p
             .token
             .as_deref()
@@ -334,28 +355,28 @@ impl OAuth {
                 "the token was issued to another client",
             )
         };
-        if let Some(grant) = self.store.grant_by_refresh(&h)? {
+        if let Some(grant) = self.store.grant_by_refresh(&h).await? {
             if grant.client_id != client.id {
                 return Err(not_yours());
             }
-            self.store.revoke_grant(&grant.id)?;
-        } else if let Some(access) = self.store.access(&h)? {
+            self.store.revoke_grant(&grant.id).await?;
+        } else if let Some(access) = self.store.access(&h).await? {
             if access.client_id != client.id {
                 return Err(not_yours());
             }
-            self.store.revoke_access(&h)?;
+            self.store.revoke_access(&h).await?;
         }
         Ok(())
     }
 
     /// The caller an access token stands for, if it is live and meant for `at`.
-    pub fn verify(&self, token: &str, at: Audience) -> Result<Caller, Denied> {
-        let access = match self.store.access(&hash(token)) {
+    pub async fn verify(&self, token: &str, at: Audience) -> Result<Caller, Denied> {
+        let access = match self.store.access(&hash(token)).await {
             Ok(Some(a)) => a,
             Ok(None) => return Err(Denied::Unknown),
             Err(e) => {
                 tracing::error!("{e}");
-                return Err(Denied::Unknown);
+                return Err(Denied::Unavailable);
             }
         };
         if access.expires < store::now() {

@@ -10,7 +10,9 @@
 //! GitHub asks integrations to wait a second between content-creating requests
 //! (its secondary rate limits), so those go one at a time, `write_interval`
 //! apart, as octokit's throttling plugin does. When GitHub says the rate limit is
-//! used up, nothing is sent until it resets.
+//! used up, nothing is sent until it resets. Replicas with shared state
+//! (`--state`) pace together: one write at a time over all of them, and a
+//! reset one of them was told of holds them all.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +23,7 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::shared::{Shared, SharedError};
 use crate::source::repo::Origin;
 
 /// The context of the commit status the daemon posts.
@@ -62,17 +65,149 @@ struct Pace {
     /// Held across reading and posting a status, so two checks of one commit
     /// do not both find it missing and post it twice.
     statuses: tokio::sync::Mutex<()>,
+    /// Replicas sharing one token pace together: the next write's time and
+    /// the rate limit's reset live in the shared state's `dynapi_github` row.
+    shared: Option<Arc<Shared>>,
 }
 
 impl Pace {
-    fn new(write_interval: Duration) -> Pace {
+    fn new(write_interval: Duration, shared: Option<Arc<Shared>>) -> Pace {
         Pace {
             write_interval,
             next_write: tokio::sync::Mutex::new(Instant::now()),
             blocked_until: std::sync::Mutex::new(None),
             statuses: tokio::sync::Mutex::new(()),
+            shared,
         }
     }
+
+    /// Records that nothing may be sent for `wait`, for every replica.
+    async fn block(&self, wait: Duration) {
+        *self.blocked_until.lock().unwrap() = Some(Instant::now() + wait);
+        if let Some(shared) = &self.shared {
+            let blocked = async {
+                shared
+                    .client()
+                    .await?
+                    .execute(
+                        "UPDATE dynapi_github SET blocked_until =
+                             greatest(blocked_until, now() + $1::bigint * interval '1 millisecond') WHERE id = 1",
+                        &[&(wait.as_millis() as i64)],
+                    )
+                    .await?;
+                Ok::<_, SharedError>(())
+            };
+            if let Err(e) = blocked.await {
+                tracing::warn!(
+                    "GitHub's rate limit could not be shared with the other replicas: {e}"
+                );
+            }
+        }
+    }
+
+    /// How long until GitHub's rate limit resets, as this replica or (shared
+    /// state) any replica was told.
+    async fn blocked_for(&self) -> Duration {
+        let here = self
+            .blocked_until
+            .lock()
+            .unwrap()
+            .map(|until| until.saturating_duration_since(Instant::now()))
+            .unwrap_or_default();
+        let Some(shared) = &self.shared else {
+            return here;
+        };
+        let there = async {
+            let row = shared
+                .client()
+                .await?
+                .query_one(
+                    "SELECT coalesce(greatest(extract(epoch FROM blocked_until - now()) * 1000, 0), 0)::bigint
+                     FROM dynapi_github WHERE id = 1",
+                    &[],
+                )
+                .await?;
+            Ok::<_, SharedError>(Duration::from_millis(row.get::<_, i64>(0).max(0) as u64))
+        };
+        match there.await {
+            Ok(there) => here.max(there),
+            Err(e) => {
+                tracing::warn!("GitHub's shared rate limit could not be read: {e}");
+                here
+            }
+        }
+    }
+
+    /// Sends one content-creating request `write_interval` after the last one
+    /// of every replica: the shared row is locked while it waits and sends, so
+    /// the replicas' writes go one at a time. Without the shared state (or
+    /// when it does not answer) this replica paces alone.
+    async fn write<T>(&self, send: impl std::future::Future<Output = T>) -> T {
+        let mut next = self.next_write.lock().await;
+        if let Some(shared) = &self.shared {
+            match self.hold_shared(shared).await {
+                Ok((mut db, wait)) => {
+                    tokio::time::sleep(wait.max(next.saturating_duration_since(Instant::now())))
+                        .await;
+                    let sent = send.await;
+                    *next = Instant::now() + self.write_interval;
+                    if let Err(e) = release_shared(&mut db, self.write_interval).await {
+                        tracing::warn!("GitHub's shared pacing: {e}");
+                    }
+                    return sent;
+                }
+                Err(e) => tracing::warn!("GitHub's shared pacing: {e}; this replica paces alone"),
+            }
+        }
+        tokio::time::sleep_until(*next).await;
+        let sent = send.await;
+        *next = Instant::now() + self.write_interval;
+        sent
+    }
+
+    /// Locks the shared pacing row in a transaction on a connection of its
+    /// own; answers how long until the next write may go.
+    async fn hold_shared(
+        &self,
+        shared: &Shared,
+    ) -> Result<(deadpool_postgres::Object, Duration), SharedError> {
+        let db = shared.client().await?;
+        db.batch_execute("BEGIN").await?;
+        let row = db
+            .query_one(
+                "SELECT greatest(extract(epoch FROM next_write - clock_timestamp()) * 1000, 0)::bigint
+                 FROM dynapi_github WHERE id = 1 FOR UPDATE",
+                &[],
+            )
+            .await;
+        match row {
+            Ok(row) => Ok((
+                db,
+                Duration::from_millis(row.get::<_, i64>(0).max(0) as u64),
+            )),
+            Err(e) => {
+                let _ = db.batch_execute("ROLLBACK").await;
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// Sets the next write's time `interval` after now and lets the row go.
+async fn release_shared(
+    db: &mut deadpool_postgres::Object,
+    interval: Duration,
+) -> Result<(), SharedError> {
+    let set = db
+        .execute(
+            "UPDATE dynapi_github SET next_write = clock_timestamp() + $1::bigint * interval '1 millisecond' WHERE id = 1",
+            &[&(interval.as_millis() as i64)],
+        )
+        .await;
+    let end = if set.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    db.batch_execute(end).await?;
+    set?;
+    Ok(())
 }
 
 /// Whether `host` (`name` or `name:port`, IPv6 in brackets) is this machine.
@@ -127,26 +262,26 @@ impl GitHub {
             owner: owner.to_string(),
             repo: repo.to_string(),
             origin,
-            pace: Arc::new(Pace::new(WRITE_INTERVAL)),
+            pace: Arc::new(Pace::new(WRITE_INTERVAL, None)),
         })
     }
 
-    /// Content-creating requests go at least `interval` apart (default: a second).
-    pub fn with_write_interval(mut self, interval: Duration) -> GitHub {
-        self.pace = Arc::new(Pace::new(interval));
+    /// Content-creating requests go at least `interval` apart (default: a
+    /// second), counted over every replica of `shared` when given.
+    pub fn paced(mut self, interval: Duration, shared: Option<Arc<Shared>>) -> GitHub {
+        self.pace = Arc::new(Pace::new(interval, shared));
         self
     }
 
     /// Waits until GitHub's rate limit allows a request, or fails at once when
     /// that is more than `MAX_WAIT` away.
     async fn wait_for_rate_limit(&self) -> Result<(), GitHubError> {
-        let until = *self.pace.blocked_until.lock().unwrap();
-        if let Some(until) = until.filter(|u| *u > Instant::now()) {
-            let wait = until - Instant::now();
-            if wait > MAX_WAIT {
-                return Err(GitHubError::RateLimited(wait));
-            }
-            tokio::time::sleep_until(until).await;
+        let wait = self.pace.blocked_for().await;
+        if wait > MAX_WAIT {
+            return Err(GitHubError::RateLimited(wait));
+        }
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
         Ok(())
     }
@@ -167,14 +302,14 @@ impl GitHub {
         let response = if method == "GET" {
             self.client._get(route.as_str()).await
         } else {
-            let mut next = self.pace.next_write.lock().await;
-            tokio::time::sleep_until(*next).await;
-            let sent = match method {
-                "POST" => self.client._post(route.as_str(), body).await,
-                _ => self.client._patch(route.as_str(), body).await,
-            };
-            *next = Instant::now() + self.pace.write_interval;
-            sent
+            self.pace
+                .write(async {
+                    match method {
+                        "POST" => self.client._post(route.as_str(), body).await,
+                        _ => self.client._patch(route.as_str(), body).await,
+                    }
+                })
+                .await
         }
         .map_err(|e| GitHubError::Unreachable(e.to_string()))?;
         let status = response.status().as_u16();
@@ -203,7 +338,7 @@ impl GitHub {
         if (200..300).contains(&status) {
             if used_up {
                 // This one went through; the next would not.
-                *self.pace.blocked_until.lock().unwrap() = Some(Instant::now() + until_reset());
+                self.pace.block(until_reset()).await;
             }
             return Ok(json);
         }
@@ -219,7 +354,7 @@ impl GitHub {
                 None if used_up => until_reset(),
                 None => Duration::from_secs(60),
             };
-            *self.pace.blocked_until.lock().unwrap() = Some(Instant::now() + wait);
+            self.pace.block(wait).await;
             return Err(GitHubError::RateLimited(wait));
         }
         Err(GitHubError::Api { status, message })

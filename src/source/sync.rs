@@ -42,6 +42,8 @@ pub enum Trigger {
     Write,
     Poll,
     Webhook,
+    /// Another replica was told of a push (shared state).
+    Replica,
 }
 
 #[derive(Debug, Clone, Serialize)]

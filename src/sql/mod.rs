@@ -10,7 +10,7 @@
 
 mod postgres;
 mod sqlite;
-mod tls;
+pub(crate) mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::support::github::{Failure, GitHub, Status};
 use crate::support::{git, template_repo, Daemon};
 
-const SECRET: &str = "webhook-secret";
+pub(crate) const SECRET: &str = "webhook-secret";
 /// The fixtures' pushes go to `master`.
 pub(crate) const BRANCH: &str = "master";
 
@@ -52,11 +52,21 @@ pub(crate) async fn webhook(d: &Daemon, event: &str, body: &[u8]) -> u16 {
 async fn deliver(d: &Daemon, event: &str, body: &[u8]) -> (u16, Value) {
     let mut id = [0u8; 8];
     getrandom::fill(&mut id).unwrap();
+    deliver_as(d, event, &hex::encode(id), body).await
+}
+
+/// Delivers a signed event with the delivery id `delivery`; its status and answer.
+pub(crate) async fn deliver_as(
+    d: &Daemon,
+    event: &str,
+    delivery: &str,
+    body: &[u8],
+) -> (u16, Value) {
     let answer = d
         .client
         .post(format!("{}/webhooks/github", d.url))
         .header("X-GitHub-Event", event)
-        .header("X-GitHub-Delivery", hex::encode(id))
+        .header("X-GitHub-Delivery", delivery)
         .header(
             "X-Hub-Signature-256",
             dynapi::webhook::sign(SECRET.as_bytes(), body),
@@ -336,15 +346,21 @@ async fn content_creating_requests_are_paced_one_at_a_time() {
     for a in futures_util::future::join_all(writes).await {
         assert_eq!(a.status, 201, "{}", a.json);
     }
+    let creating = paced(&gh, interval);
+    // Three writes: a tree, a commit and a ref update each (and the statuses
+    // posted on what gets served, paced with them).
+    let git_data = creating.iter().filter(|(_, r)| r.contains("/git/")).count();
+    assert_eq!(git_data, 9, "{creating:?}");
+}
+
+/// The content-creating requests the emulator took, after checking that
+/// each came at least `interval` after the one before.
+pub(crate) fn paced(gh: &GitHub, interval: Duration) -> Vec<(std::time::Instant, String)> {
     let creating: Vec<_> = gh
         .timed_requests()
         .into_iter()
         .filter(|(_, r)| r.starts_with("POST") || r.starts_with("PATCH"))
         .collect();
-    // Three writes: a tree, a commit and a ref update each (and the statuses
-    // posted on what gets served, paced with them).
-    let git_data = creating.iter().filter(|(_, r)| r.contains("/git/")).count();
-    assert_eq!(git_data, 9, "{creating:?}");
     for pair in creating.windows(2) {
         let gap = pair[1].0 - pair[0].0;
         assert!(
@@ -354,6 +370,7 @@ async fn content_creating_requests_are_paced_one_at_a_time() {
             pair[1].1
         );
     }
+    creating
 }
 
 #[tokio::test]

@@ -21,6 +21,7 @@ mod openapi;
 mod operate;
 mod project;
 mod prompts;
+mod replicas;
 mod review;
 mod sandbox;
 mod security;

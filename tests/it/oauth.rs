@@ -1241,6 +1241,7 @@ async fn a_client_nobody_approved_gets_its_errors_on_a_page_not_a_redirect() {
         vec![REDIRECT.to_string()],
         dynapi::auth::Scopes::all(),
     )
+    .await
     .unwrap();
     let back = b
         .get(

@@ -1,23 +1,23 @@
-//! Where the authorization server keeps its clients, grants, codes and access
-//! tokens: a SQLite file in the state folder (`.git/dynapi/oauth.db`), outside
-//! git, shared by the daemon and `dynapi oauth` on the command line (SQLite's
-//! locking makes that safe; a revocation on the command line takes effect on the
-//! next request). Only SHA-256 hashes of secrets, codes and tokens are stored.
+//! The OAuth store in SQLite: a file in the state folder (`.git/dynapi/oauth.db`),
+//! outside git, shared by the daemon and `dynapi oauth` on the command line
+//! (SQLite's locking makes that safe; a revocation on the command line takes
+//! effect on the next request).
 //!
 //! Only this module's connection may open the file in the daemon's process:
 //! SQLite's locks are POSIX record locks, which belong to the process, so
 //! closing any other descriptor of the file would silently drop them.
 //!
-//! This module knows rows, not flows: `oauth/mod.rs` decides what a request may
-//! do. Every call takes the connection's std `Mutex` for a few statements on an
+//! Every call takes the connection's std `Mutex` for a few statements on an
 //! indexed table; that is microseconds, so the async threads call it directly
 //! instead of handing it to a blocking pool.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{now, Access, Client, ClientKind, Code, Grant, NewAccess, StoreError};
 
 /// The file's name in the state folder.
 pub const FILE: &str = "oauth.db";
@@ -69,134 +69,16 @@ CREATE TABLE IF NOT EXISTS access (
 );
 ";
 
-/// Seconds since the epoch.
-pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-pub fn later(after: Duration) -> i64 {
-    now().saturating_add(after.as_secs() as i64)
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("the OAuth store {path}: {source}")]
-pub struct StoreError {
-    path: PathBuf,
-    source: rusqlite::Error,
-}
-
-/// How a client came to be known.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientKind {
-    /// Registered itself (RFC 7591).
-    Registered,
-    /// Made by the owner with `dynapi oauth client new`.
-    Owner,
-    /// Its id is the URL of its metadata document.
-    Document,
-}
-
-impl ClientKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ClientKind::Registered => "registered",
-            ClientKind::Owner => "owner",
-            ClientKind::Document => "document",
-        }
-    }
-
-    fn parse(s: &str) -> ClientKind {
-        match s {
-            "owner" => ClientKind::Owner,
-            "document" => ClientKind::Document,
-            _ => ClientKind::Registered,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Client {
-    pub id: String,
-    pub name: String,
-    pub kind: ClientKind,
-    /// The SHA-256 of its secret; `None` for a public client.
-    pub secret_hash: Option<[u8; 32]>,
-    pub redirect_uris: Vec<String>,
-    /// The scopes it asks for when an authorization request names none.
-    pub scope: Option<String>,
-    pub created: i64,
-    /// When a metadata document was last read.
-    pub fetched: Option<i64>,
-    /// Whether the owner ever approved it (clients the owner made count as
-    /// approved): until then its redirect URIs are only what a stranger wrote.
-    pub approved: bool,
-}
-
-/// What the owner approved for a client, while its refresh token lives.
-#[derive(Debug, Clone)]
-pub struct Grant {
-    pub id: String,
-    pub client_id: String,
-    pub client_name: String,
-    pub scope: String,
-    pub resource: Option<String>,
-    /// `api` or `mcp`: where its access tokens are accepted.
-    pub audience: String,
-    pub approved_by: String,
-    pub created: i64,
-    pub refreshed: Option<i64>,
-    pub refresh_expires: i64,
-}
-
-/// An authorization code, as issued.
-#[derive(Debug, Clone)]
-pub struct Code {
-    pub client_id: String,
-    pub redirect_uri: String,
-    pub redirect_given: bool,
-    pub challenge: Option<String>,
-    pub scope: String,
-    pub resource: Option<String>,
-    pub audience: String,
-    pub approved_by: String,
-    pub expires: i64,
-    /// Set once redeemed: the grant it made.
-    pub grant_id: Option<String>,
-}
-
-/// An access token to store: its hash, scopes and end.
-#[derive(Debug, Clone)]
-pub struct NewAccess<'a> {
-    pub hash: &'a [u8; 32],
-    pub scope: &'a str,
-    pub expires: i64,
-}
-
-/// An access token, looked up by its hash.
-#[derive(Debug, Clone)]
-pub struct Access {
-    pub grant_id: String,
-    pub client_id: String,
-    pub client_name: String,
-    pub scope: String,
-    pub audience: String,
-    pub resource: Option<String>,
-    pub expires: i64,
-}
-
-pub struct Store {
+pub struct Sqlite {
     path: PathBuf,
     db: Mutex<Connection>,
 }
 
-impl Store {
+impl Sqlite {
     /// Opens (creating when missing) the store in `dir`.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    pub fn open(dir: &Path) -> Result<Sqlite, StoreError> {
         let path = dir.join(FILE);
-        let fail = |source| StoreError {
+        let fail = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
         };
@@ -220,7 +102,7 @@ impl Store {
             name.push(companion);
             make_private(Path::new(&name));
         }
-        Ok(Store {
+        Ok(Sqlite {
             path,
             db: Mutex::new(db),
         })
@@ -233,7 +115,7 @@ impl Store {
         // A panic while the lock was held cannot leave SQLite half-written (each
         // change is one statement or one transaction), so a poisoned lock is used.
         let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut db).map_err(|source| StoreError {
+        f(&mut db).map_err(|source| StoreError::Sqlite {
             path: self.path.clone(),
             source,
         })
@@ -598,7 +480,7 @@ mod tests {
     #[test]
     fn the_database_and_its_wal_and_shm_are_private_from_the_first_open() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Sqlite::open(dir.path()).unwrap();
         // A write makes SQLite create the -wal and -shm files, if it had not.
         store.prune_strangers(0).unwrap();
         store
@@ -621,7 +503,7 @@ mod tests {
             }
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         }
-        let _store = Store::open(old.path()).unwrap();
+        let _store = Sqlite::open(old.path()).unwrap();
         for name in [FILE, "oauth.db-wal", "oauth.db-shm"] {
             assert_eq!(mode(&old.path().join(name)), 0o600, "{name}");
         }
