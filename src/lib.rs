@@ -138,6 +138,7 @@ fn observe_runs(audit: Arc<audit::Audit>, metrics: Arc<metrics::Metrics>) -> exe
             commit: Some(&tag.commit)
                 .filter(|c| !c.is_empty())
                 .map(String::as_str),
+            library: tag.library.as_deref(),
             duration,
             outcome,
         });
@@ -225,6 +226,14 @@ impl App {
                 tracing::warn!(file = %file.display(), "removed credentials from a URL in the workspace's git files");
             }
         }
+        // The libraries `dynapi.yaml` includes are read wherever the repository
+        // builds a registry; the GitHub token goes to the remote's host only.
+        let libraries = source::library::Libraries::for_workspace(repo.git_dir());
+        let libraries = match &config.remote {
+            Some(remote) => libraries.with_token(&remote.url, remote.token.as_deref()),
+            None => libraries,
+        };
+        let repo = repo.with_libraries(Arc::new(libraries));
         let workspace = Workspace::open(&config.workspace)?;
         // Git's index lock a killed daemon left would stop every write and
         // every checkout (and a human's git) for good.

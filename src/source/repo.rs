@@ -14,7 +14,8 @@ use gix::ObjectId;
 
 use crate::manifest::{Problem, MAX_FILE_BYTES, MAX_MANIFESTS};
 use crate::registry::{
-    FileKind, Registry, Snapshot, MANIFEST_DIR, MAX_PROMPTS, PROMPTS_DIR, SETTINGS_FILE,
+    self, FileKind, LibrarySnapshot, Registry, Snapshot, MANIFEST_DIR, MAX_PROMPTS, PROMPTS_DIR,
+    SETTINGS_FILE,
 };
 use crate::workspace::TemplateFile;
 
@@ -35,14 +36,14 @@ pub const FETCH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1
 /// Sets an interrupt flag gix checks while it receives a pack once
 /// `FETCH_DEADLINE` has passed; a thread that sleeps until then, woken and
 /// gone as soon as the fetch ends (dropped).
-struct Deadline {
+pub(super) struct Deadline {
     interrupt: std::sync::Arc<std::sync::atomic::AtomicBool>,
     done: std::sync::Arc<std::sync::atomic::AtomicBool>,
     watcher: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Deadline {
-    fn start() -> Deadline {
+    pub(super) fn start() -> Deadline {
         use std::sync::atomic::{AtomicBool, Ordering};
         let interrupt = std::sync::Arc::new(AtomicBool::new(false));
         let done = std::sync::Arc::new(AtomicBool::new(false));
@@ -69,7 +70,7 @@ impl Deadline {
         }
     }
 
-    fn flag(&self) -> &std::sync::atomic::AtomicBool {
+    pub(super) fn flag(&self) -> &std::sync::atomic::AtomicBool {
         &self.interrupt
     }
 }
@@ -146,6 +147,9 @@ pub struct Repo {
     /// Fetches update the same remote-tracking refs; two at once would race on
     /// them (the sync's and the writer's), so they go one at a time.
     fetch_lock: std::sync::Arc<std::sync::Mutex<()>>,
+    /// Reads the libraries `dynapi.yaml` includes (`with_libraries`); without
+    /// it an include is a problem.
+    libraries: Option<std::sync::Arc<dyn Resolve>>,
 }
 
 /// Where the daemon fetches from. The URL never holds credentials: gix writes it
@@ -183,7 +187,7 @@ impl Origin {
 
     /// The transport options gix would use for this URL (proxies, timeouts from
     /// the git configuration), plus the header with the token.
-    fn transport_options(
+    pub(super) fn transport_options(
         &self,
         repo: &gix::Repository,
     ) -> Result<Option<Box<dyn std::any::Any>>, gix::Error> {
@@ -252,6 +256,7 @@ impl Repo {
             branch: branch.to_string(),
             checkout_lock: Default::default(),
             fetch_lock: Default::default(),
+            libraries: None,
         };
         let edits: Vec<Edit> = files
             .iter()
@@ -298,6 +303,7 @@ impl Repo {
             branch: branch.to_string(),
             checkout_lock: Default::default(),
             fetch_lock: Default::default(),
+            libraries: None,
         };
         let head = this
             .head()?
@@ -464,6 +470,7 @@ impl Repo {
             branch: branch.to_string(),
             checkout_lock: Default::default(),
             fetch_lock: Default::default(),
+            libraries: None,
         })
     }
 
@@ -585,72 +592,57 @@ impl Repo {
         tree: ObjectId,
     ) -> Result<Result<Registry, Vec<Problem>>, RepoError> {
         let repo = self.repo.to_thread_local();
-        let root = repo.find_tree(tree)?;
-        let text = |id: ObjectId, path: &str| -> Result<String, RepoError> {
-            let data = repo.find_blob(id)?.take_data();
-            String::from_utf8(data).map_err(|_| RepoError::Git(format!("{path} is not UTF-8 text")))
-        };
-        let mut snapshot = Snapshot::default();
-        // Sizes come from the objects' headers, so an oversized blob is never
-        // inflated; the registry reports it.
-        let size_of = |id: ObjectId| -> Result<u64, RepoError> { Ok(repo.find_header(id)?.size()) };
-        if let Some(e) = root.lookup_entry_by_path(SETTINGS_FILE)? {
-            let size = size_of(e.object_id())?;
-            if size > MAX_FILE_BYTES as u64 {
-                snapshot.too_large.push((SETTINGS_FILE.to_string(), size));
-            } else {
-                snapshot.settings = Some(text(e.object_id(), SETTINGS_FILE)?);
-            }
+        let mut snapshot = read_snapshot(&repo, tree)?;
+        // The libraries `include:` names are fetched first (I/O, here); the
+        // registry checks what was found without any.
+        if let Some(text) = &snapshot.settings {
+            snapshot.libraries = registry::includes_of(text)
+                .iter()
+                .map(|include| match &self.libraries {
+                    Some(libraries) => libraries.resolve(include),
+                    None => Err("libraries are not read here".to_string()),
+                })
+                .collect();
         }
-        // Each folder's files (blobs, not below), in path order. One past a
-        // folder's limit is enough for the registry to refuse it; the rest is
-        // never read.
-        let mut folder = |dir: &str, suffixes: &[&str], limit: usize| {
-            let mut read = Vec::new();
-            let Some(entry) = root.lookup_entry_by_path(dir)? else {
-                return Ok::<_, RepoError>(read);
-            };
-            if EntryKind::from(entry.mode()) != EntryKind::Tree {
-                return Ok(read);
-            }
-            let mut unread = 0;
-            for entry in repo.find_tree(entry.object_id())?.iter() {
-                let entry = entry.map_err(git)?;
-                let name = entry.filename().to_str_lossy().into_owned();
-                let is_file = matches!(
-                    EntryKind::from(entry.mode()),
-                    EntryKind::Blob | EntryKind::BlobExecutable
-                );
-                if !is_file || !suffixes.iter().any(|s| name.ends_with(s)) {
-                    continue;
-                }
-                if read.len() + unread > limit {
-                    break;
-                }
-                let path = format!("{dir}/{name}");
-                let size = size_of(entry.object_id())?;
-                if size > MAX_FILE_BYTES as u64 {
-                    snapshot.too_large.push((path, size));
-                    unread += 1;
-                    continue;
-                }
-                let body = text(entry.object_id(), &path)?;
-                read.push((path, body));
-            }
-            Ok(read)
-        };
-        let manifests = folder(MANIFEST_DIR, &[".yaml", ".yml"], MAX_MANIFESTS)?;
-        let prompts = folder(PROMPTS_DIR, &[".md"], MAX_PROMPTS)?;
-        (snapshot.manifests, snapshot.prompts) = (manifests, prompts);
+        let root = repo.find_tree(tree)?;
         let kind_of = |path: &str| match root.lookup_entry_by_path(path) {
-            Ok(Some(e)) => match EntryKind::from(e.mode()) {
-                EntryKind::BlobExecutable => FileKind::Executable,
-                EntryKind::Blob => FileKind::NotExecutable,
-                _ => FileKind::NotAFile,
-            },
+            Ok(Some(e)) => kind_of_mode(e.mode()),
             _ => FileKind::Missing,
         };
         Ok(Registry::build(commit, &snapshot, &kind_of))
+    }
+
+    /// Gives the registry's libraries their read-only checkouts, where their
+    /// scripts run; a library that cannot be checked out is a problem at its
+    /// include (the registry is then not served).
+    pub fn check_out_libraries(&self, registry: &Registry) -> Result<(), Vec<Problem>> {
+        let Some(libraries) = &self.libraries else {
+            return Ok(());
+        };
+        let problems: Vec<Problem> = registry
+            .libraries()
+            .iter()
+            .filter_map(|library| {
+                libraries.check_out(library).err().map(|why| Problem {
+                    file: SETTINGS_FILE.to_string(),
+                    line: library.line,
+                    column: library.column,
+                    message: format!("could not check out {}: {why}", library.label()),
+                })
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The same repository, reading the libraries its `dynapi.yaml` includes
+    /// through `libraries`.
+    pub fn with_libraries(mut self, libraries: std::sync::Arc<dyn Resolve>) -> Repo {
+        self.libraries = Some(libraries);
+        self
     }
 
     /// Writes the blobs of `edits` and a tree that is `base` (or empty) with them applied.
@@ -1049,7 +1041,7 @@ impl Edit {
 }
 
 /// An error message with any `user:password@` taken out of URLs in it.
-fn redact(message: &str) -> String {
+pub(super) fn redact(message: &str) -> String {
     without_url_credentials(message).into_owned()
 }
 
@@ -1136,7 +1128,90 @@ pub fn forget_credentials(git_dir: &Path) -> Result<Vec<PathBuf>, RepoError> {
     Ok(rewritten)
 }
 
-fn git(e: impl std::fmt::Display) -> RepoError {
+/// How the library reader gets a library's files (`source::library`):
+/// implemented there, held here, so `registry_of` reads includes wherever it
+/// is called (the sync, the writer's check, pull requests) without this
+/// module knowing how libraries are fetched.
+pub trait Resolve: Send + Sync {
+    /// The library's files at the commit `include.git_ref` names, or why
+    /// they cannot be read.
+    fn resolve(&self, include: &registry::Include) -> Result<LibrarySnapshot, String>;
+    /// Makes the read-only checkout `library`'s scripts run from.
+    fn check_out(&self, library: &registry::Library) -> Result<(), String>;
+}
+
+/// What a tree entry's mode says of it as a script.
+pub(super) fn kind_of_mode(mode: gix::objs::tree::EntryMode) -> FileKind {
+    match EntryKind::from(mode) {
+        EntryKind::BlobExecutable => FileKind::Executable,
+        EntryKind::Blob => FileKind::NotExecutable,
+        _ => FileKind::NotAFile,
+    }
+}
+
+/// Reads `dynapi.yaml`, every `manifests/*.yaml` and every `prompts/*.md` of
+/// `tree`, never from a working directory. Sizes come from the objects'
+/// headers, so an oversized blob is never inflated; the registry reports it.
+pub(super) fn read_snapshot(repo: &gix::Repository, tree: ObjectId) -> Result<Snapshot, RepoError> {
+    let root = repo.find_tree(tree)?;
+    let text = |id: ObjectId, path: &str| -> Result<String, RepoError> {
+        let data = repo.find_blob(id)?.take_data();
+        String::from_utf8(data).map_err(|_| RepoError::Git(format!("{path} is not UTF-8 text")))
+    };
+    let mut snapshot = Snapshot::default();
+    let size_of = |id: ObjectId| -> Result<u64, RepoError> { Ok(repo.find_header(id)?.size()) };
+    if let Some(e) = root.lookup_entry_by_path(SETTINGS_FILE)? {
+        let size = size_of(e.object_id())?;
+        if size > MAX_FILE_BYTES as u64 {
+            snapshot.too_large.push((SETTINGS_FILE.to_string(), size));
+        } else {
+            snapshot.settings = Some(text(e.object_id(), SETTINGS_FILE)?);
+        }
+    }
+    // Each folder's files (blobs, not below), in path order. One past a
+    // folder's limit is enough for the registry to refuse it; the rest is
+    // never read.
+    let mut folder = |dir: &str, suffixes: &[&str], limit: usize| {
+        let mut read = Vec::new();
+        let Some(entry) = root.lookup_entry_by_path(dir)? else {
+            return Ok::<_, RepoError>(read);
+        };
+        if EntryKind::from(entry.mode()) != EntryKind::Tree {
+            return Ok(read);
+        }
+        let mut unread = 0;
+        for entry in repo.find_tree(entry.object_id())?.iter() {
+            let entry = entry.map_err(git)?;
+            let name = entry.filename().to_str_lossy().into_owned();
+            let is_file = matches!(
+                EntryKind::from(entry.mode()),
+                EntryKind::Blob | EntryKind::BlobExecutable
+            );
+            if !is_file || !suffixes.iter().any(|s| name.ends_with(s)) {
+                continue;
+            }
+            if read.len() + unread > limit {
+                break;
+            }
+            let path = format!("{dir}/{name}");
+            let size = size_of(entry.object_id())?;
+            if size > MAX_FILE_BYTES as u64 {
+                snapshot.too_large.push((path, size));
+                unread += 1;
+                continue;
+            }
+            let body = text(entry.object_id(), &path)?;
+            read.push((path, body));
+        }
+        Ok(read)
+    };
+    let manifests = folder(MANIFEST_DIR, &[".yaml", ".yml"], MAX_MANIFESTS)?;
+    let prompts = folder(PROMPTS_DIR, &[".md"], MAX_PROMPTS)?;
+    (snapshot.manifests, snapshot.prompts) = (manifests, prompts);
+    Ok(snapshot)
+}
+
+pub(super) fn git(e: impl std::fmt::Display) -> RepoError {
     RepoError::Git(e.to_string())
 }
 

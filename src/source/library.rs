@@ -1,0 +1,449 @@
+//! Libraries: fetching the repositories `include:` names (gix only), resolving
+//! each ref to a commit, reading its manifests for the registry, and checking
+//! it out read-only for its scripts.
+//!
+//! - A local library (an absolute path or `file://`) is opened where it is; no
+//!   copy, no git process.
+//! - An HTTP(S) library is fetched (all branches and tags) into a bare cache
+//!   in `.git/dynapi/libraries/` (out of scripts' reach), at most every
+//!   `FRESH` per URL unless the ref is a commit the cache has. The URL never
+//!   holds credentials; the GitHub token is sent, as a header in memory, only
+//!   to the host of the daemon's own GitHub remote (`Origin`), never written.
+//!   When a fetch fails the cache answers, and the snapshot says so (`offline`).
+//! - A served library is checked out at its commit under
+//!   `.git/dynapi-libraries/<commit>/`: regular files only (no symlink, no
+//!   submodule, no name with `..` or `.git`), read-only modes, written in a
+//!   temporary folder and renamed into place whole. Scripts may read it (the
+//!   sandbox grants `.git`'s entries but `dynapi` read-only) and never write it.
+//!
+//! Never decides what a library may do: the registry checks it under the
+//! project's include.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use gix::bstr::ByteSlice;
+use gix::object::tree::EntryKind;
+use gix::ObjectId;
+
+use super::repo::{kind_of_mode, read_snapshot, redact, Deadline, Origin, Resolve};
+use crate::layout::{LIBRARIES, LIBRARY_CACHE, PRIVATE};
+use crate::registry::{Include, Library, LibrarySnapshot, MANIFEST_DIR};
+
+/// How long a fetched library is taken as current before the next build
+/// fetches it again (a commit id the cache holds is never fetched again).
+pub const FRESH: Duration = Duration::from_secs(10);
+/// Most files in one library's tree.
+pub const MAX_FILES: usize = 20_000;
+/// Most bytes of one library's checkout.
+pub const MAX_CHECKOUT_BYTES: u64 = 256 << 20;
+
+/// The library reader of one workspace (or of `dynapi check`'s checkout).
+pub struct Libraries {
+    /// Where bare caches of HTTP(S) libraries live.
+    cache: PathBuf,
+    /// Where read-only checkouts go; `None` where nothing runs (`dynapi check`).
+    checkouts: Option<PathBuf>,
+    /// The daemon's GitHub remote (`scheme://host[:port]`) and its token: sent
+    /// to libraries on that host only.
+    credentials: Option<(String, String)>,
+    /// When each URL was last fetched.
+    fetched: Mutex<HashMap<String, Instant>>,
+    /// One fetch or checkout at a time (they share the caches).
+    busy: Mutex<()>,
+    /// Never fetch (`dynapi check --offline`): the cache answers.
+    offline: bool,
+}
+
+impl Libraries {
+    /// The reader of the workspace whose git folder is `git_dir`.
+    pub fn for_workspace(git_dir: &Path) -> Libraries {
+        Libraries {
+            cache: git_dir.join(PRIVATE).join(LIBRARY_CACHE),
+            checkouts: Some(git_dir.join(LIBRARIES)),
+            credentials: None,
+            fetched: Mutex::default(),
+            busy: Mutex::default(),
+            offline: false,
+        }
+    }
+
+    /// A reader that checks out nothing, caching in `cache` (`dynapi check`).
+    pub fn for_check(cache: PathBuf, offline: bool) -> Libraries {
+        Libraries {
+            cache,
+            checkouts: None,
+            credentials: None,
+            fetched: Mutex::default(),
+            busy: Mutex::default(),
+            offline,
+        }
+    }
+
+    /// Sends `token` to libraries on the host of `remote` (the daemon's
+    /// GitHub repository URL), as the GitHub mode's fetches do.
+    pub fn with_token(mut self, remote: &str, token: Option<&str>) -> Libraries {
+        self.credentials = match (origin_of(remote), token) {
+            (Some(origin), Some(token)) => Some((origin, token.to_string())),
+            _ => None,
+        };
+        self
+    }
+
+    /// Where the scripts of `library` are checked out, for the workspace
+    /// whose git folder is `git_dir`.
+    pub fn checkout_dir(git_dir: &Path, library: &Library) -> PathBuf {
+        git_dir.join(LIBRARIES).join(&library.commit)
+    }
+
+    /// The repository a library is read from: where it is, or its cache
+    /// (fetched first unless fresh), and why the fetch failed if it did.
+    fn open(&self, include: &Include) -> Result<(gix::Repository, Option<String>), String> {
+        if let Some(path) = local_path(&include.repository) {
+            let repo =
+                gix::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            return Ok((repo, None));
+        }
+        let dir = self.cache.join(cache_name(&include.repository));
+        let repo = if dir.join("HEAD").exists() {
+            gix::open(&dir).map_err(|e| format!("the cache at {}: {e}", dir.display()))?
+        } else {
+            if self.offline {
+                return Err("offline, and not in the cache".to_string());
+            }
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            gix::init_bare(&dir).map_err(|e| e.to_string())?
+        };
+        if self.offline {
+            return Ok((repo, Some("offline: read from the cache".to_string())));
+        }
+        let pinned = ObjectId::from_hex(include.git_ref.as_bytes())
+            .ok()
+            .is_some_and(|id| repo.find_commit(id).is_ok());
+        let fresh = self
+            .fetched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&include.repository)
+            .is_some_and(|at| at.elapsed() < FRESH);
+        if pinned || fresh {
+            return Ok((repo, None));
+        }
+        match self.fetch(&repo, &include.repository) {
+            Ok(()) => {
+                self.fetched
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(include.repository.clone(), Instant::now());
+                Ok((repo, None))
+            }
+            Err(e) => {
+                tracing::warn!(library = %include.repository, "could not fetch the library; reading the cache: {e}");
+                Ok((
+                    repo,
+                    Some(format!("could not fetch ({e}); read from the cache")),
+                ))
+            }
+        }
+    }
+
+    /// Fetches every branch and tag of `url` into the bare cache `repo`.
+    fn fetch(&self, repo: &gix::Repository, url: &str) -> Result<(), String> {
+        let token = self
+            .credentials
+            .as_ref()
+            .filter(|(origin, _)| origin_of(url).as_deref() == Some(origin.as_str()))
+            .map(|(_, token)| token.as_str());
+        let from = Origin::new(url, token);
+        let deadline = Deadline::start();
+        let fetched = (|| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            let remote = repo.remote_at(url)?.with_refspecs(
+                ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+                gix::remote::Direction::Fetch,
+            )?;
+            let mut connection = remote.connect(gix::remote::Direction::Fetch)?;
+            if let Some(options) = from.transport_options(repo)? {
+                connection.set_transport_options(options);
+            }
+            connection
+                .prepare_fetch(gix::progress::Discard, Default::default())?
+                .receive(gix::progress::Discard, deadline.flag())?;
+            Ok(())
+        })();
+        fetched.map_err(|e| redact(&crate::error_chain(e.as_ref())))
+    }
+}
+
+impl Resolve for Libraries {
+    fn resolve(&self, include: &Include) -> Result<LibrarySnapshot, String> {
+        let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let (repo, offline) = self.open(include)?;
+        let commit = resolve_ref(&repo, &include.git_ref).map_err(|e| match &offline {
+            Some(why) => format!("{e} ({why})"),
+            None => e,
+        })?;
+        let tree = tree_of(&repo, commit)?;
+        let read = read_snapshot(&repo, tree).map_err(|e| e.to_string())?;
+        let mut kinds = HashMap::new();
+        for (path, mode, _) in tree_entries(&repo, tree)? {
+            kinds.insert(path, kind_of_mode(mode));
+        }
+        let prefix = format!("{MANIFEST_DIR}/");
+        Ok(LibrarySnapshot {
+            commit: commit.to_string(),
+            manifests: read.manifests,
+            too_large: read
+                .too_large
+                .into_iter()
+                .filter(|(path, _)| path.starts_with(&prefix))
+                .collect(),
+            kinds,
+            offline,
+        })
+    }
+
+    fn check_out(&self, library: &Library) -> Result<(), String> {
+        let Some(checkouts) = &self.checkouts else {
+            return Ok(());
+        };
+        let id = ObjectId::from_hex(library.commit.as_bytes()).map_err(|e| e.to_string())?;
+        let done = checkouts.join(id.to_string());
+        if done.is_dir() {
+            return Ok(());
+        }
+        let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        if done.is_dir() {
+            return Ok(());
+        }
+        let include = Include {
+            repository: library.repository.clone(),
+            git_ref: library.git_ref.clone(),
+            endpoints: None,
+            prefix: None,
+            grant: Default::default(),
+            line: 0,
+            column: 0,
+        };
+        // The commit was resolved by this reader moments ago: no fetch.
+        let repo = match local_path(&include.repository) {
+            Some(path) => gix::open(path).map_err(|e| e.to_string())?,
+            None => gix::open(self.cache.join(cache_name(&include.repository)))
+                .map_err(|e| e.to_string())?,
+        };
+        let tree = tree_of(&repo, id)?;
+        std::fs::create_dir_all(checkouts).map_err(|e| e.to_string())?;
+        let tmp = checkouts.join(format!(".new-{id}-{}", std::process::id()));
+        let _ = remove_tree(&tmp);
+        let written = write_checkout(&repo, tree, &tmp);
+        let renamed = written.and_then(|()| {
+            std::fs::rename(&tmp, &done).map_err(|e| format!("{}: {e}", done.display()))
+        });
+        if renamed.is_err() {
+            let _ = remove_tree(&tmp);
+        }
+        renamed
+    }
+}
+
+/// The tree of `commit`.
+fn tree_of(repo: &gix::Repository, commit: ObjectId) -> Result<ObjectId, String> {
+    let commit = repo.find_commit(commit).map_err(|e| e.to_string())?;
+    Ok(commit.tree_id().map_err(|e| e.to_string())?.detach())
+}
+
+/// `scheme://host[:port]` of an http(s) URL.
+fn origin_of(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return None;
+    }
+    Some(parsed.origin().ascii_serialization())
+}
+
+/// The path of a local library (`/srv/lib.git` or `file:///srv/lib.git`).
+fn local_path(repository: &str) -> Option<&Path> {
+    let path = repository.strip_prefix("file://").unwrap_or(repository);
+    path.starts_with('/').then(|| Path::new(path))
+}
+
+/// The cache folder of a URL: a digest, so no URL spells a path.
+fn cache_name(url: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(url.as_bytes())[..16])
+}
+
+/// The commit `name` is: a full commit id the repository holds, else the tag,
+/// else the branch of that name.
+fn resolve_ref(repo: &gix::Repository, name: &str) -> Result<ObjectId, String> {
+    if let Ok(id) = ObjectId::from_hex(name.as_bytes()) {
+        return repo
+            .find_commit(id)
+            .map(|c| c.id)
+            .map_err(|_| format!("no commit {name} in the library"));
+    }
+    for full in [format!("refs/tags/{name}"), format!("refs/heads/{name}")] {
+        if let Ok(Some(mut found)) = repo.try_find_reference(full.as_str()) {
+            let id = found.peel_to_id().map_err(|e| e.to_string())?.detach();
+            return repo
+                .find_commit(id)
+                .map(|c| c.id)
+                .map_err(|_| format!("`{name}` is not a commit"));
+        }
+    }
+    Err(format!("the library has no tag or branch `{name}`"))
+}
+
+/// Every entry of `tree` below the root that is not a folder: path and mode,
+/// at most `MAX_FILES`.
+fn tree_entries(
+    repo: &gix::Repository,
+    tree: ObjectId,
+) -> Result<Vec<(String, gix::objs::tree::EntryMode, ObjectId)>, String> {
+    let mut recorder = gix::traverse::tree::Recorder::default();
+    repo.find_tree(tree)
+        .map_err(|e| e.to_string())?
+        .traverse()
+        .breadthfirst(&mut recorder)
+        .map_err(|e| e.to_string())?;
+    let mut entries = Vec::new();
+    for entry in recorder.records {
+        if EntryKind::from(entry.mode) == EntryKind::Tree {
+            continue;
+        }
+        if entries.len() >= MAX_FILES {
+            return Err(format!("the library holds more than {MAX_FILES} files"));
+        }
+        let Ok(path) = entry.filepath.to_str() else {
+            continue;
+        };
+        entries.push((path.to_string(), entry.mode, entry.oid));
+    }
+    Ok(entries)
+}
+
+/// Whether `path` (from a tree) may be written in a checkout: plain segments,
+/// none `..`, `.` or `.git`.
+fn safe_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('/')
+        && !path.contains(['\\', '\0'])
+        && path.split('/').all(|seg| {
+            !seg.is_empty() && seg != "." && seg != ".." && !seg.eq_ignore_ascii_case(".git")
+        })
+}
+
+/// Writes the regular files of `tree` under `dir` (new), read-only.
+fn write_checkout(repo: &gix::Repository, tree: ObjectId, dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |e: std::io::Error| e.to_string();
+    std::fs::create_dir(dir).map_err(io)?;
+    let mut total = 0u64;
+    for (path, mode, id) in tree_entries(repo, tree)? {
+        let executable = match EntryKind::from(mode) {
+            EntryKind::Blob => false,
+            EntryKind::BlobExecutable => true,
+            // Symlinks could point anywhere; submodules are other repositories.
+            _ => continue,
+        };
+        if !safe_path(&path) {
+            tracing::warn!(%path, "a library path that cannot be checked out safely is left out");
+            continue;
+        }
+        let data = repo.find_blob(id).map_err(|e| e.to_string())?.take_data();
+        total += data.len() as u64;
+        if total > MAX_CHECKOUT_BYTES {
+            return Err(format!(
+                "the library's files are over {} MiB",
+                MAX_CHECKOUT_BYTES >> 20
+            ));
+        }
+        let target = dir.join(&path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        // `create_new`: a path written twice, or anything already there
+        // (a folder a symlink made), is an error, never followed.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&target)
+            .map_err(|e| format!("{path}: {e}"))?;
+        std::io::Write::write_all(&mut file, &data).map_err(io)?;
+        let mode = if executable { 0o555 } else { 0o444 };
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(io)?;
+    }
+    // Deepest first, so a folder is closed after what is in it.
+    let mut folders = walk(dir);
+    folders.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for folder in folders {
+        std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o555)).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Removes a checkout folder its read-only modes would otherwise protect.
+fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in walk(dir) {
+        let _ = std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o755));
+    }
+    std::fs::remove_dir_all(dir)
+}
+
+/// The folders under `dir` (itself included), not through symlinks.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        if !std::fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            todo.extend(entries.flatten().map(|e| e.path()));
+        }
+        found.push(d);
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_paths_are_checked_out() {
+        assert!(safe_path("scripts/lint.sh"));
+        for bad in [
+            "",
+            "/etc/x",
+            "../x",
+            "a/../b",
+            "a/./b",
+            ".git/config",
+            "a/.GIT/x",
+            "a\\b",
+        ] {
+            assert!(!safe_path(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn credentials_go_to_the_remote_s_host_only() {
+        assert_eq!(
+            origin_of("https://github.com/acme/lib").as_deref(),
+            Some("https://github.com")
+        );
+        assert_ne!(
+            origin_of("https://github.com.evil.example/acme/lib"),
+            origin_of("https://github.com/acme/lib")
+        );
+        assert_ne!(
+            origin_of("http://127.0.0.1:1/a"),
+            origin_of("http://127.0.0.1:2/a")
+        );
+        assert_eq!(origin_of("/srv/lib.git"), None);
+    }
+}
