@@ -227,10 +227,14 @@ impl App {
             }
         }
         // The libraries `dynapi.yaml` includes are read wherever the repository
-        // builds a registry; the GitHub token goes to the remote's host only.
+        // builds a registry; the GitHub token goes to the remote's host only,
+        // and in GitHub mode (which checks anyone's pull requests) no
+        // library is read from this machine's disk.
         let libraries = source::library::Libraries::for_workspace(repo.git_dir());
         let libraries = match &config.remote {
-            Some(remote) => libraries.with_token(&remote.url, remote.token.as_deref()),
+            Some(remote) => libraries
+                .with_token(&remote.url, remote.token.as_deref())
+                .urls_only(),
             None => libraries,
         };
         let repo = repo.with_libraries(Arc::new(libraries));

@@ -130,6 +130,18 @@ fn repository_problem(url: &str) -> Option<String> {
         }
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority
+        .rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(authority, |(host, _)| host);
+    if url.starts_with("http://")
+        && !(host == "localhost" || host == "[::1]" || host.starts_with("127."))
+    {
+        return Some(
+            "write `https://`: plain http reaches only this machine (as in GitHub mode)"
+                .to_string(),
+        );
+    }
     if authority.contains('@') {
         return Some(
             "put no credentials in `repository` (dynapi.yaml is in git); the daemon sends GITHUB_TOKEN to its own remote's host by itself"
@@ -376,6 +388,7 @@ mod tests {
         for ok in [
             "https://github.com/acme/dynapi-library",
             "http://127.0.0.1:9/acme/lib.git",
+            "http://localhost/lib.git",
             "/srv/git/library.git",
             "file:///srv/git/library.git",
         ] {
@@ -390,6 +403,8 @@ mod tests {
             "/srv/../etc",
             "https:///nohost",
             "https://github.com/a b",
+            "http://github.com/acme/lib",
+            "http://10.0.0.1/lib.git",
         ] {
             assert!(repository_problem(bad).is_some(), "{bad}");
         }

@@ -55,6 +55,9 @@ pub struct Libraries {
     busy: Mutex<()>,
     /// Never fetch (`dynapi check --offline`): the cache answers.
     offline: bool,
+    /// Refuse libraries on this machine's disk: a GitHub-mode daemon checks
+    /// pull requests from anyone, whose includes must not read its disk.
+    urls_only: bool,
 }
 
 impl Libraries {
@@ -67,6 +70,7 @@ impl Libraries {
             fetched: Mutex::default(),
             busy: Mutex::default(),
             offline: false,
+            urls_only: false,
         }
     }
 
@@ -79,6 +83,7 @@ impl Libraries {
             fetched: Mutex::default(),
             busy: Mutex::default(),
             offline,
+            urls_only: false,
         }
     }
 
@@ -92,6 +97,13 @@ impl Libraries {
         self
     }
 
+    /// Reads libraries by URL only, never from this machine's disk (GitHub
+    /// mode: anyone's pull request is checked with its includes).
+    pub fn urls_only(mut self) -> Libraries {
+        self.urls_only = true;
+        self
+    }
+
     /// Where the scripts of `library` are checked out, for the workspace
     /// whose git folder is `git_dir`.
     pub fn checkout_dir(git_dir: &Path, library: &Library) -> PathBuf {
@@ -102,6 +114,9 @@ impl Libraries {
     /// (fetched first unless fresh), and why the fetch failed if it did.
     fn open(&self, include: &Include) -> Result<(gix::Repository, Option<String>), String> {
         if let Some(path) = local_path(&include.repository) {
+            if self.urls_only {
+                return Err("this daemon serves a GitHub repository: include libraries by their https URL, not by a path on its machine".to_string());
+            }
             let repo =
                 gix::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
             return Ok((repo, None));

@@ -371,7 +371,7 @@ async fn includes_are_checked_where_they_are_written() {
     let d = Daemon::start().await;
     let bad = commit_settings_unserved(
         &d,
-        "include:\n  - repository: https://user:secret@example.com/lib.git\n    ref: main\n  - repository: /srv/lib.git\n    ref: --upload-pack=x\n    prefix: files\n  - repository: ssh://example.com/lib\n    ref: v1\n    sandbox:\n      writable: [../up]\n",
+        "include:\n  - repository: https://user:secret@example.com/lib.git\n    ref: main\n  - repository: /srv/lib.git\n    ref: --upload-pack=x\n    prefix: files\n  - repository: ssh://example.com/lib\n    ref: v1\n    sandbox:\n      writable: [../up]\n  - repository: http://example.com/lib.git\n    ref: v1\n",
     );
     let problems = problems_of(&d, &bad).await;
     let at: Vec<(u64, String)> = problems
@@ -388,6 +388,7 @@ async fn includes_are_checked_where_they_are_written() {
     assert!(has(5, "is not a tag, branch or commit"), "{at:?}");
     assert!(has(6, "belongs to the daemon's own routes"), "{at:?}");
     assert!(has(7, "is not a repository the daemon fetches"), "{at:?}");
+    assert!(has(11, "write `https://`"), "{at:?}");
     assert!(has(10, "must be a path inside the workspace"), "{at:?}");
 }
 
@@ -533,6 +534,21 @@ async fn a_library_through_github_is_pinned_by_tag_and_a_bump_by_pull_request_is
     );
     let number = gh.open_pull("someone:bump-wrong", &wrong, BRANCH);
     let status = check_pull(&gh, &d, "opened", number, &wrong).await;
+    assert_eq!(status.state, "failure");
+    assert!(
+        status.description.contains("dynapi.yaml:2:5"),
+        "{}",
+        status.description
+    );
+
+    // Nor may a pull request make the daemon read a repository on its disk.
+    let local = gh.commit_on(
+        &head,
+        &[("dynapi.yaml", &github_yaml(&lib.url(), "v2"))],
+        "Include from the daemon's disk",
+    );
+    let number = gh.open_pull("someone:local", &local, BRANCH);
+    let status = check_pull(&gh, &d, "opened", number, &local).await;
     assert_eq!(status.state, "failure");
     assert!(
         status.description.contains("dynapi.yaml:2:5"),
