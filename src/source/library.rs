@@ -49,8 +49,8 @@ pub struct Libraries {
     /// The daemon's GitHub remote (`scheme://host[:port]`) and its token: sent
     /// to libraries on that host only.
     credentials: Option<(String, String)>,
-    /// When each URL was last fetched.
-    fetched: Mutex<HashMap<String, Instant>>,
+    /// When each URL was last fetched, and why that fetch failed if it did.
+    fetched: Mutex<HashMap<String, (Instant, Option<String>)>>,
     /// One fetch or checkout at a time (they share the caches).
     busy: Mutex<()>,
     /// Never fetch (`dynapi check --offline`): the cache answers.
@@ -142,26 +142,25 @@ impl Libraries {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&include.repository)
-            .is_some_and(|at| at.elapsed() < FRESH);
-        if pinned || fresh {
+            .filter(|(at, _)| at.elapsed() < FRESH)
+            .map(|(_, failed)| failed.clone());
+        if pinned {
             return Ok((repo, None));
         }
-        match self.fetch(&repo, &include.repository) {
-            Ok(()) => {
-                self.fetched
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(include.repository.clone(), Instant::now());
-                Ok((repo, None))
-            }
-            Err(e) => {
-                tracing::warn!(library = %include.repository, "could not fetch the library; reading the cache: {e}");
-                Ok((
-                    repo,
-                    Some(format!("could not fetch ({e}); read from the cache")),
-                ))
-            }
+        if let Some(failed) = fresh {
+            return Ok((repo, failed));
         }
+        // A failed fetch waits `FRESH` too: a remote that hangs must not
+        // hold every build (the writer's check among them) for its timeout.
+        let failed = self.fetch(&repo, &include.repository).err().map(|e| {
+            tracing::warn!(library = %include.repository, "could not fetch the library; reading the cache: {e}");
+            format!("could not fetch ({e}); read from the cache")
+        });
+        self.fetched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(include.repository.clone(), (Instant::now(), failed.clone()));
+        Ok((repo, failed))
     }
 
     /// Fetches every branch and tag of `url` into the bare cache `repo`.
