@@ -381,7 +381,66 @@ pub(super) fn library_endpoints(
 
 #[cfg(test)]
 mod tests {
+    use super::super::{Registry, Snapshot};
     use super::*;
+
+    /// Builds a project of no manifests including one library of `manifests`
+    /// (every script executable) with `include` as the entry's extra lines.
+    fn build(include: &str, manifests: &[(&str, &str)]) -> Result<Registry, Vec<String>> {
+        let library = LibrarySnapshot {
+            commit: "c".repeat(40),
+            manifests: manifests
+                .iter()
+                .map(|(f, t)| (f.to_string(), t.to_string()))
+                .collect(),
+            kinds: HashMap::from([("scripts/x.sh".to_string(), FileKind::Executable)]),
+            ..LibrarySnapshot::default()
+        };
+        let snapshot = Snapshot {
+            settings: Some(format!(
+                "include:\n  - repository: /srv/lib.git\n    ref: v1\n{include}"
+            )),
+            libraries: vec![Ok(library)],
+            ..Snapshot::default()
+        };
+        Registry::build("p", &snapshot, &|_| FileKind::Missing)
+            .map_err(|problems| problems.iter().map(|p| p.to_string()).collect())
+    }
+
+    const WRITER: &str = "name: writer\ndescription: Writes.\nscript: scripts/x.sh\nsandbox:\n  writable: [out/sub]\n";
+
+    #[test]
+    fn an_include_names_routes_and_confines_what_it_serves() {
+        let registry = build(
+            "    prefix: lib\n    sandbox: {writable: [out]}\n",
+            &[("manifests/writer.yaml", WRITER)],
+        )
+        .unwrap();
+        let e = registry.get("lib-writer").unwrap();
+        assert_eq!(e.path, "/lib/writer");
+        assert_eq!(e.file, "/srv/lib.git@v1:manifests/writer.yaml");
+        assert_eq!(e.source.as_ref().unwrap().commit, "c".repeat(40));
+        assert_eq!(registry.libraries().len(), 1);
+
+        // No grant, no writing; a name past 64 with the prefix is refused.
+        let long = "x".repeat(40);
+        assert_eq!(
+            build(
+                &format!("    prefix: {}\n", "p".repeat(30)),
+                &[("manifests/w.yaml", &WRITER.replace("writer", &long))],
+            )
+            .unwrap_err(),
+            vec![
+                format!("dynapi.yaml:2:5: `{long}` of /srv/lib.git@v1 (/srv/lib.git@v1:manifests/w.yaml) asks to write `out/sub`; this include grants no writable path (add the path to the include's `sandbox.writable` to allow it)"),
+                format!("dynapi.yaml:2:5: `{long}` of /srv/lib.git@v1 (/srv/lib.git@v1:manifests/w.yaml) becomes `{}-{long}` with the prefix, longer than 64 characters; choose a shorter prefix", "p".repeat(30)),
+            ]
+        );
+        // The library's own mistakes are located in its file.
+        assert_eq!(
+            build("", &[("manifests/bad.yaml", "name: bad\ndescription: x\nscript: scripts/missing.sh\nsandbox:\n  writable: []\n")]).unwrap_err(),
+            vec!["/srv/lib.git@v1:manifests/bad.yaml:3:9: `scripts/missing.sh` does not exist in this commit; add it in the same commit"]
+        );
+    }
 
     #[test]
     fn repositories_and_refs_are_judged() {

@@ -371,7 +371,7 @@ async fn includes_are_checked_where_they_are_written() {
     let d = Daemon::start().await;
     let bad = commit_settings_unserved(
         &d,
-        "include:\n  - repository: https://user:secret@example.com/lib.git\n    ref: main\n  - repository: /srv/lib.git\n    ref: --upload-pack=x\n    prefix: files\n  - repository: ssh://example.com/lib\n    ref: v1\n    sandbox:\n      writable: [../up]\n  - repository: http://example.com/lib.git\n    ref: v1\n",
+        "include:\n  - repository: https://user:secret@example.com/lib.git\n    ref: main\n    prefix: ../up\n    endpoints: [../x]\n  - repository: /srv/lib.git\n    ref: --upload-pack=x\n    prefix: files\n  - repository: ssh://example.com/lib\n    ref: v1\n    sandbox:\n      writable: [../up]\n  - repository: http://example.com/lib.git\n    ref: v1\n",
     );
     let problems = problems_of(&d, &bad).await;
     let at: Vec<(u64, String)> = problems
@@ -385,11 +385,13 @@ async fn includes_are_checked_where_they_are_written() {
         .collect();
     let has = |line: u64, text: &str| at.iter().any(|(l, m)| *l == line && m.contains(text));
     assert!(has(2, "no credentials"), "{at:?}");
-    assert!(has(5, "is not a tag, branch or commit"), "{at:?}");
-    assert!(has(6, "belongs to the daemon's own routes"), "{at:?}");
-    assert!(has(7, "is not a repository the daemon fetches"), "{at:?}");
-    assert!(has(11, "write `https://`"), "{at:?}");
-    assert!(has(10, "must be a path inside the workspace"), "{at:?}");
+    assert!(has(4, "`../up` is not a prefix"), "{at:?}");
+    assert!(has(5, "`../x` is not an endpoint name"), "{at:?}");
+    assert!(has(7, "is not a tag, branch or commit"), "{at:?}");
+    assert!(has(8, "belongs to the daemon's own routes"), "{at:?}");
+    assert!(has(9, "is not a repository the daemon fetches"), "{at:?}");
+    assert!(has(13, "write `https://`"), "{at:?}");
+    assert!(has(12, "must be a path inside the workspace"), "{at:?}");
 }
 
 #[tokio::test]
