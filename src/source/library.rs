@@ -35,6 +35,10 @@ use crate::registry::{Include, Library, LibrarySnapshot, MANIFEST_DIR};
 /// How long a fetched library is taken as current before the next build
 /// fetches it again (a commit id the cache holds is never fetched again).
 pub const FRESH: Duration = Duration::from_secs(10);
+/// How long a checkout that no served registry uses is kept: past the
+/// longest run a registry swap may leave going (`MAX_TIMEOUT`), with room.
+pub const RETIRE_AFTER: Duration =
+    Duration::from_secs(crate::registry::MAX_TIMEOUT.as_secs() + 300);
 /// Most files in one library's tree.
 pub const MAX_FILES: usize = 20_000;
 /// Most bytes of one library's checkout.
@@ -55,6 +59,10 @@ pub struct Libraries {
     busy: Mutex<()>,
     /// Never fetch (`dynapi check --offline`): the cache answers.
     offline: bool,
+    /// Checkouts no served registry uses, and since when.
+    retired: Mutex<HashMap<String, Instant>>,
+    /// How long a retired checkout is kept (`RETIRE_AFTER`).
+    retire_after: Duration,
     /// Refuse libraries on this machine's disk: a GitHub-mode daemon checks
     /// pull requests from anyone, whose includes must not read its disk.
     urls_only: bool,
@@ -71,6 +79,8 @@ impl Libraries {
             busy: Mutex::default(),
             offline: false,
             urls_only: false,
+            retired: Mutex::default(),
+            retire_after: RETIRE_AFTER,
         }
     }
 
@@ -84,6 +94,8 @@ impl Libraries {
             busy: Mutex::default(),
             offline,
             urls_only: false,
+            retired: Mutex::default(),
+            retire_after: RETIRE_AFTER,
         }
     }
 
@@ -259,6 +271,36 @@ impl Resolve for Libraries {
         }
         renamed
     }
+
+    fn retire_others(&self, served: &[String]) {
+        let Some(checkouts) = &self.checkouts else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(checkouts) else {
+            return;
+        };
+        let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.retain(|commit, _| !served.contains(commit));
+        let ours = format!("-{}", std::process::id());
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if served.contains(&name) {
+                continue;
+            }
+            // A checkout a stopped daemon left half written.
+            if name.starts_with(".new-") {
+                if !name.ends_with(&ours) {
+                    let _ = remove_tree(&entry.path());
+                }
+                continue;
+            }
+            let since = *retired.entry(name.clone()).or_insert_with(Instant::now);
+            if since.elapsed() >= self.retire_after && remove_tree(&entry.path()).is_ok() {
+                retired.remove(&name);
+            }
+        }
+    }
 }
 
 /// The tree of `commit`.
@@ -426,6 +468,35 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkouts_no_registry_serves_are_removed_once_retired_long_enough() {
+        use std::os::unix::fs::PermissionsExt;
+        let git = tempfile::tempdir().unwrap();
+        let mut libraries = Libraries::for_workspace(git.path());
+        libraries.retire_after = Duration::from_millis(50);
+        let checkouts = git.path().join(LIBRARIES);
+        let (served, old) = ("a".repeat(40), "b".repeat(40));
+        let leftover = format!(".new-{old}-0");
+        for name in [&served, &old, &leftover] {
+            let dir = checkouts.join(name).join("scripts");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("x.sh"), "#!/bin/sh\n").unwrap();
+            for d in [dir.clone(), checkouts.join(name)] {
+                std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o555)).unwrap();
+            }
+        }
+        libraries.retire_others(std::slice::from_ref(&served));
+        assert!(checkouts.join(&old).is_dir(), "kept while runs may use it");
+        assert!(
+            !checkouts.join(&leftover).exists(),
+            "a dead daemon's half-written one goes"
+        );
+        std::thread::sleep(Duration::from_millis(60));
+        libraries.retire_others(std::slice::from_ref(&served));
+        assert!(!checkouts.join(&old).exists());
+        assert!(checkouts.join(&served).join("scripts/x.sh").is_file());
+    }
 
     #[test]
     fn only_plain_paths_are_checked_out() {

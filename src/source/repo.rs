@@ -613,8 +613,9 @@ impl Repo {
     }
 
     /// Gives the registry's libraries their read-only checkouts, where their
-    /// scripts run; a library that cannot be checked out is a problem at its
-    /// include (the registry is then not served).
+    /// scripts run, and retires the others; a library that cannot be checked
+    /// out is a problem at its include (the registry is then not served).
+    /// Called for a registry about to be served.
     pub fn check_out_libraries(&self, registry: &Registry) -> Result<(), Vec<Problem>> {
         let Some(libraries) = &self.libraries else {
             return Ok(());
@@ -632,6 +633,12 @@ impl Repo {
             })
             .collect();
         if problems.is_empty() {
+            let served: Vec<String> = registry
+                .libraries()
+                .iter()
+                .map(|l| l.commit.clone())
+                .collect();
+            libraries.retire_others(&served);
             Ok(())
         } else {
             Err(problems)
@@ -1138,6 +1145,9 @@ pub trait Resolve: Send + Sync {
     fn resolve(&self, include: &registry::Include) -> Result<LibrarySnapshot, String>;
     /// Makes the read-only checkout `library`'s scripts run from.
     fn check_out(&self, library: &registry::Library) -> Result<(), String>;
+    /// Removes the checkouts of commits not in `served` once no run can
+    /// still use them.
+    fn retire_others(&self, served: &[String]);
 }
 
 /// What a tree entry's mode says of it as a script.
