@@ -12,6 +12,7 @@
 //! is never read.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -28,6 +29,45 @@ pub const MAX_INCLUDES: usize = 16;
 const MAX_REF: usize = 200;
 /// Longest `repository`.
 const MAX_REPOSITORY: usize = 1000;
+
+/// Most files in one library's tree.
+pub const MAX_LIBRARY_FILES: usize = 20_000;
+/// Most bytes of one library's checkout.
+pub const MAX_CHECKOUT_BYTES: u64 = 256 << 20;
+
+/// Why a library could not be read or checked out (by `source::library`,
+/// which does the I/O); a problem at the include when the registry gets it.
+#[derive(Debug, thiserror::Error)]
+pub enum LibraryError {
+    #[error("this daemon serves a GitHub repository: include libraries by their https URL, not by a path on its machine")]
+    LocalRefused,
+    #[error("offline, and not in the cache")]
+    NotCached,
+    #[error("the library has no tag or branch `{0}`")]
+    NoRef(String),
+    #[error("no commit {0} in the library")]
+    NoCommit(String),
+    #[error("`{0}` is not a commit")]
+    NotACommit(String),
+    #[error("the library holds more than {MAX_LIBRARY_FILES} files")]
+    TooManyFiles,
+    #[error("the library's files are over {} MiB", MAX_CHECKOUT_BYTES >> 20)]
+    TooLarge,
+    /// A failure of git (opening, reading objects, fetching), in gix's words.
+    #[error("{0}")]
+    Git(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// No reader of libraries where the registry was built.
+    #[error("libraries are not read here")]
+    Unavailable,
+    /// Read from the cache after a fetch failed, and still not resolved.
+    #[error("{0} ({1})")]
+    Stale(Box<LibraryError>, String),
+}
 
 /// One checked `include:` entry.
 #[derive(Debug, Clone)]

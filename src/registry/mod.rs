@@ -36,7 +36,10 @@ use check::Check;
 pub use check::{
     is_name, is_plain_relative_path, DEFAULT_CONCURRENCY, MAX_TIMEOUT, RESERVED_SEGMENTS,
 };
-pub use library::{Include, Library, LibrarySnapshot, MAX_INCLUDES};
+pub use library::{
+    Include, Library, LibraryError, LibrarySnapshot, MAX_CHECKOUT_BYTES, MAX_INCLUDES,
+    MAX_LIBRARY_FILES,
+};
 pub use prompts::{
     FillError, Prompt, PromptArgument, MAX_PROMPTS, MAX_PROMPTS_TOTAL_BYTES, MAX_PROMPT_ARGUMENTS,
 };
@@ -65,7 +68,7 @@ pub struct Snapshot {
     /// What the caller found for each `include:` of the settings, in the
     /// order `includes_of` gives them: the library's files, or why it could
     /// not be read (a problem at the include).
-    pub libraries: Vec<Result<LibrarySnapshot, String>>,
+    pub libraries: Vec<Result<LibrarySnapshot, LibraryError>>,
 }
 
 /// The checked `include:` entries of a `dynapi.yaml` text (its problems are

@@ -30,7 +30,7 @@ use gix::ObjectId;
 
 use super::repo::{kind_of_mode, read_snapshot, redact, Deadline, Origin, Resolve};
 use crate::layout::{LIBRARIES, LIBRARY_CACHE, PRIVATE};
-use crate::registry::{Include, Library, LibrarySnapshot, MANIFEST_DIR};
+use crate::registry::{Include, Library, LibraryError, LibrarySnapshot, MANIFEST_DIR};
 
 /// How long a fetched library is taken as current before the next build
 /// fetches it again (a commit id the cache holds is never fetched again).
@@ -39,10 +39,23 @@ pub const FRESH: Duration = Duration::from_secs(10);
 /// longest run a registry swap may leave going (`MAX_TIMEOUT`), with room.
 pub const RETIRE_AFTER: Duration =
     Duration::from_secs(crate::registry::MAX_TIMEOUT.as_secs() + 300);
-/// Most files in one library's tree.
-pub const MAX_FILES: usize = 20_000;
 /// Most bytes of one library's checkout.
-pub const MAX_CHECKOUT_BYTES: u64 = 256 << 20;
+pub use crate::registry::MAX_CHECKOUT_BYTES;
+/// Most files in one library's tree.
+pub use crate::registry::MAX_LIBRARY_FILES as MAX_FILES;
+
+/// gix's many error types, as a `LibraryError::Git`.
+fn git(e: impl std::fmt::Display) -> LibraryError {
+    LibraryError::Git(e.to_string())
+}
+
+/// An I/O error at `path`.
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> LibraryError + '_ {
+    move |source| LibraryError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
 
 /// The library reader of one workspace (or of `dynapi check`'s checkout).
 pub struct Libraries {
@@ -124,24 +137,24 @@ impl Libraries {
 
     /// The repository a library is read from: where it is, or its cache
     /// (fetched first unless fresh), and why the fetch failed if it did.
-    fn open(&self, include: &Include) -> Result<(gix::Repository, Option<String>), String> {
+    fn open(&self, include: &Include) -> Result<(gix::Repository, Option<String>), LibraryError> {
         if let Some(path) = local_path(&include.repository) {
             if self.urls_only {
-                return Err("this daemon serves a GitHub repository: include libraries by their https URL, not by a path on its machine".to_string());
+                return Err(LibraryError::LocalRefused);
             }
             let repo =
-                gix::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+                gix::open(path).map_err(|e| git(format!("cannot open {}: {e}", path.display())))?;
             return Ok((repo, None));
         }
         let dir = self.cache.join(cache_name(&include.repository));
         let repo = if dir.join("HEAD").exists() {
-            gix::open(&dir).map_err(|e| format!("the cache at {}: {e}", dir.display()))?
+            gix::open(&dir).map_err(|e| git(format!("the cache at {}: {e}", dir.display())))?
         } else {
             if self.offline {
-                return Err("offline, and not in the cache".to_string());
+                return Err(LibraryError::NotCached);
             }
-            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            gix::init_bare(&dir).map_err(|e| e.to_string())?
+            std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+            gix::init_bare(&dir).map_err(git)?
         };
         if self.offline {
             return Ok((repo, Some("offline: read from the cache".to_string())));
@@ -176,7 +189,7 @@ impl Libraries {
     }
 
     /// Fetches every branch and tag of `url` into the bare cache `repo`.
-    fn fetch(&self, repo: &gix::Repository, url: &str) -> Result<(), String> {
+    fn fetch(&self, repo: &gix::Repository, url: &str) -> Result<(), LibraryError> {
         let token = self
             .credentials
             .as_ref()
@@ -198,20 +211,20 @@ impl Libraries {
                 .receive(gix::progress::Discard, deadline.flag())?;
             Ok(())
         })();
-        fetched.map_err(|e| redact(&crate::error_chain(e.as_ref())))
+        fetched.map_err(|e| LibraryError::Git(redact(&crate::error_chain(e.as_ref()))))
     }
 }
 
 impl Resolve for Libraries {
-    fn resolve(&self, include: &Include) -> Result<LibrarySnapshot, String> {
+    fn resolve(&self, include: &Include) -> Result<LibrarySnapshot, LibraryError> {
         let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let (repo, offline) = self.open(include)?;
         let commit = resolve_ref(&repo, &include.git_ref).map_err(|e| match &offline {
-            Some(why) => format!("{e} ({why})"),
+            Some(why) => LibraryError::Stale(Box::new(e), why.clone()),
             None => e,
         })?;
         let tree = tree_of(&repo, commit)?;
-        let read = read_snapshot(&repo, tree).map_err(|e| e.to_string())?;
+        let read = read_snapshot(&repo, tree).map_err(git)?;
         let mut kinds = HashMap::new();
         for (path, mode, _) in tree_entries(&repo, tree)? {
             kinds.insert(path, kind_of_mode(mode));
@@ -230,11 +243,11 @@ impl Resolve for Libraries {
         })
     }
 
-    fn check_out(&self, library: &Library) -> Result<(), String> {
+    fn check_out(&self, library: &Library) -> Result<(), LibraryError> {
         let Some(checkouts) = &self.checkouts else {
             return Ok(());
         };
-        let id = ObjectId::from_hex(library.commit.as_bytes()).map_err(|e| e.to_string())?;
+        let id = ObjectId::from_hex(library.commit.as_bytes()).map_err(git)?;
         let done = checkouts.join(id.to_string());
         if done.is_dir() {
             return Ok(());
@@ -254,18 +267,15 @@ impl Resolve for Libraries {
         };
         // The commit was resolved by this reader moments ago: no fetch.
         let repo = match local_path(&include.repository) {
-            Some(path) => gix::open(path).map_err(|e| e.to_string())?,
-            None => gix::open(self.cache.join(cache_name(&include.repository)))
-                .map_err(|e| e.to_string())?,
+            Some(path) => gix::open(path).map_err(git)?,
+            None => gix::open(self.cache.join(cache_name(&include.repository))).map_err(git)?,
         };
         let tree = tree_of(&repo, id)?;
-        std::fs::create_dir_all(checkouts).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(checkouts).map_err(io_at(checkouts))?;
         let tmp = checkouts.join(format!(".new-{id}-{}", std::process::id()));
         let _ = remove_tree(&tmp);
         let written = write_checkout(&repo, tree, &tmp);
-        let renamed = written.and_then(|()| {
-            std::fs::rename(&tmp, &done).map_err(|e| format!("{}: {e}", done.display()))
-        });
+        let renamed = written.and_then(|()| std::fs::rename(&tmp, &done).map_err(io_at(&done)));
         if renamed.is_err() {
             let _ = remove_tree(&tmp);
         }
@@ -304,9 +314,9 @@ impl Resolve for Libraries {
 }
 
 /// The tree of `commit`.
-fn tree_of(repo: &gix::Repository, commit: ObjectId) -> Result<ObjectId, String> {
-    let commit = repo.find_commit(commit).map_err(|e| e.to_string())?;
-    Ok(commit.tree_id().map_err(|e| e.to_string())?.detach())
+fn tree_of(repo: &gix::Repository, commit: ObjectId) -> Result<ObjectId, LibraryError> {
+    let commit = repo.find_commit(commit).map_err(git)?;
+    Ok(commit.tree_id().map_err(git)?.detach())
 }
 
 /// `scheme://host[:port]` of an http(s) URL.
@@ -332,23 +342,23 @@ fn cache_name(url: &str) -> String {
 
 /// The commit `name` is: a full commit id the repository holds, else the tag,
 /// else the branch of that name.
-fn resolve_ref(repo: &gix::Repository, name: &str) -> Result<ObjectId, String> {
+fn resolve_ref(repo: &gix::Repository, name: &str) -> Result<ObjectId, LibraryError> {
     if let Ok(id) = ObjectId::from_hex(name.as_bytes()) {
         return repo
             .find_commit(id)
             .map(|c| c.id)
-            .map_err(|_| format!("no commit {name} in the library"));
+            .map_err(|_| LibraryError::NoCommit(name.to_string()));
     }
     for full in [format!("refs/tags/{name}"), format!("refs/heads/{name}")] {
         if let Ok(Some(mut found)) = repo.try_find_reference(full.as_str()) {
-            let id = found.peel_to_id().map_err(|e| e.to_string())?.detach();
+            let id = found.peel_to_id().map_err(git)?.detach();
             return repo
                 .find_commit(id)
                 .map(|c| c.id)
-                .map_err(|_| format!("`{name}` is not a commit"));
+                .map_err(|_| LibraryError::NotACommit(name.to_string()));
         }
     }
-    Err(format!("the library has no tag or branch `{name}`"))
+    Err(LibraryError::NoRef(name.to_string()))
 }
 
 /// Every entry of `tree` below the root that is not a folder: path and mode,
@@ -356,20 +366,20 @@ fn resolve_ref(repo: &gix::Repository, name: &str) -> Result<ObjectId, String> {
 fn tree_entries(
     repo: &gix::Repository,
     tree: ObjectId,
-) -> Result<Vec<(String, gix::objs::tree::EntryMode, ObjectId)>, String> {
+) -> Result<Vec<(String, gix::objs::tree::EntryMode, ObjectId)>, LibraryError> {
     let mut recorder = gix::traverse::tree::Recorder::default();
     repo.find_tree(tree)
-        .map_err(|e| e.to_string())?
+        .map_err(git)?
         .traverse()
         .breadthfirst(&mut recorder)
-        .map_err(|e| e.to_string())?;
+        .map_err(git)?;
     let mut entries = Vec::new();
     for entry in recorder.records {
         if EntryKind::from(entry.mode) == EntryKind::Tree {
             continue;
         }
         if entries.len() >= MAX_FILES {
-            return Err(format!("the library holds more than {MAX_FILES} files"));
+            return Err(LibraryError::TooManyFiles);
         }
         let Ok(path) = entry.filepath.to_str() else {
             continue;
@@ -391,10 +401,9 @@ fn safe_path(path: &str) -> bool {
 }
 
 /// Writes the regular files of `tree` under `dir` (new), read-only.
-fn write_checkout(repo: &gix::Repository, tree: ObjectId, dir: &Path) -> Result<(), String> {
+fn write_checkout(repo: &gix::Repository, tree: ObjectId, dir: &Path) -> Result<(), LibraryError> {
     use std::os::unix::fs::PermissionsExt;
-    let io = |e: std::io::Error| e.to_string();
-    std::fs::create_dir(dir).map_err(io)?;
+    std::fs::create_dir(dir).map_err(io_at(dir))?;
     let mut total = 0u64;
     for (path, mode, id) in tree_entries(repo, tree)? {
         let executable = match EntryKind::from(mode) {
@@ -407,17 +416,14 @@ fn write_checkout(repo: &gix::Repository, tree: ObjectId, dir: &Path) -> Result<
             tracing::warn!(%path, "a library path that cannot be checked out safely is left out");
             continue;
         }
-        let data = repo.find_blob(id).map_err(|e| e.to_string())?.take_data();
+        let data = repo.find_blob(id).map_err(git)?.take_data();
         total += data.len() as u64;
         if total > MAX_CHECKOUT_BYTES {
-            return Err(format!(
-                "the library's files are over {} MiB",
-                MAX_CHECKOUT_BYTES >> 20
-            ));
+            return Err(LibraryError::TooLarge);
         }
         let target = dir.join(&path);
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(io)?;
+            std::fs::create_dir_all(parent).map_err(io_at(parent))?;
         }
         // `create_new`: a path written twice, or anything already there
         // (a folder a symlink made), is an error, never followed.
@@ -425,17 +431,18 @@ fn write_checkout(repo: &gix::Repository, tree: ObjectId, dir: &Path) -> Result<
             .write(true)
             .create_new(true)
             .open(&target)
-            .map_err(|e| format!("{path}: {e}"))?;
-        std::io::Write::write_all(&mut file, &data).map_err(io)?;
+            .map_err(io_at(&target))?;
+        std::io::Write::write_all(&mut file, &data).map_err(io_at(&target))?;
         let mode = if executable { 0o555 } else { 0o444 };
         file.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(io)?;
+            .map_err(io_at(&target))?;
     }
     // Deepest first, so a folder is closed after what is in it.
     let mut folders = walk(dir);
     folders.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for folder in folders {
-        std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o555)).map_err(io)?;
+        std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o555))
+            .map_err(io_at(&folder))?;
     }
     Ok(())
 }

@@ -14,8 +14,8 @@ use gix::ObjectId;
 
 use crate::manifest::{Problem, MAX_FILE_BYTES, MAX_MANIFESTS};
 use crate::registry::{
-    self, FileKind, LibrarySnapshot, Registry, Snapshot, MANIFEST_DIR, MAX_PROMPTS, PROMPTS_DIR,
-    SETTINGS_FILE,
+    self, FileKind, LibraryError, LibrarySnapshot, Registry, Snapshot, MANIFEST_DIR, MAX_PROMPTS,
+    PROMPTS_DIR, SETTINGS_FILE,
 };
 use crate::workspace::TemplateFile;
 
@@ -600,7 +600,7 @@ impl Repo {
                 .iter()
                 .map(|include| match &self.libraries {
                     Some(libraries) => libraries.resolve(include),
-                    None => Err("libraries are not read here".to_string()),
+                    None => Err(LibraryError::Unavailable),
                 })
                 .collect();
         }
@@ -1142,9 +1142,9 @@ pub fn forget_credentials(git_dir: &Path) -> Result<Vec<PathBuf>, RepoError> {
 pub trait Resolve: Send + Sync {
     /// The library's files at the commit `include.git_ref` names, or why
     /// they cannot be read.
-    fn resolve(&self, include: &registry::Include) -> Result<LibrarySnapshot, String>;
+    fn resolve(&self, include: &registry::Include) -> Result<LibrarySnapshot, LibraryError>;
     /// Makes the read-only checkout `library`'s scripts run from.
-    fn check_out(&self, library: &registry::Library) -> Result<(), String>;
+    fn check_out(&self, library: &registry::Library) -> Result<(), LibraryError>;
     /// Removes the checkouts of commits not in `served` once no run can
     /// still use them.
     fn retire_others(&self, served: &[String]);
