@@ -1,6 +1,7 @@
 //! The git repository behind the workspace, through gix: creating one from the
-//! template, reading a commit's manifests, and writing a commit whose ref update is
-//! a compare-and-swap on the branch.
+//! template, reading a commit's manifests (and, through the `Resolve` it is
+//! given, the libraries its `dynapi.yaml` includes), and writing a commit
+//! whose ref update is a compare-and-swap on the branch.
 //!
 //! Everything here is blocking; callers run it on tokio's blocking pool. Only
 //! `change.rs` may call `commit_tree`: it is the single writer (the call is
@@ -585,7 +586,8 @@ impl Repo {
 
     /// Builds the registry of `tree` (at `commit`): reads `dynapi.yaml`, every
     /// `manifests/*.yaml` and every `prompts/*.md` from the tree, never from the
-    /// working directory.
+    /// working directory, and the libraries `include:` names through `Resolve`
+    /// (a library that cannot be read is a problem at its include).
     pub fn registry_of(
         &self,
         commit: &str,
