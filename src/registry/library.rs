@@ -51,7 +51,7 @@ pub enum LibraryError {
     NotACommit(String),
     #[error("the library holds more than {MAX_LIBRARY_FILES} files")]
     TooManyFiles,
-    #[error("the library's files are over {} MiB", MAX_CHECKOUT_BYTES >> 20)]
+    #[error("the library is too large (its files over {} MiB, or its history over the cache's limit)", MAX_CHECKOUT_BYTES >> 20)]
     TooLarge,
     /// A failure of git (opening, reading objects, fetching), in gix's words.
     #[error("{0}")]

@@ -28,13 +28,16 @@ use gix::bstr::ByteSlice;
 use gix::object::tree::EntryKind;
 use gix::ObjectId;
 
-use super::repo::{kind_of_mode, read_snapshot, redact, Deadline, Origin, Resolve};
+use super::repo::{kind_of_mode, read_snapshot, redact, Deadline, Origin, Resolve, Watcher};
 use crate::layout::{LIBRARIES, LIBRARY_CACHE, PRIVATE};
 use crate::registry::{Include, Library, LibraryError, LibrarySnapshot, MANIFEST_DIR};
 
 /// How long a fetched library is taken as current before the next build
 /// fetches it again (a commit id the cache holds is never fetched again).
 pub const FRESH: Duration = Duration::from_secs(10);
+/// Most bytes one library's cache may hold: a fetch that passes it (a pull
+/// request including some huge repository) is stopped and the cache removed.
+pub const MAX_CACHE_BYTES: u64 = 1 << 30;
 /// How long a checkout that no served registry uses is kept: past the
 /// longest run a registry swap may leave going (`MAX_TIMEOUT`), with room.
 pub const RETIRE_AFTER: Duration =
@@ -177,7 +180,14 @@ impl Libraries {
         }
         // A failed fetch waits `FRESH` too: a remote that hangs must not
         // hold every build (the writer's check among them) for its timeout.
-        let failed = self.fetch(&repo, &include.repository).err().map(|e| {
+        let fetched = self.fetch(&repo, &include.repository);
+        if let Err(LibraryError::TooLarge) = fetched {
+            // Nothing of it is kept, and it is not read from a cache.
+            drop(repo);
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(LibraryError::TooLarge);
+        }
+        let failed = fetched.err().map(|e| {
             tracing::warn!(library = %include.repository, "could not fetch the library; reading the cache: {e}");
             format!("could not fetch ({e}); read from the cache")
         });
@@ -197,6 +207,11 @@ impl Libraries {
             .map(|(_, token)| token.as_str());
         let from = Origin::new(url, token);
         let deadline = Deadline::start();
+        let size = SizeWatch::start(
+            repo.path().to_path_buf(),
+            MAX_CACHE_BYTES,
+            deadline.interrupter(),
+        );
         let fetched = (|| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             let remote = repo.remote_at(url)?.with_refspecs(
                 ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
@@ -211,8 +226,64 @@ impl Libraries {
                 .receive(gix::progress::Discard, deadline.flag())?;
             Ok(())
         })();
+        if size.passed() {
+            return Err(LibraryError::TooLarge);
+        }
         fetched.map_err(|e| LibraryError::Git(redact(&crate::error_chain(e.as_ref()))))
     }
+}
+
+/// Watches a folder's size while a fetch writes into it, and stops the
+/// fetch (its interrupt flag) once the size passes a limit; gone when dropped.
+struct SizeWatch {
+    passed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    _watcher: Watcher,
+}
+
+impl SizeWatch {
+    /// How often the folder is measured.
+    const EVERY: Duration = Duration::from_millis(100);
+
+    fn start(
+        dir: PathBuf,
+        limit: u64,
+        interrupt: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> SizeWatch {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let passed = std::sync::Arc::new(AtomicBool::new(false));
+        let over = passed.clone();
+        let watcher = Watcher::spawn("library-size", move |finished| {
+            while !finished.load(Ordering::SeqCst) {
+                if size_of(&dir) > limit {
+                    over.store(true, Ordering::SeqCst);
+                    interrupt.store(true, Ordering::SeqCst);
+                    return;
+                }
+                std::thread::park_timeout(Self::EVERY);
+            }
+        });
+        SizeWatch {
+            passed,
+            _watcher: watcher,
+        }
+    }
+
+    /// Whether the folder passed the limit (and the fetch was stopped).
+    fn passed(&self) -> bool {
+        self.passed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The bytes of the files under `dir` (not through symlinks).
+fn size_of(dir: &Path) -> u64 {
+    walk(dir)
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
 }
 
 impl Resolve for Libraries {
@@ -503,6 +574,26 @@ mod tests {
         libraries.retire_others(std::slice::from_ref(&served));
         assert!(!checkouts.join(&old).exists());
         assert!(checkouts.join(&served).join("scripts/x.sh").is_file());
+    }
+
+    #[test]
+    fn a_fetch_is_stopped_once_the_cache_passes_its_limit() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("objects/pack")).unwrap();
+        let interrupt = std::sync::Arc::new(AtomicBool::new(false));
+        let watch = SizeWatch::start(dir.path().to_path_buf(), 1000, interrupt.clone());
+        std::fs::write(dir.path().join("objects/pack/tmp_pack_1"), vec![0u8; 600]).unwrap();
+        std::thread::sleep(SizeWatch::EVERY * 3);
+        assert!(!interrupt.load(Ordering::SeqCst) && !watch.passed());
+        std::fs::write(dir.path().join("objects/pack/tmp_pack_2"), vec![0u8; 600]).unwrap();
+        for _ in 0..50 {
+            if watch.passed() {
+                break;
+            }
+            std::thread::sleep(SizeWatch::EVERY);
+        }
+        assert!(watch.passed() && interrupt.load(Ordering::SeqCst));
     }
 
     #[test]

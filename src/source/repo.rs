@@ -34,55 +34,78 @@ pub const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30
 /// writer, which fetches under its lock.
 pub const FETCH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// A thread that watches something while a fetch runs: `body` runs until it
+/// returns or the watcher is dropped (then its `done` flag, which `body`
+/// checks, is set and the thread woken from `park_timeout`).
+pub(super) struct Watcher {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watcher {
+    pub(super) fn spawn(
+        name: &str,
+        body: impl FnOnce(&std::sync::atomic::AtomicBool) + Send + 'static,
+    ) -> Watcher {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let finished = done.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || body(&finished))
+            .ok();
+        Watcher { done, thread }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Sets an interrupt flag gix checks while it receives a pack once
 /// `FETCH_DEADLINE` has passed; a thread that sleeps until then, woken and
 /// gone as soon as the fetch ends (dropped).
 pub(super) struct Deadline {
     interrupt: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    watcher: Option<std::thread::JoinHandle<()>>,
+    _watcher: Watcher,
 }
 
 impl Deadline {
     pub(super) fn start() -> Deadline {
         use std::sync::atomic::{AtomicBool, Ordering};
         let interrupt = std::sync::Arc::new(AtomicBool::new(false));
-        let done = std::sync::Arc::new(AtomicBool::new(false));
-        let (set, finished) = (interrupt.clone(), done.clone());
+        let set = interrupt.clone();
         let end = std::time::Instant::now() + FETCH_DEADLINE;
-        let watcher = std::thread::Builder::new()
-            .name("fetch-deadline".into())
-            .spawn(move || loop {
-                if finished.load(Ordering::SeqCst) {
-                    return;
-                }
-                let now = std::time::Instant::now();
-                if now >= end {
-                    set.store(true, Ordering::SeqCst);
-                    return;
-                }
-                std::thread::park_timeout(end - now);
-            })
-            .ok();
+        let watcher = Watcher::spawn("fetch-deadline", move |finished| loop {
+            if finished.load(Ordering::SeqCst) {
+                return;
+            }
+            let now = std::time::Instant::now();
+            if now >= end {
+                set.store(true, Ordering::SeqCst);
+                return;
+            }
+            std::thread::park_timeout(end - now);
+        });
         Deadline {
             interrupt,
-            done,
-            watcher,
+            _watcher: watcher,
         }
     }
 
     pub(super) fn flag(&self) -> &std::sync::atomic::AtomicBool {
         &self.interrupt
     }
-}
 
-impl Drop for Deadline {
-    fn drop(&mut self) {
-        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Some(watcher) = self.watcher.take() {
-            watcher.thread().unpark();
-            let _ = watcher.join();
-        }
+    /// The flag itself, for another watcher that may stop the fetch sooner
+    /// (a library's size, `source::library`).
+    pub(super) fn interrupter(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.interrupt.clone()
     }
 }
 
