@@ -15,8 +15,9 @@
 //!   writes, the bundled template.
 //! - `exec`: running scripts (the only module that starts processes).
 //! - `source`: the git repository (`repo`), the single writer (`change`), the
-//!   write service every API write goes through (`writes`) and the
-//!   sync loop that swaps registries (`sync`).
+//!   write service every API write goes through (`writes`), the
+//!   sync loop that swaps registries (`sync`) and the libraries a project
+//!   includes, fetched and checked out read-only (`library`).
 //! - `sql`: statements against SQLite (the default) and PostgreSQL, read-only
 //!   unless allowed.
 //! - `webhook`: GitHub webhook signatures, replays, and payloads.
