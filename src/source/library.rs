@@ -38,6 +38,9 @@ pub const FRESH: Duration = Duration::from_secs(10);
 /// Most bytes one library's cache may hold: a fetch that passes it (a pull
 /// request including some huge repository) is stopped and the cache removed.
 pub const MAX_CACHE_BYTES: u64 = 1 << 30;
+/// How many library caches are kept before those no served registry
+/// includes are removed.
+pub const MAX_CACHES: usize = 2 * crate::registry::MAX_INCLUDES;
 /// How long a checkout that no served registry uses is kept: past the
 /// longest run a registry swap may leave going (`MAX_TIMEOUT`), with room.
 pub const RETIRE_AFTER: Duration =
@@ -77,6 +80,8 @@ pub struct Libraries {
     offline: bool,
     /// Checkouts no served registry uses, and since when.
     retired: Mutex<HashMap<String, Instant>>,
+    /// The cache folders of the libraries the served registry includes.
+    served_caches: Mutex<std::collections::HashSet<String>>,
     /// How long a retired checkout is kept (`RETIRE_AFTER`).
     retire_after: Duration,
     /// Refuse libraries on this machine's disk: a GitHub-mode daemon checks
@@ -96,6 +101,7 @@ impl Libraries {
             offline: false,
             urls_only: false,
             retired: Mutex::default(),
+            served_caches: Mutex::default(),
             retire_after: RETIRE_AFTER,
         }
     }
@@ -111,6 +117,7 @@ impl Libraries {
             offline,
             urls_only: false,
             retired: Mutex::default(),
+            served_caches: Mutex::default(),
             retire_after: RETIRE_AFTER,
         }
     }
@@ -156,6 +163,7 @@ impl Libraries {
             if self.offline {
                 return Err(LibraryError::NotCached);
             }
+            self.prune_caches();
             std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
             gix::init_bare(&dir).map_err(git)?
         };
@@ -196,6 +204,30 @@ impl Libraries {
             .unwrap_or_else(|e| e.into_inner())
             .insert(include.repository.clone(), (Instant::now(), failed.clone()));
         Ok((repo, failed))
+    }
+
+    /// Before a new cache is made: when there are `MAX_CACHES` already, the
+    /// caches of libraries the served registry does not include go (those a
+    /// pull request named, say), so no one fills the disk one library at a time.
+    fn prune_caches(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.cache) else {
+            return;
+        };
+        let entries: Vec<_> = entries.flatten().collect();
+        if entries.len() < MAX_CACHES {
+            return;
+        }
+        let served = self
+            .served_caches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for entry in entries {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !served.contains(&name) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 
     /// Fetches every branch and tag of `url` into the bare cache `repo`.
@@ -353,7 +385,12 @@ impl Resolve for Libraries {
         renamed
     }
 
-    fn retire_others(&self, served: &[String]) {
+    fn retire_others(&self, libraries: &[std::sync::Arc<Library>]) {
+        *self.served_caches.lock().unwrap_or_else(|e| e.into_inner()) = libraries
+            .iter()
+            .map(|l| cache_name(&l.repository))
+            .collect();
+        let served: Vec<String> = libraries.iter().map(|l| l.commit.clone()).collect();
         let Some(checkouts) = &self.checkouts else {
             return;
         };
@@ -547,6 +584,19 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 mod tests {
     use super::*;
 
+    /// A library served at `commit`, as the registry names it.
+    fn library(repository: &str, commit: &str) -> std::sync::Arc<Library> {
+        std::sync::Arc::new(Library {
+            repository: repository.into(),
+            git_ref: "v1".into(),
+            commit: commit.into(),
+            prefix: None,
+            offline: None,
+            line: 2,
+            column: 5,
+        })
+    }
+
     #[test]
     fn checkouts_no_registry_serves_are_removed_once_retired_long_enough() {
         use std::os::unix::fs::PermissionsExt;
@@ -564,14 +614,16 @@ mod tests {
                 std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o555)).unwrap();
             }
         }
-        libraries.retire_others(std::slice::from_ref(&served));
+        let library = library("/srv/lib.git", &served);
+        let served_now = std::slice::from_ref(&library);
+        libraries.retire_others(served_now);
         assert!(checkouts.join(&old).is_dir(), "kept while runs may use it");
         assert!(
             !checkouts.join(&leftover).exists(),
             "a dead daemon's half-written one goes"
         );
         std::thread::sleep(Duration::from_millis(60));
-        libraries.retire_others(std::slice::from_ref(&served));
+        libraries.retire_others(served_now);
         assert!(!checkouts.join(&old).exists());
         assert!(checkouts.join(&served).join("scripts/x.sh").is_file());
     }
@@ -594,6 +646,29 @@ mod tests {
             std::thread::sleep(SizeWatch::EVERY);
         }
         assert!(watch.passed() && interrupt.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn caches_no_served_registry_includes_go_before_one_too_many_is_made() {
+        let git = tempfile::tempdir().unwrap();
+        let libraries = Libraries::for_workspace(git.path());
+        let served = library("https://example.com/served.git", &"a".repeat(40));
+        libraries.retire_others(std::slice::from_ref(&served));
+        let cache = git.path().join(PRIVATE).join(LIBRARY_CACHE);
+        let names: Vec<String> = (0..MAX_CACHES - 1)
+            .map(|i| cache_name(&format!("https://example.com/{i}.git")))
+            .chain([cache_name(&served.repository)])
+            .collect();
+        for name in &names[1..] {
+            std::fs::create_dir_all(cache.join(name)).unwrap();
+        }
+        libraries.prune_caches();
+        assert!(cache.join(&names[1]).is_dir(), "below the count, all stay");
+        std::fs::create_dir_all(cache.join(&names[0])).unwrap();
+        libraries.prune_caches();
+        let left: Vec<_> = std::fs::read_dir(&cache).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1);
+        assert!(cache.join(cache_name(&served.repository)).is_dir());
     }
 
     #[test]

@@ -658,12 +658,7 @@ impl Repo {
             })
             .collect();
         if problems.is_empty() {
-            let served: Vec<String> = registry
-                .libraries()
-                .iter()
-                .map(|l| l.commit.clone())
-                .collect();
-            libraries.retire_others(&served);
+            libraries.retire_others(registry.libraries());
             Ok(())
         } else {
             Err(problems)
@@ -1170,9 +1165,9 @@ pub trait Resolve: Send + Sync {
     fn resolve(&self, include: &registry::Include) -> Result<LibrarySnapshot, LibraryError>;
     /// Makes the read-only checkout `library`'s scripts run from.
     fn check_out(&self, library: &registry::Library) -> Result<(), LibraryError>;
-    /// Removes the checkouts of commits not in `served` once no run can
-    /// still use them.
-    fn retire_others(&self, served: &[String]);
+    /// `served` is what the registry about to be served includes: the
+    /// checkouts of other commits go once no run can still use them.
+    fn retire_others(&self, served: &[std::sync::Arc<registry::Library>]);
 }
 
 /// What a tree entry's mode says of it as a script.
