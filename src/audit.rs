@@ -29,6 +29,9 @@ pub struct Entry<'a> {
     pub target: &'a str,
     /// The commit made, or the commit whose script ran.
     pub commit: Option<&'a str>,
+    /// A library endpoint's run: `repository@commit` of the library whose
+    /// script ran.
+    pub library: Option<&'a str>,
     pub duration: Duration,
     /// `ok`, or the error code the caller was answered.
     pub outcome: &'a str,
@@ -41,6 +44,8 @@ struct Line<'a> {
     operation: &'a str,
     target: &'a str,
     commit: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    library: Option<&'a str>,
     duration_ms: u64,
     outcome: &'a str,
 }
@@ -89,6 +94,7 @@ impl Audit {
             operation: entry.operation,
             target,
             commit: entry.commit,
+            library: entry.library,
             duration_ms: entry.duration.as_millis() as u64,
             outcome: entry.outcome,
         };
@@ -162,6 +168,7 @@ mod tests {
                 operation: "write",
                 target: &target,
                 commit: Some("abc"),
+                library: None,
                 duration: Duration::from_millis(3),
                 outcome: "ok",
             });

@@ -9,16 +9,35 @@ use crate::auth::{self, Scopes};
 use crate::config::{CheckFormat, StoreAt};
 use crate::manifest::Problem;
 use crate::registry::{FileKind, Registry, Snapshot, MANIFEST_DIR, PROMPTS_DIR, SETTINGS_FILE};
-use crate::source::repo::Repo;
+use crate::source::library::Libraries;
+use crate::source::repo::{Repo, Resolve};
 use crate::workspace;
 
-/// Validates the manifests and prompts of a checkout as they are on disk. Returns every problem.
+/// Validates the manifests and prompts of a checkout as they are on disk,
+/// with the libraries it includes (fetched, or from the cache when
+/// `offline`). Returns every problem.
 pub fn check_dir(dir: &Path) -> std::io::Result<Vec<Problem>> {
-    Ok(build_dir(dir)?.err().unwrap_or_default())
+    Ok(build_dir(dir, false)?.err().unwrap_or_default())
+}
+
+/// Where `dynapi check` keeps the libraries it fetched: the checkout's
+/// `.git/dynapi/libraries` when it is a repository, else the user's cache.
+fn library_cache(dir: &Path) -> std::path::PathBuf {
+    let git = dir.join(".git");
+    if git.is_dir() {
+        return git
+            .join(crate::layout::PRIVATE)
+            .join(crate::layout::LIBRARY_CACHE);
+    }
+    let home = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    home.join("dynapi").join(crate::layout::LIBRARY_CACHE)
 }
 
 /// The registry of a checkout as it is on disk, or its problems.
-fn build_dir(dir: &Path) -> std::io::Result<Result<Registry, Vec<Problem>>> {
+fn build_dir(dir: &Path, offline: bool) -> std::io::Result<Result<Registry, Vec<Problem>>> {
     let mut snapshot = Snapshot::default();
     match std::fs::read_to_string(dir.join(SETTINGS_FILE)) {
         Ok(text) => snapshot.settings = Some(text),
@@ -27,6 +46,42 @@ fn build_dir(dir: &Path) -> std::io::Result<Result<Registry, Vec<Problem>>> {
     }
     snapshot.manifests = read_folder(dir, MANIFEST_DIR, &[".yaml", ".yml"])?;
     snapshot.prompts = read_folder(dir, PROMPTS_DIR, &[".md"])?;
+    if let Some(text) = &snapshot.settings {
+        let includes = crate::registry::includes_of(text);
+        if !includes.is_empty() {
+            // gix fetches https through reqwest, which needs the TLS provider.
+            crate::install_tls();
+            // As in GitHub Actions: GITHUB_TOKEN goes to GITHUB_SERVER_URL's
+            // host only (github.com unless set).
+            let server = std::env::var("GITHUB_SERVER_URL")
+                .unwrap_or_else(|_| "https://github.com".to_string());
+            let token = std::env::var("GITHUB_TOKEN").ok();
+            let libraries = Libraries::for_check(library_cache(dir), offline)
+                .with_token(&server, token.as_deref());
+            snapshot.libraries = includes
+                .iter()
+                .map(|include| {
+                    let found = libraries.resolve(include);
+                    match &found {
+                        Ok(lib) => eprintln!(
+                            "library {}@{}: commit {}{}",
+                            include.repository,
+                            include.git_ref,
+                            lib.commit,
+                            lib.offline
+                                .as_deref()
+                                .map(|why| format!(" ({why})"))
+                                .unwrap_or_default()
+                        ),
+                        Err(e) => {
+                            eprintln!("library {}@{}: {e}", include.repository, include.git_ref)
+                        }
+                    }
+                    found
+                })
+                .collect();
+        }
+    }
     let kind = |path: &str| {
         use std::os::unix::fs::PermissionsExt;
         match std::fs::symlink_metadata(dir.join(path)) {
@@ -73,7 +128,7 @@ pub fn openapi(dir: &Path, profile: &str, public_url: &str) -> i32 {
         eprintln!("dynapi openapi: --profile is `full` or `gpt`, not `{profile}`");
         return 2;
     };
-    match build_dir(dir) {
+    match build_dir(dir, false) {
         Ok(Ok(registry)) => {
             let ops = crate::http::catalog::operations();
             let doc = crate::openapi::document(&ops, &registry, profile, public_url);
@@ -96,8 +151,8 @@ pub fn openapi(dir: &Path, profile: &str, public_url: &str) -> i32 {
 
 /// `dynapi check [--format text|github] [DIR]`: 0 when valid, 1 with one line per
 /// problem otherwise (2 when the checkout cannot be read).
-pub fn check(dir: &Path, format: CheckFormat) -> i32 {
-    match check_dir(dir) {
+pub fn check(dir: &Path, format: CheckFormat, offline: bool) -> i32 {
+    match build_dir(dir, offline).map(|built| built.err().unwrap_or_default()) {
         Ok(problems) if problems.is_empty() => {
             println!("{}: manifests and prompts are valid", dir.display());
             0
@@ -142,13 +197,18 @@ fn github_annotation(p: &Problem) -> String {
     )
 }
 
-/// `dynapi init [DIR]`: a new git repository from the template, with the workflow.
-pub fn init(dir: &Path) -> i32 {
+/// `dynapi init [--library] [DIR]`: a new git repository from the template
+/// (or the library template), with the workflow.
+pub fn init(dir: &Path, library: bool) -> i32 {
     if dir.join(".git").exists() {
         eprintln!("dynapi init: {} is already a git repository", dir.display());
         return 1;
     }
-    let files = workspace::template_files(true);
+    let files = if library {
+        workspace::library_files()
+    } else {
+        workspace::template_files(true)
+    };
     match Repo::init(dir, "main", &files, &crate::daemon_author()) {
         Ok(_) => {
             println!(
@@ -156,7 +216,14 @@ pub fn init(dir: &Path) -> i32 {
                 dir.display(),
                 files.len()
             );
-            println!("Serve it with: dynapi serve --workspace {}", dir.display());
+            if library {
+                println!("Tag a version (git -C {} tag v1.0.0) and include it from a project's dynapi.yaml:", dir.display());
+                println!("include:");
+                println!("  - repository: <this repository's URL or absolute path>");
+                println!("    ref: v1.0.0");
+            } else {
+                println!("Serve it with: dynapi serve --workspace {}", dir.display());
+            }
             0
         }
         Err(e) => {

@@ -34,12 +34,20 @@ pub enum Command {
         /// annotate the pull request's diff).
         #[arg(long, value_enum, default_value = "text")]
         format: CheckFormat,
+        /// Fetch no library `include:` names: check them from the cache of an
+        /// earlier check, and say so.
+        #[arg(long)]
+        offline: bool,
         /// The checkout to check.
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
     /// Write a new repository from the template, with a GitHub workflow that runs `dynapi check`.
     Init {
+        /// Make a library: a repository of endpoints other projects include
+        /// from their `dynapi.yaml` (`include:`), pinned by tag.
+        #[arg(long)]
+        library: bool,
         #[arg(default_value = ".")]
         dir: PathBuf,
     },

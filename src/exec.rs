@@ -76,6 +76,8 @@ pub struct Tag {
     pub name: String,
     /// The commit served when it started.
     pub commit: String,
+    /// A library endpoint's run: `repository@commit` of the library.
+    pub library: Option<String>,
 }
 
 /// Told of every run's end.

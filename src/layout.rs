@@ -14,3 +14,10 @@ pub const SCRIPTS_DIR: &str = "scripts";
 /// The folder in the workspace's `.git` the daemon keeps to itself (its token,
 /// audit log, OAuth store): never committed, unreadable by scripts.
 pub const PRIVATE: &str = "dynapi";
+/// The folder in the workspace's `.git` where the libraries a project
+/// includes are checked out, one read-only folder per commit
+/// (`.git/dynapi-libraries/<commit>/`): scripts read and run them (every entry
+/// of `.git` but `PRIVATE` is read-only to them), never write them.
+pub const LIBRARIES: &str = "dynapi-libraries";
+/// Inside `PRIVATE`: the bare caches of libraries fetched over HTTP(S).
+pub const LIBRARY_CACHE: &str = "libraries";

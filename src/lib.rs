@@ -15,8 +15,9 @@
 //!   writes, the bundled template.
 //! - `exec`: running scripts (the only module that starts processes).
 //! - `source`: the git repository (`repo`), the single writer (`change`), the
-//!   write service every API write goes through (`writes`) and the
-//!   sync loop that swaps registries (`sync`).
+//!   write service every API write goes through (`writes`), the
+//!   sync loop that swaps registries (`sync`) and the libraries a project
+//!   includes, fetched and checked out read-only (`library`).
 //! - `sql`: statements against SQLite (the default) and PostgreSQL, read-only
 //!   unless allowed.
 //! - `webhook`: GitHub webhook signatures, replays, and payloads.
@@ -143,6 +144,7 @@ fn observe_runs(audit: Arc<audit::Audit>, metrics: Arc<metrics::Metrics>) -> exe
             commit: Some(&tag.commit)
                 .filter(|c| !c.is_empty())
                 .map(String::as_str),
+            library: tag.library.as_deref(),
             duration,
             outcome,
         });
@@ -238,6 +240,18 @@ impl App {
                 tracing::warn!(file = %file.display(), "removed credentials from a URL in the workspace's git files");
             }
         }
+        // The libraries `dynapi.yaml` includes are read wherever the repository
+        // builds a registry; the GitHub token goes to the remote's host only,
+        // and in GitHub mode (which checks anyone's pull requests) no
+        // library is read from this machine's disk.
+        let libraries = source::library::Libraries::for_workspace(repo.git_dir());
+        let libraries = match &config.remote {
+            Some(remote) => libraries
+                .with_token(&remote.url, remote.token.as_deref())
+                .urls_only(),
+            None => libraries,
+        };
+        let repo = repo.with_libraries(Arc::new(libraries));
         let workspace = Workspace::open(&config.workspace)?;
         // Git's index lock a killed daemon left would stop every write and
         // every checkout (and a human's git) for good.

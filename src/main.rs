@@ -11,8 +11,12 @@ use dynapi::config::{
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Check { dir, format } => dynapi::commands::check(&dir, format),
-        Command::Init { dir } => dynapi::commands::init(&dir),
+        Command::Check {
+            dir,
+            format,
+            offline,
+        } => dynapi::commands::check(&dir, format, offline),
+        Command::Init { dir, library } => dynapi::commands::init(&dir, library),
         Command::Openapi {
             profile,
             public_url,

@@ -103,6 +103,19 @@ pub struct RawSettings {
     pub databases: BTreeMap<String, RawDatabase>,
     pub policy: Option<RawPolicy>,
     pub sandbox: Option<String>,
+    /// Libraries whose endpoints this repository serves beside its own.
+    pub include: Vec<RawInclude>,
+}
+
+/// One `include:` entry: a library repository at a ref, which of its
+/// endpoints, under which prefix, and what its scripts may do here.
+#[derive(Debug, Default)]
+pub struct RawInclude {
+    pub repository: Option<String>,
+    pub git_ref: Option<String>,
+    pub endpoints: Option<Vec<String>>,
+    pub prefix: Option<String>,
+    pub sandbox: Option<RawSandbox>,
 }
 
 /// How writes reach the branch in GitHub mode: `commit` or `pull_request`.
@@ -913,7 +926,14 @@ impl FromNode for RawSandbox {
 
 impl FromNode for RawSettings {
     fn read(node: &Node, path: &str, r: &mut Reader) -> Option<Self> {
-        const KEYS: &[&str] = &["defaults", "tokens", "databases", "policy", "sandbox"];
+        const KEYS: &[&str] = &[
+            "defaults",
+            "tokens",
+            "databases",
+            "policy",
+            "sandbox",
+            "include",
+        ];
         let mut s = RawSettings::default();
         r.fields(
             node,
@@ -925,10 +945,31 @@ impl FromNode for RawSettings {
                 "tokens" => s.tokens = r.optional(v, at).unwrap_or_default(),
                 "databases" => s.databases = r.optional(v, at).unwrap_or_default(),
                 "policy" => s.policy = r.optional(v, at),
+                "include" => s.include = r.optional(v, at).unwrap_or_default(),
                 _ => s.sandbox = r.optional(v, at),
             },
         )?;
         Some(s)
+    }
+}
+
+impl FromNode for RawInclude {
+    fn read(node: &Node, path: &str, r: &mut Reader) -> Option<Self> {
+        let mut i = RawInclude::default();
+        r.fields(
+            node,
+            path,
+            "an include",
+            &["repository", "ref", "endpoints", "prefix", "sandbox"],
+            |r, key, v, at| match key {
+                "repository" => i.repository = r.optional(v, at),
+                "ref" => i.git_ref = r.optional(v, at),
+                "endpoints" => i.endpoints = r.optional(v, at),
+                "prefix" => i.prefix = r.optional(v, at),
+                _ => i.sandbox = r.optional(v, at),
+            },
+        )?;
+        Some(i)
     }
 }
 

@@ -395,6 +395,11 @@ fn endpoint_operation(e: &Endpoint, gpt: bool) -> Value {
         "responses": responses(&[200, 202], run_answer_schema()),
         "x-openai-isConsequential": e.consequential,
     });
+    // Where the endpoint comes from; the GPT profile keeps to what GPT
+    // Actions read.
+    if !gpt {
+        item["x-dynapi-source"] = e.source_json();
+    }
     if !parameters.is_empty() {
         item["parameters"] = json!(parameters);
     }

@@ -39,6 +39,7 @@ use crate::registry::{
     self, Endpoint, FileKind, Method, Registry, Snapshot, MANIFEST_DIR, RESERVED_SEGMENTS,
 };
 use crate::source::change::{Applied, Op, Validation};
+use crate::source::library::Libraries;
 use crate::source::writes::{message_or, Policy};
 use crate::App;
 
@@ -67,7 +68,7 @@ impl serde::Serialize for Description<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let e = self.0;
-        let mut map = s.serialize_map(Some(12))?;
+        let mut map = s.serialize_map(Some(13))?;
         map.serialize_entry("name", &e.name)?;
         map.serialize_entry("description", &e.description)?;
         map.serialize_entry("method", &e.method)?;
@@ -80,6 +81,7 @@ impl serde::Serialize for Description<'_> {
         map.serialize_entry("file", &e.file)?;
         map.serialize_entry("script", &e.script)?;
         map.serialize_entry("params", &e.params_schema())?;
+        map.serialize_entry("source", &e.source_json())?;
         map.end()
     }
 }
@@ -215,6 +217,9 @@ async fn add_endpoint(app: Arc<App>, opened: Opened<AddEndpoint>) -> Result<Resp
     }
     let name = raw.value.name.unwrap_or_default();
     let served = app.syncer.registry();
+    if let Some(library) = served.get(&name).and_then(|e| e.source.as_ref()) {
+        return Err(from_library(&name, library));
+    }
     let existing = served.get(&name).map(|e| e.file.clone());
     let file = existing
         .clone()
@@ -277,6 +282,19 @@ async fn add_endpoint(app: Arc<App>, opened: Opened<AddEndpoint>) -> Result<Resp
     .into_response())
 }
 
+/// The refusal to change or remove an endpoint a library serves: it is
+/// changed in the library, or dropped from `include:`.
+fn from_library(name: &str, library: &crate::registry::Library) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "library_endpoint",
+        format!(
+            "`{name}` comes from the library {} at {} (commit {}); change it there, or leave it out of `include:` in dynapi.yaml",
+            library.repository, library.git_ref, library.commit
+        ),
+    )
+}
+
 /// DELETE /endpoints/{name} — one commit removing the manifest, and its script when
 /// no other endpoint uses it.
 fn delete(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
@@ -295,14 +313,16 @@ fn delete(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
                                 "no endpoint named `{name}`; GET /endpoints lists them"
                             ))
                         })?;
+                        if let Some(library) = &endpoint.source {
+                            return Err(from_library(&name, library));
+                        }
                         let mut ops = vec![Op::Delete {
                             path: endpoint.file.clone(),
                             if_match: None,
                         }];
-                        let shared = registry
-                            .endpoints()
-                            .iter()
-                            .any(|e| e.name != name && e.script == endpoint.script);
+                        let shared = registry.endpoints().iter().any(|e| {
+                            e.name != name && e.source.is_none() && e.script == endpoint.script
+                        });
                         if !shared {
                             ops.push(Op::Delete {
                                 path: endpoint.script.clone(),
@@ -568,7 +588,14 @@ async fn invoke(
         }
         err
     })?;
-    let program = app.workspace.resolve(&endpoint.script)?;
+    // A library's script runs from its read-only checkout (the sync made it
+    // before serving the registry); the project's from the workspace.
+    let program = match &endpoint.source {
+        None => app.workspace.resolve(&endpoint.script)?,
+        Some(library) => {
+            Libraries::checkout_dir(app.repo.git_dir(), library).join(&endpoint.script)
+        }
+    };
     let mut env = invocation.env;
     env.extend(endpoint.env.iter().cloned());
     let running = app
@@ -578,6 +605,10 @@ async fn invoke(
                 token: caller.token_name.clone(),
                 name: endpoint.name.clone(),
                 commit: registry.commit.clone(),
+                library: endpoint
+                    .source
+                    .as_ref()
+                    .map(|l| format!("{}@{}", l.repository, l.commit)),
             },
             program,
             args: invocation.args,

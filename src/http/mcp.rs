@@ -615,9 +615,24 @@ fn endpoint_tools<'r>(registry: &'r Registry, builtins: &[Builtin]) -> Vec<(Tool
             } else {
                 e.name.clone()
             };
-            let description = format!("{} ({} {})", e.description, e.method.as_str(), e.path);
+            let description = match &e.source {
+                None => format!("{} ({} {})", e.description, e.method.as_str(), e.path),
+                Some(l) => format!(
+                    "{} ({} {}; from the library {} at {})",
+                    e.description,
+                    e.method.as_str(),
+                    e.path,
+                    l.repository,
+                    l.commit
+                ),
+            };
+            // Where the tool comes from (project or library), in `_meta`
+            // under the daemon's own key.
+            let mut meta = JsonObject::new();
+            meta.insert("dynapi/source".to_string(), e.source_json());
             let mut tool = Tool::new(name, description, object(e.params_schema()))
-                .with_annotations(annotations(e.method, e.consequential, false));
+                .with_annotations(annotations(e.method, e.consequential, false))
+                .with_meta(rmcp::model::MetaObject(meta));
             if let Some(schema) = &e.output_schema {
                 tool = tool.with_raw_output_schema(Arc::new(object(schema.clone())));
             }

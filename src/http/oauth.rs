@@ -488,6 +488,7 @@ fn audit(app: &App, token: &str, target: &str) {
         operation: "oauth",
         target,
         commit: None,
+        library: None,
         duration: std::time::Duration::ZERO,
         outcome: "ok",
     });

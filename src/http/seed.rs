@@ -101,6 +101,7 @@ fn run_script(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
                                 token: caller.token_name.clone(),
                                 name: rules.name,
                                 commit: registry.commit.clone(),
+                                library: None,
                             },
                             program,
                             args,
@@ -217,6 +218,9 @@ fn rules_for(
     let serving: Vec<&Arc<Endpoint>> = registry
         .endpoints()
         .iter()
+        // A library's script lives in its checkout, not in the workspace: a
+        // project script of the same path is not it.
+        .filter(|e| e.source.is_none())
         .filter(|e| {
             app.workspace
                 .resolve(&e.script)

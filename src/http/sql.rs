@@ -117,6 +117,7 @@ fn run(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> +
                         operation: "sql",
                         target: &target,
                         commit: None,
+                        library: None,
                         duration: started.elapsed(),
                         outcome: answer.as_ref().map_or_else(|e| e.code, |_| "ok"),
                     });

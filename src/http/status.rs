@@ -119,10 +119,34 @@ fn status(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection
                         "scripts_running": app.exec.running(),
                     },
                     "sandbox": sandbox_status(&app, registry.settings.sandbox),
+                    "libraries": libraries_status(&registry),
                     "uptime_seconds": app.started.elapsed().as_secs(),
                 }))
             }))
         })
+}
+
+/// The libraries served beside the project's endpoints: repository, ref, the
+/// commit it resolved to, and which endpoints it serves here.
+fn libraries_status(registry: &crate::registry::Registry) -> serde_json::Value {
+    registry
+        .libraries()
+        .iter()
+        .map(|library| {
+            let mut entry = serde_json::to_value(library.as_ref()).unwrap_or_default();
+            entry["endpoints"] = registry
+                .endpoints()
+                .iter()
+                .filter(|e| {
+                    e.source
+                        .as_ref()
+                        .is_some_and(|s| std::sync::Arc::ptr_eq(s, library))
+                })
+                .map(|e| json!(e.name))
+                .collect();
+            entry
+        })
+        .collect()
 }
 
 /// What the kernel offers the sandbox, what `dynapi.yaml` asks for, and so what

@@ -138,6 +138,28 @@ impl Check<'_> {
         }
     }
 
+    /// `writable` paths (of a manifest's `sandbox:`, or an include's grant at
+    /// `key`): inside the workspace, or `.`, and never `dynapi.yaml`.
+    pub(super) fn writable_paths(&mut self, key: &str, paths: &[String]) {
+        for (i, w) in paths.iter().enumerate() {
+            if w != "." && !is_plain_relative_path(w) {
+                self.at(
+                    &format!("{key}.{i}"),
+                    format!(
+                        "`{w}` must be a path inside the workspace (relative, no `..`), or `.`"
+                    ),
+                );
+            } else if w == SETTINGS_FILE {
+                self.at(
+                    &format!("{key}.{i}"),
+                    format!(
+                        "scripts may not write `{SETTINGS_FILE}`; only an admin token changes it"
+                    ),
+                );
+            }
+        }
+    }
+
     pub(super) fn endpoint(
         &mut self,
         file: &str,
@@ -299,23 +321,7 @@ impl Check<'_> {
         let writable = raw_sandbox
             .writable
             .unwrap_or_else(|| vec![".".to_string()]);
-        for (i, w) in writable.iter().enumerate() {
-            if w != "." && !is_plain_relative_path(w) {
-                self.at(
-                    &format!("sandbox.writable.{i}"),
-                    format!(
-                        "`{w}` must be a path inside the workspace (relative, no `..`), or `.`"
-                    ),
-                );
-            } else if w == SETTINGS_FILE {
-                self.at(
-                    &format!("sandbox.writable.{i}"),
-                    format!(
-                        "scripts may not write `{SETTINGS_FILE}`; only an admin token changes it"
-                    ),
-                );
-            }
-        }
+        self.writable_paths("sandbox.writable", &writable);
         let mut env = Vec::new();
         for (k, v) in raw.env {
             let valid = k
@@ -364,6 +370,7 @@ impl Check<'_> {
             },
             env,
             file: file.to_string(),
+            source: None,
         })
     }
 

@@ -16,6 +16,7 @@
 
 mod bind;
 mod check;
+mod library;
 mod prompts;
 mod settings;
 
@@ -34,6 +35,10 @@ pub use bind::{Invocation, Param, ParamError, ParamKind, MAX_ARG, MAX_ARGV, MAX_
 use check::Check;
 pub use check::{
     is_name, is_plain_relative_path, DEFAULT_CONCURRENCY, MAX_TIMEOUT, RESERVED_SEGMENTS,
+};
+pub use library::{
+    Include, Library, LibraryError, LibrarySnapshot, MAX_CHECKOUT_BYTES, MAX_INCLUDES,
+    MAX_LIBRARY_FILES,
 };
 pub use prompts::{
     FillError, Prompt, PromptArgument, MAX_PROMPTS, MAX_PROMPTS_TOTAL_BYTES, MAX_PROMPT_ARGUMENTS,
@@ -60,6 +65,16 @@ pub struct Snapshot {
     /// Files (manifests, prompts or the settings) the reader left unread because they are
     /// over `manifest::MAX_FILE_BYTES`: path and size. Each is a problem.
     pub too_large: Vec<(String, u64)>,
+    /// What the caller found for each `include:` of the settings, in the
+    /// order `includes_of` gives them: the library's files, or why it could
+    /// not be read (a problem at the include).
+    pub libraries: Vec<Result<LibrarySnapshot, LibraryError>>,
+}
+
+/// The checked `include:` entries of a `dynapi.yaml` text (its problems are
+/// the build's to report): what the caller fetches before `Registry::build`.
+pub fn includes_of(settings: &str) -> Vec<Include> {
+    check_settings(settings, &mut Vec::new()).includes
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -140,8 +155,12 @@ pub struct Endpoint {
     pub concurrency: usize,
     pub sandbox: Sandbox,
     pub env: Vec<(String, String)>,
-    /// The manifest file this endpoint came from, relative to the repository root.
+    /// The manifest file this endpoint came from, relative to the repository
+    /// root (for a library's, `repository@ref:manifests/x.yaml`).
     pub file: String,
+    /// The library it comes from; `None` for the project's own. A library's
+    /// `script` is a path of the library's tree at `Library::commit`.
+    pub source: Option<Arc<Library>>,
 }
 
 impl Endpoint {
@@ -156,6 +175,20 @@ impl Endpoint {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Where it comes from, as the API, the documents and MCP say it:
+    /// `{"kind": "project"}`, or a library's repository, ref and commit.
+    pub fn source_json(&self) -> serde_json::Value {
+        match &self.source {
+            None => serde_json::json!({"kind": "project"}),
+            Some(l) => serde_json::json!({
+                "kind": "library",
+                "repository": l.repository,
+                "ref": l.git_ref,
+                "commit": l.commit,
+            }),
+        }
     }
 
     /// The scopes a token needs to run this endpoint: `run`, always, and the
@@ -174,6 +207,8 @@ pub struct Registry {
     routes: HashMap<Method, matchit::Router<usize>>,
     /// Sorted by name.
     prompts: Vec<Prompt>,
+    /// The libraries included, in `include:` order, at their resolved commits.
+    libraries: Vec<Arc<Library>>,
 }
 
 /// What a route lookup found: the endpoint and the placeholders' values (still
@@ -192,6 +227,7 @@ impl Registry {
             endpoints: Vec::new(),
             routes: HashMap::new(),
             prompts: Vec::new(),
+            libraries: Vec::new(),
         }
     }
 
@@ -234,6 +270,35 @@ impl Registry {
                 }
             }
         }
+        let mut libraries = Vec::new();
+        for (i, include) in settings.includes.iter().enumerate() {
+            match snapshot.libraries.get(i) {
+                Some(Ok(found)) => {
+                    let (library, added) =
+                        library::library_endpoints(include, found, &settings, &mut problems);
+                    libraries.push(library);
+                    endpoints.extend(added.into_iter().map(Arc::new));
+                }
+                Some(Err(why)) => problems.push(Problem {
+                    file: SETTINGS_FILE.to_string(),
+                    line: include.line,
+                    column: include.column,
+                    message: format!(
+                        "cannot read the library {} at `{}`: {why}",
+                        include.repository, include.git_ref
+                    ),
+                }),
+                None => problems.push(Problem {
+                    file: SETTINGS_FILE.to_string(),
+                    line: include.line,
+                    column: include.column,
+                    message: format!(
+                        "the library {} was not fetched here; libraries are read by the daemon and `dynapi check`",
+                        include.repository
+                    ),
+                }),
+            }
+        }
         route_table(&endpoints, &mut problems);
         let prompts = prompts::check_prompts(&snapshot.prompts, &mut problems);
         if !problems.is_empty() {
@@ -250,7 +315,13 @@ impl Registry {
             endpoints,
             routes,
             prompts,
+            libraries,
         })
+    }
+
+    /// The libraries included, at their resolved commits.
+    pub fn libraries(&self) -> &[Arc<Library>] {
+        &self.libraries
     }
 
     pub fn endpoints(&self) -> &[Arc<Endpoint>] {
@@ -355,8 +426,8 @@ fn route_table(
     let mut names: HashMap<&str, &str> = HashMap::new();
     for (i, e) in endpoints.iter().enumerate() {
         if let Some(other) = names.insert(&e.name, &e.file) {
-            problems.push(problem_at_top(
-                &e.file,
+            problems.push(problem_of(
+                e,
                 format!(
                     "the name `{}` is already used by {other}; names must be unique",
                     e.name
@@ -376,8 +447,8 @@ fn route_table(
                     .unwrap_or("another manifest"),
                 _ => "another manifest",
             };
-            problems.push(problem_at_top(
-                &e.file,
+            problems.push(problem_of(
+                e,
                 format!(
                     "the route {} {} conflicts with the route of {other}; change one of the paths",
                     e.method.as_str(),
@@ -387,6 +458,21 @@ fn route_table(
         }
     }
     routes
+}
+
+/// A problem with endpoint `e` as a whole: at the top of its manifest, or for
+/// a library's, at its include in `dynapi.yaml` (the file the project can
+/// change), naming the library's manifest.
+fn problem_of(e: &Endpoint, message: String) -> Problem {
+    match &e.source {
+        None => problem_at_top(&e.file, message),
+        Some(library) => Problem {
+            file: SETTINGS_FILE.to_string(),
+            line: library.line,
+            column: library.column,
+            message: format!("`{}` from {}: {message}", e.name, e.file),
+        },
+    }
 }
 
 fn problem_at_top(file: &str, message: String) -> Problem {

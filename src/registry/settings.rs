@@ -9,6 +9,7 @@ use crate::auth::{Scope, Scopes, TokenEntry};
 use crate::manifest::{self, Problem};
 
 use super::check::{is_name, is_plain_relative_path, Check};
+use super::library::{check_includes, Include};
 use super::SETTINGS_FILE;
 
 /// How long a script may run when neither its manifest nor `defaults.timeout`
@@ -28,6 +29,8 @@ pub struct Settings {
     pub files_by_pull_request: bool,
     /// How strictly scripts are sandboxed.
     pub sandbox: crate::sandbox::Mode,
+    /// The libraries whose endpoints are served beside the project's.
+    pub includes: Vec<Include>,
 }
 
 /// The name of the database a request gets when it names none.
@@ -51,6 +54,7 @@ impl Default for Settings {
             endpoints_by_pull_request: false,
             files_by_pull_request: false,
             sandbox: crate::sandbox::Mode::default(),
+            includes: Vec::new(),
             databases: BTreeMap::from([(
                 DEFAULT_DATABASE.to_string(),
                 Database {
@@ -163,5 +167,6 @@ pub(super) fn check_settings(text: &str, problems: &mut Vec<Problem>) -> Setting
             );
         }
     }
+    settings.includes = check_includes(raw.include, &mut check);
     settings
 }

@@ -1,6 +1,7 @@
 //! The git repository behind the workspace, through gix: creating one from the
-//! template, reading a commit's manifests, and writing a commit whose ref update is
-//! a compare-and-swap on the branch.
+//! template, reading a commit's manifests (and, through the `Resolve` it is
+//! given, the libraries its `dynapi.yaml` includes), and writing a commit
+//! whose ref update is a compare-and-swap on the branch.
 //!
 //! Everything here is blocking; callers run it on tokio's blocking pool. Only
 //! `change.rs` may call `commit_tree`: it is the single writer (the call is
@@ -14,7 +15,8 @@ use gix::ObjectId;
 
 use crate::manifest::{Problem, MAX_FILE_BYTES, MAX_MANIFESTS};
 use crate::registry::{
-    FileKind, Registry, Snapshot, MANIFEST_DIR, MAX_PROMPTS, PROMPTS_DIR, SETTINGS_FILE,
+    self, FileKind, LibraryError, LibrarySnapshot, Registry, Snapshot, MANIFEST_DIR, MAX_PROMPTS,
+    PROMPTS_DIR, SETTINGS_FILE,
 };
 use crate::workspace::TemplateFile;
 
@@ -32,55 +34,78 @@ pub const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30
 /// writer, which fetches under its lock.
 pub const FETCH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// A thread that watches something while a fetch runs: `body` runs until it
+/// returns or the watcher is dropped (then its `done` flag, which `body`
+/// checks, is set and the thread woken from `park_timeout`).
+pub(super) struct Watcher {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watcher {
+    pub(super) fn spawn(
+        name: &str,
+        body: impl FnOnce(&std::sync::atomic::AtomicBool) + Send + 'static,
+    ) -> Watcher {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let finished = done.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || body(&finished))
+            .ok();
+        Watcher { done, thread }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Sets an interrupt flag gix checks while it receives a pack once
 /// `FETCH_DEADLINE` has passed; a thread that sleeps until then, woken and
 /// gone as soon as the fetch ends (dropped).
-struct Deadline {
+pub(super) struct Deadline {
     interrupt: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    watcher: Option<std::thread::JoinHandle<()>>,
+    _watcher: Watcher,
 }
 
 impl Deadline {
-    fn start() -> Deadline {
+    pub(super) fn start() -> Deadline {
         use std::sync::atomic::{AtomicBool, Ordering};
         let interrupt = std::sync::Arc::new(AtomicBool::new(false));
-        let done = std::sync::Arc::new(AtomicBool::new(false));
-        let (set, finished) = (interrupt.clone(), done.clone());
+        let set = interrupt.clone();
         let end = std::time::Instant::now() + FETCH_DEADLINE;
-        let watcher = std::thread::Builder::new()
-            .name("fetch-deadline".into())
-            .spawn(move || loop {
-                if finished.load(Ordering::SeqCst) {
-                    return;
-                }
-                let now = std::time::Instant::now();
-                if now >= end {
-                    set.store(true, Ordering::SeqCst);
-                    return;
-                }
-                std::thread::park_timeout(end - now);
-            })
-            .ok();
+        let watcher = Watcher::spawn("fetch-deadline", move |finished| loop {
+            if finished.load(Ordering::SeqCst) {
+                return;
+            }
+            let now = std::time::Instant::now();
+            if now >= end {
+                set.store(true, Ordering::SeqCst);
+                return;
+            }
+            std::thread::park_timeout(end - now);
+        });
         Deadline {
             interrupt,
-            done,
-            watcher,
+            _watcher: watcher,
         }
     }
 
-    fn flag(&self) -> &std::sync::atomic::AtomicBool {
+    pub(super) fn flag(&self) -> &std::sync::atomic::AtomicBool {
         &self.interrupt
     }
-}
 
-impl Drop for Deadline {
-    fn drop(&mut self) {
-        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Some(watcher) = self.watcher.take() {
-            watcher.thread().unpark();
-            let _ = watcher.join();
-        }
+    /// The flag itself, for another watcher that may stop the fetch sooner
+    /// (a library's size, `source::library`).
+    pub(super) fn interrupter(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.interrupt.clone()
     }
 }
 
@@ -146,6 +171,9 @@ pub struct Repo {
     /// Fetches update the same remote-tracking refs; two at once would race on
     /// them (the sync's and the writer's), so they go one at a time.
     fetch_lock: std::sync::Arc<std::sync::Mutex<()>>,
+    /// Reads the libraries `dynapi.yaml` includes (`with_libraries`); without
+    /// it an include is a problem.
+    libraries: Option<std::sync::Arc<dyn Resolve>>,
 }
 
 /// Where the daemon fetches from. The URL never holds credentials: gix writes it
@@ -183,7 +211,7 @@ impl Origin {
 
     /// The transport options gix would use for this URL (proxies, timeouts from
     /// the git configuration), plus the header with the token.
-    fn transport_options(
+    pub(super) fn transport_options(
         &self,
         repo: &gix::Repository,
     ) -> Result<Option<Box<dyn std::any::Any>>, gix::Error> {
@@ -252,6 +280,7 @@ impl Repo {
             branch: branch.to_string(),
             checkout_lock: Default::default(),
             fetch_lock: Default::default(),
+            libraries: None,
         };
         let edits: Vec<Edit> = files
             .iter()
@@ -298,6 +327,7 @@ impl Repo {
             branch: branch.to_string(),
             checkout_lock: Default::default(),
             fetch_lock: Default::default(),
+            libraries: None,
         };
         let head = this
             .head()?
@@ -464,6 +494,7 @@ impl Repo {
             branch: branch.to_string(),
             checkout_lock: Default::default(),
             fetch_lock: Default::default(),
+            libraries: None,
         })
     }
 
@@ -578,79 +609,67 @@ impl Repo {
 
     /// Builds the registry of `tree` (at `commit`): reads `dynapi.yaml`, every
     /// `manifests/*.yaml` and every `prompts/*.md` from the tree, never from the
-    /// working directory.
+    /// working directory, and the libraries `include:` names through `Resolve`
+    /// (a library that cannot be read is a problem at its include).
     pub fn registry_of(
         &self,
         commit: &str,
         tree: ObjectId,
     ) -> Result<Result<Registry, Vec<Problem>>, RepoError> {
         let repo = self.repo.to_thread_local();
-        let root = repo.find_tree(tree)?;
-        let text = |id: ObjectId, path: &str| -> Result<String, RepoError> {
-            let data = repo.find_blob(id)?.take_data();
-            String::from_utf8(data).map_err(|_| RepoError::Git(format!("{path} is not UTF-8 text")))
-        };
-        let mut snapshot = Snapshot::default();
-        // Sizes come from the objects' headers, so an oversized blob is never
-        // inflated; the registry reports it.
-        let size_of = |id: ObjectId| -> Result<u64, RepoError> { Ok(repo.find_header(id)?.size()) };
-        if let Some(e) = root.lookup_entry_by_path(SETTINGS_FILE)? {
-            let size = size_of(e.object_id())?;
-            if size > MAX_FILE_BYTES as u64 {
-                snapshot.too_large.push((SETTINGS_FILE.to_string(), size));
-            } else {
-                snapshot.settings = Some(text(e.object_id(), SETTINGS_FILE)?);
-            }
+        let mut snapshot = read_snapshot(&repo, tree)?;
+        // The libraries `include:` names are fetched first (I/O, here); the
+        // registry checks what was found without any.
+        if let Some(text) = &snapshot.settings {
+            snapshot.libraries = registry::includes_of(text)
+                .iter()
+                .map(|include| match &self.libraries {
+                    Some(libraries) => libraries.resolve(include),
+                    None => Err(LibraryError::Unavailable),
+                })
+                .collect();
         }
-        // Each folder's files (blobs, not below), in path order. One past a
-        // folder's limit is enough for the registry to refuse it; the rest is
-        // never read.
-        let mut folder = |dir: &str, suffixes: &[&str], limit: usize| {
-            let mut read = Vec::new();
-            let Some(entry) = root.lookup_entry_by_path(dir)? else {
-                return Ok::<_, RepoError>(read);
-            };
-            if EntryKind::from(entry.mode()) != EntryKind::Tree {
-                return Ok(read);
-            }
-            let mut unread = 0;
-            for entry in repo.find_tree(entry.object_id())?.iter() {
-                let entry = entry.map_err(git)?;
-                let name = entry.filename().to_str_lossy().into_owned();
-                let is_file = matches!(
-                    EntryKind::from(entry.mode()),
-                    EntryKind::Blob | EntryKind::BlobExecutable
-                );
-                if !is_file || !suffixes.iter().any(|s| name.ends_with(s)) {
-                    continue;
-                }
-                if read.len() + unread > limit {
-                    break;
-                }
-                let path = format!("{dir}/{name}");
-                let size = size_of(entry.object_id())?;
-                if size > MAX_FILE_BYTES as u64 {
-                    snapshot.too_large.push((path, size));
-                    unread += 1;
-                    continue;
-                }
-                let body = text(entry.object_id(), &path)?;
-                read.push((path, body));
-            }
-            Ok(read)
-        };
-        let manifests = folder(MANIFEST_DIR, &[".yaml", ".yml"], MAX_MANIFESTS)?;
-        let prompts = folder(PROMPTS_DIR, &[".md"], MAX_PROMPTS)?;
-        (snapshot.manifests, snapshot.prompts) = (manifests, prompts);
+        let root = repo.find_tree(tree)?;
         let kind_of = |path: &str| match root.lookup_entry_by_path(path) {
-            Ok(Some(e)) => match EntryKind::from(e.mode()) {
-                EntryKind::BlobExecutable => FileKind::Executable,
-                EntryKind::Blob => FileKind::NotExecutable,
-                _ => FileKind::NotAFile,
-            },
+            Ok(Some(e)) => kind_of_mode(e.mode()),
             _ => FileKind::Missing,
         };
         Ok(Registry::build(commit, &snapshot, &kind_of))
+    }
+
+    /// Gives the registry's libraries their read-only checkouts, where their
+    /// scripts run, and retires the others; a library that cannot be checked
+    /// out is a problem at its include (the registry is then not served).
+    /// Called for a registry about to be served.
+    pub fn check_out_libraries(&self, registry: &Registry) -> Result<(), Vec<Problem>> {
+        let Some(libraries) = &self.libraries else {
+            return Ok(());
+        };
+        let problems: Vec<Problem> = registry
+            .libraries()
+            .iter()
+            .filter_map(|library| {
+                libraries.check_out(library).err().map(|why| Problem {
+                    file: SETTINGS_FILE.to_string(),
+                    line: library.line,
+                    column: library.column,
+                    message: format!("could not check out {}: {why}", library.label()),
+                })
+            })
+            .collect();
+        if problems.is_empty() {
+            libraries.retire_others(registry.libraries());
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The same repository, reading the libraries its `dynapi.yaml` includes
+    /// through `libraries`.
+    pub fn with_libraries(mut self, libraries: std::sync::Arc<dyn Resolve>) -> Repo {
+        self.libraries = Some(libraries);
+        self
     }
 
     /// Writes the blobs of `edits` and a tree that is `base` (or empty) with them applied.
@@ -1049,7 +1068,7 @@ impl Edit {
 }
 
 /// An error message with any `user:password@` taken out of URLs in it.
-fn redact(message: &str) -> String {
+pub(super) fn redact(message: &str) -> String {
     without_url_credentials(message).into_owned()
 }
 
@@ -1136,7 +1155,93 @@ pub fn forget_credentials(git_dir: &Path) -> Result<Vec<PathBuf>, RepoError> {
     Ok(rewritten)
 }
 
-fn git(e: impl std::fmt::Display) -> RepoError {
+/// How the library reader gets a library's files (`source::library`):
+/// implemented there, held here, so `registry_of` reads includes wherever it
+/// is called (the sync, the writer's check, pull requests) without this
+/// module knowing how libraries are fetched.
+pub trait Resolve: Send + Sync {
+    /// The library's files at the commit `include.git_ref` names, or why
+    /// they cannot be read.
+    fn resolve(&self, include: &registry::Include) -> Result<LibrarySnapshot, LibraryError>;
+    /// Makes the read-only checkout `library`'s scripts run from.
+    fn check_out(&self, library: &registry::Library) -> Result<(), LibraryError>;
+    /// `served` is what the registry about to be served includes: the
+    /// checkouts of other commits go once no run can still use them.
+    fn retire_others(&self, served: &[std::sync::Arc<registry::Library>]);
+}
+
+/// What a tree entry's mode says of it as a script.
+pub(super) fn kind_of_mode(mode: gix::objs::tree::EntryMode) -> FileKind {
+    match EntryKind::from(mode) {
+        EntryKind::BlobExecutable => FileKind::Executable,
+        EntryKind::Blob => FileKind::NotExecutable,
+        _ => FileKind::NotAFile,
+    }
+}
+
+/// Reads `dynapi.yaml`, every `manifests/*.yaml` and every `prompts/*.md` of
+/// `tree`, never from a working directory. Sizes come from the objects'
+/// headers, so an oversized blob is never inflated; the registry reports it.
+pub(super) fn read_snapshot(repo: &gix::Repository, tree: ObjectId) -> Result<Snapshot, RepoError> {
+    let root = repo.find_tree(tree)?;
+    let text = |id: ObjectId, path: &str| -> Result<String, RepoError> {
+        let data = repo.find_blob(id)?.take_data();
+        String::from_utf8(data).map_err(|_| RepoError::Git(format!("{path} is not UTF-8 text")))
+    };
+    let mut snapshot = Snapshot::default();
+    let size_of = |id: ObjectId| -> Result<u64, RepoError> { Ok(repo.find_header(id)?.size()) };
+    if let Some(e) = root.lookup_entry_by_path(SETTINGS_FILE)? {
+        let size = size_of(e.object_id())?;
+        if size > MAX_FILE_BYTES as u64 {
+            snapshot.too_large.push((SETTINGS_FILE.to_string(), size));
+        } else {
+            snapshot.settings = Some(text(e.object_id(), SETTINGS_FILE)?);
+        }
+    }
+    // Each folder's files (blobs, not below), in path order. One past a
+    // folder's limit is enough for the registry to refuse it; the rest is
+    // never read.
+    let mut folder = |dir: &str, suffixes: &[&str], limit: usize| {
+        let mut read = Vec::new();
+        let Some(entry) = root.lookup_entry_by_path(dir)? else {
+            return Ok::<_, RepoError>(read);
+        };
+        if EntryKind::from(entry.mode()) != EntryKind::Tree {
+            return Ok(read);
+        }
+        let mut unread = 0;
+        for entry in repo.find_tree(entry.object_id())?.iter() {
+            let entry = entry.map_err(git)?;
+            let name = entry.filename().to_str_lossy().into_owned();
+            let is_file = matches!(
+                EntryKind::from(entry.mode()),
+                EntryKind::Blob | EntryKind::BlobExecutable
+            );
+            if !is_file || !suffixes.iter().any(|s| name.ends_with(s)) {
+                continue;
+            }
+            if read.len() + unread > limit {
+                break;
+            }
+            let path = format!("{dir}/{name}");
+            let size = size_of(entry.object_id())?;
+            if size > MAX_FILE_BYTES as u64 {
+                snapshot.too_large.push((path, size));
+                unread += 1;
+                continue;
+            }
+            let body = text(entry.object_id(), &path)?;
+            read.push((path, body));
+        }
+        Ok(read)
+    };
+    let manifests = folder(MANIFEST_DIR, &[".yaml", ".yml"], MAX_MANIFESTS)?;
+    let prompts = folder(PROMPTS_DIR, &[".md"], MAX_PROMPTS)?;
+    (snapshot.manifests, snapshot.prompts) = (manifests, prompts);
+    Ok(snapshot)
+}
+
+pub(super) fn git(e: impl std::fmt::Display) -> RepoError {
     RepoError::Git(e.to_string())
 }
 

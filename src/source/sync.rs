@@ -181,6 +181,13 @@ impl Syncer {
         let _one_at_a_time = self.running.lock().await;
         let repo = self.repo.clone();
         let served = self.registry().commit.clone();
+        // The library commits served: a library's branch may move while the
+        // project's does not. Syncs that come from outside (the API, a
+        // webhook, the poll, start-up) read them again; the watcher and the
+        // writer's syncs are about the project's branch only.
+        let served_libraries = library_commits(&self.registry());
+        let recheck =
+            !served_libraries.is_empty() && !matches!(trigger, Trigger::Write | Trigger::Watch);
         let remote = self.remote.clone();
         let built = tokio::task::spawn_blocking(move || -> Result<Option<Built>, RepoError> {
             // GitHub mode: the branch on GitHub is the truth; fetch it first. After
@@ -219,19 +226,32 @@ impl Syncer {
                 Ok(())
             };
             let head_str = head.to_string();
-            if head_str == served {
-                // Served already; its checkout may have waited for a human's
-                // other branch to be left.
-                check_out()?;
-                return Ok(Some(Built {
-                    head: head_str,
-                    registry: None,
-                    fallback: None,
-                    fetch_error,
-                }));
-            }
-            let tree = repo.tree_of(head)?;
-            let registry = repo.registry_of(&head_str, tree)?;
+            // Served already (and its libraries where they were): its
+            // checkout may have waited for a human's other branch to be left.
+            let rebuilt = if head_str == served && !recheck {
+                None
+            } else {
+                Some(servable(&repo, head)?)
+            };
+            let registry = match rebuilt {
+                Some(registry)
+                    if head_str != served
+                        || !registry
+                            .as_ref()
+                            .is_ok_and(|r| library_commits(r) == served_libraries) =>
+                {
+                    registry
+                }
+                _ => {
+                    check_out()?;
+                    return Ok(Some(Built {
+                        head: head_str,
+                        registry: None,
+                        fallback: None,
+                        fetch_error,
+                    }));
+                }
+            };
             // Only a servable commit reaches the working tree.
             if registry.is_ok() {
                 check_out()?;
@@ -530,6 +550,25 @@ struct Built {
     fetch_error: Option<String>,
 }
 
+/// The registry of `commit`, its libraries checked out for their scripts; or
+/// its problems.
+fn servable(
+    repo: &Repo,
+    commit: gix::ObjectId,
+) -> Result<Result<Registry, Vec<Problem>>, RepoError> {
+    let registry = repo.registry_of(&commit.to_string(), repo.tree_of(commit)?)?;
+    Ok(registry.and_then(|r| repo.check_out_libraries(&r).map(|()| r)))
+}
+
+/// The commits of a registry's libraries, in `include:` order.
+fn library_commits(registry: &Registry) -> Vec<String> {
+    registry
+        .libraries()
+        .iter()
+        .map(|l| l.commit.clone())
+        .collect()
+}
+
 /// How far back start-up looks for a commit that builds.
 const FALLBACK_DEPTH: usize = 100;
 
@@ -541,7 +580,7 @@ fn last_that_builds(repo: &Repo, head: gix::ObjectId) -> Result<Option<Registry>
         let Some(parent) = repo.first_parent(commit)? else {
             return Ok(None);
         };
-        if let Ok(registry) = repo.registry_of(&parent.to_string(), repo.tree_of(parent)?)? {
+        if let Ok(registry) = servable(repo, parent)? {
             return Ok(Some(registry));
         }
         commit = parent;

@@ -295,6 +295,7 @@ impl Writes {
             operation: "write",
             target,
             commit,
+            library: None,
             duration: started.elapsed(),
             outcome,
         });

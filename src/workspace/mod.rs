@@ -19,7 +19,7 @@ pub mod files;
 pub mod search;
 mod template;
 
-pub use template::{template_files, TemplateFile};
+pub use template::{library_files, template_files, TemplateFile};
 
 use std::fs;
 use std::io;

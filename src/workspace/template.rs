@@ -16,6 +16,33 @@ const TEMPLATE_GITIGNORE: &str =
 const TEMPLATE_SETTINGS: &str = "# dynapi settings for this repository (all optional).\n# defaults:\n#   timeout: 30s\n# tokens:            # more tokens: `dynapi token new --scopes read` prints a line for here\n#   - name: reader\n#     sha256: <64 hex digits>\n#     scopes: [read]\n";
 const TEMPLATE_WORKFLOW: &str = include_str!("template/dynapi-check.yml");
 
+/// The library template (`dynapi init --library`): one endpoint to start
+/// from, its script, and a README saying how projects include it.
+const LIBRARY_MANIFEST: &str = "name: word-count\ndescription: Count the lines, words and bytes of a file of the project.\nmethod: GET\npath: /word-count\nscript: scripts/word_count.sh\nargs: [\"{path}\"]\nparams:\n  path:\n    type: string\n    description: The file to count, relative to the project root.\n    maxLength: 1000\n    required: true\ntimeout: 10s\nsandbox:\n  writable: []\n";
+const LIBRARY_SCRIPT: &str = "#!/bin/sh\n# Runs from the library's read-only checkout; the working folder is the\n# including project's workspace.\nexec wc -- \"$1\"\n";
+const LIBRARY_README: &str = "# A dynapi library\n\nEndpoints other projects serve by including this repository from their\n`dynapi.yaml`, pinned by tag:\n\n```yaml\ninclude:\n  - repository: https://github.com/OWNER/THIS-REPOSITORY\n    ref: v1.0.0\n    endpoints: [word-count]   # optional: all when left out\n    prefix: lib               # optional: lib-word-count at /lib/word-count\n    sandbox:                  # what the project lets these scripts do\n      network: false\n      writable: []\n```\n\nManifests live in `manifests/`, scripts in `scripts/`, as in any dynapi\nrepository. A library's `dynapi.yaml` is not read by the projects that\ninclude it. Its scripts run from a read-only checkout of the tagged commit,\nin the including project's workspace and under its sandbox.\n";
+
+/// Every file `dynapi init --library` starts a library with.
+pub fn library_files() -> Vec<TemplateFile> {
+    let file = |path: &str, contents: &str, executable: bool| TemplateFile {
+        path: path.to_string(),
+        contents: contents.as_bytes().to_vec(),
+        executable,
+    };
+    let mut files = vec![
+        file(
+            ".github/workflows/dynapi-check.yml",
+            TEMPLATE_WORKFLOW,
+            false,
+        ),
+        file("README.md", LIBRARY_README, false),
+        file("manifests/word-count.yaml", LIBRARY_MANIFEST, false),
+        file("scripts/word_count.sh", LIBRARY_SCRIPT, true),
+    ];
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    files
+}
+
 /// A file of the template: repository-relative path, contents, executable bit.
 pub struct TemplateFile {
     pub path: String,

@@ -23,7 +23,7 @@ pub(crate) async fn start(poll: Duration) -> (GitHub, Daemon) {
 }
 
 /// Another daemon serving the same GitHub repository.
-async fn replica(github: &GitHub, poll: Duration) -> Daemon {
+pub(crate) async fn replica(github: &GitHub, poll: Duration) -> Daemon {
     paced_replica(github, poll, WRITE_INTERVAL).await
 }
 

@@ -14,6 +14,7 @@ mod gitops;
 mod inputs;
 mod interference;
 mod jobs;
+mod library;
 mod mcp;
 mod mcp_boundaries;
 mod oauth;

@@ -162,6 +162,19 @@ impl GitHub {
         }
     }
 
+    /// Adds repository `name` of the same owner, holding every branch and
+    /// tag of `seed`, served over git's smart HTTP like the first (and, like
+    /// it, only to requests with the token). Returns its git URL.
+    pub fn add_repository(&self, name: &str, seed: &Path) -> String {
+        let bare = self.bare.parent().unwrap().join(format!("{name}.git"));
+        std::fs::create_dir_all(&bare).unwrap();
+        super::git(&bare, &["init", "-q", "--bare"]);
+        let to = bare.to_str().unwrap();
+        super::git(seed, &["push", "-q", to, "--all"]);
+        super::git(seed, &["push", "-q", to, "--tags"]);
+        format!("{}/{OWNER}/{name}.git", self.base)
+    }
+
     /// What `--remote` takes.
     pub fn remote(&self) -> String {
         format!("{}/{OWNER}/{REPO}", self.base)
@@ -381,8 +394,13 @@ fn handle(
     if state.lock().unwrap().down {
         return answer(503, json!({"message": "Service Unavailable"}));
     }
-    let git_prefix = format!("/{OWNER}/{REPO}.git/");
-    if req.path.starts_with(&git_prefix) {
+    // Any repository of the owner (`add_repository`), the served one included.
+    let is_git = req
+        .path
+        .strip_prefix(&format!("/{OWNER}/"))
+        .and_then(|rest| rest.split_once(".git/"))
+        .is_some_and(|(name, _)| !name.is_empty() && !name.contains(['/', '.']));
+    if is_git {
         let authorized = req
             .headers
             .get("authorization")
