@@ -165,6 +165,27 @@ async fn an_oauth_sign_in_goes_through_three_replicas() {
             d.url
         );
     }
+    // MCP's stateless revision, through another replica than the one that
+    // issued the token: a tool call needs no session.
+    let called: Value = http
+        .post(format!("{}/mcp", r[1].url))
+        .bearer_auth(&access)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "readFile")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "readFile", "arguments": {"path": "dynapi.yaml"},
+                "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                    "io.modelcontextprotocol/clientCapabilities": {},
+                    "io.modelcontextprotocol/clientInfo": {"name": "replicas", "version": "1"}}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(called["result"]["isError"], json!(false), "{called}");
     // Refresh on the first; the new access token works on the second.
     let (status, renewed, _) = form(
         &http,
