@@ -262,6 +262,7 @@ impl Jobs {
                 shared,
                 lease,
                 keep: self.keep,
+                budget: self.budget,
             })
         });
         self

@@ -187,6 +187,9 @@ impl App {
                 config.workspace.display()
             );
         }
+        if let Some(url) = config.state.as_deref() {
+            shared::password_only_from_the_environment(url)?;
+        }
         let shared = match &config.state {
             Some(url) => Some(
                 shared::Shared::connect(url)
@@ -435,7 +438,9 @@ async fn hear_replicas(
                 app.syncer.trigger(source::sync::Trigger::Replica);
             }
             Ok(shared::Event::Cancel(id)) => {
-                if let Some(job) = app.jobs.get(&id) {
+                // A job that ended keeps its process group's id, which the
+                // kernel may have given to another process group since.
+                if let Some(job) = app.jobs.get(&id).filter(|j| j.end().is_none()) {
                     job.live().cancel();
                 }
             }

@@ -170,6 +170,17 @@ impl From<ChangeError> for ApiError {
                 e.retry_after = Some(5);
                 e
             }
+            // Other writers (replicas, humans) kept moving the branch for
+            // every attempt: nothing was written, and a retry may well land.
+            ChangeError::Repo(RepoError::Moved) => {
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "branch_busy",
+                    "nothing was written: the branch moved under every attempt (other writers); try again",
+                );
+                e.retry_after = Some(1);
+                e
+            }
             ChangeError::Repo(RepoError::Io(io)) => os_error(&io, "nothing was committed")
                 .unwrap_or_else(|| ApiError::internal(format!("the commit failed: {io}"))),
             ChangeError::Repo(r) => ApiError::internal(format!("the commit failed: {r}")),
@@ -292,6 +303,9 @@ impl From<SqlError> for ApiError {
             SqlError::Timeout(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message),
             SqlError::BadRequest(_) => ApiError::bad_request(message),
             SqlError::Busy => ApiError::busy(1, format!("{message}; retry in a second")),
+            SqlError::Refused(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "database_refused", message)
+            }
             SqlError::Path(p) => p.into(),
         }
     }

@@ -122,10 +122,12 @@ async fn find(app: &App, id: &str, auth: Auth) -> Result<Found, ApiError> {
 }
 
 fn unavailable(e: crate::shared::SharedError) -> ApiError {
+    // The database's name and address are the operator's business.
+    tracing::warn!("jobs in the shared state: {e}");
     ApiError::new(
         warp::http::StatusCode::SERVICE_UNAVAILABLE,
         "state_unavailable",
-        format!("the shared state cannot be read now; try again: {e}"),
+        "the shared state cannot be read now; try again",
     )
 }
 
@@ -139,7 +141,7 @@ async fn cancel_elsewhere(app: &App, seen: jobs::Seen) -> Result<jobs::Seen, Api
     let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
     let mut last = seen;
     while last.state == State::Running && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         if let Some(now) = app.jobs.elsewhere(&last.id).await.map_err(unavailable)? {
             last = now;
         }

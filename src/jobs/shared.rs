@@ -27,6 +27,8 @@ pub(super) struct SharedJobs {
     pub shared: Arc<Shared>,
     pub lease: Duration,
     pub keep: Duration,
+    /// Bytes the finished jobs of all replicas keep together.
+    pub budget: usize,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -56,7 +58,14 @@ impl SharedJobs {
                         let seen = job.seen(describe);
                         for attempt in 1..=FINISH_TRIES {
                             match this.finish(&seen).await {
-                                Ok(()) => break,
+                                Ok(()) => {
+                                    if let Err(e) = this.prune().await {
+                                        tracing::warn!(
+                                            "the shared state: could not prune jobs: {e}"
+                                        );
+                                    }
+                                    break;
+                                }
                                 Err(e) if attempt == FINISH_TRIES => {
                                     tracing::warn!(job = %job.id, "the shared state: could not record the job's end: {e}");
                                 }
@@ -71,13 +80,8 @@ impl SharedJobs {
     }
 
     async fn insert(&self, job: &Job) -> Result<(), SharedError> {
+        self.prune().await?;
         let db = self.shared.client().await?;
-        db.execute(
-            "DELETE FROM dynapi_jobs WHERE finished_at < now() - $1::bigint * interval '1 millisecond'
-                 OR (finished_at IS NULL AND lease_until < now() - $1::bigint * interval '1 millisecond')",
-            &[&millis(self.keep)],
-        )
-        .await?;
         db.execute(
             "INSERT INTO dynapi_jobs (id, endpoint, owner, json_output, replica, lease_until, started_at, state)
              VALUES ($1, $2, $3, $4, $5, now() + $6::bigint * interval '1 millisecond', $7, 'running')",
@@ -95,6 +99,31 @@ impl SharedJobs {
         Ok(())
     }
 
+    /// Drops jobs finished longer than `keep` ago (and lost ones as long
+    /// after their lease), then the oldest finished ones while all replicas'
+    /// finished jobs together hold more than `budget` bytes (1 KiB each for
+    /// themselves). Run when a job starts and when one ends.
+    async fn prune(&self) -> Result<(), SharedError> {
+        let db = self.shared.client().await?;
+        db.execute(
+            "DELETE FROM dynapi_jobs WHERE finished_at < now() - $1::bigint * interval '1 millisecond'
+                 OR (finished_at IS NULL AND lease_until < now() - $1::bigint * interval '1 millisecond')",
+            &[&millis(self.keep)],
+        )
+        .await?;
+        db.execute(
+            "DELETE FROM dynapi_jobs WHERE id IN (
+                 SELECT id FROM (
+                     SELECT id, sum(octet_length(stdout) + octet_length(stderr) + 1024)
+                         OVER (ORDER BY finished_at DESC, id) AS kept
+                     FROM dynapi_jobs WHERE finished_at IS NOT NULL) older
+                 WHERE kept > $1)",
+            &[&(self.budget as i64)],
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Appends what the job printed since `sent` and renews its lease.
     async fn progress(&self, job: &Job, sent: &mut [usize; 2]) -> Result<(), SharedError> {
         let (out, err, truncated) = job.live().read(|o| {
@@ -104,16 +133,26 @@ impl SharedJobs {
                 o.truncated[0] || o.truncated[1],
             )
         });
-        self.shared
-            .client()
-            .await?
-            .execute(
+        let db = self.shared.client().await?;
+        if out.is_empty() && err.is_empty() {
+            // Only the lease: `stdout = stdout || ''` would write the whole
+            // output again (a new TOAST value) every second.
+            db.execute(
+                "UPDATE dynapi_jobs SET truncated = $2,
+                     lease_until = now() + $3::bigint * interval '1 millisecond'
+                 WHERE id = $1 AND finished_at IS NULL",
+                &[&job.id, &truncated, &millis(self.lease)],
+            )
+            .await?;
+        } else {
+            db.execute(
                 "UPDATE dynapi_jobs SET stdout = stdout || $2, stderr = stderr || $3, truncated = $4,
                      lease_until = now() + $5::bigint * interval '1 millisecond'
                  WHERE id = $1 AND finished_at IS NULL",
                 &[&job.id, &out, &err, &truncated, &millis(self.lease)],
             )
             .await?;
+        }
         sent[0] += out.len();
         sent[1] += err.len();
         Ok(())

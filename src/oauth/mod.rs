@@ -110,10 +110,17 @@ impl OAuthError {
 impl From<StoreError> for OAuthError {
     fn from(e: StoreError) -> OAuthError {
         tracing::error!("{e}");
-        OAuthError::new(
-            "server_error",
-            "the OAuth store could not be read or written",
-        )
+        match e {
+            // The shared state's database is down: it may come back.
+            StoreError::Shared(_) => OAuthError::new(
+                "temporarily_unavailable",
+                "the OAuth store cannot be reached now; try again",
+            ),
+            StoreError::Sqlite { .. } => OAuthError::new(
+                "server_error",
+                "the OAuth store could not be read or written",
+            ),
+        }
     }
 }
 

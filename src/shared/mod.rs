@@ -93,10 +93,17 @@ impl Shared {
         crate::install_tls();
         let prepared =
             crate::sql::tls::prepare(url).map_err(|e| SharedError::Url(e.to_string()))?;
-        let config: tokio_postgres::Config = prepared
+        let mut config: tokio_postgres::Config = prepared
             .url
             .parse()
             .map_err(|e: tokio_postgres::Error| SharedError::Url(e.to_string()))?;
+        // A connection a NAT dropped in silence is found within a minute
+        // (the LISTEN one above all, which only ever reads).
+        config
+            .connect_timeout(CONNECT_TIMEOUT)
+            .keepalives_idle(Duration::from_secs(30))
+            .keepalives_interval(Duration::from_secs(10))
+            .keepalives_retries(3);
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
@@ -147,6 +154,22 @@ impl Shared {
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
+}
+
+/// The state's URL may carry a password only when it came from the
+/// environment (`DYNAPI_STATE`): a command line is readable by every process
+/// of the machine, scripts included (`/proc/<pid>/cmdline`).
+pub fn password_only_from_the_environment(url: &str) -> Result<(), SharedError> {
+    let from_environment = std::env::var("DYNAPI_STATE").is_ok_and(|v| v == url);
+    let has_password = url::Url::parse(url).is_ok_and(|u| u.password().is_some());
+    if has_password && !from_environment {
+        return Err(SharedError::Url(
+            "it has a password, and a command line is readable by every process (scripts too): \
+             set DYNAPI_STATE in the environment instead of passing --state"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 fn new_replica_id() -> String {
@@ -219,6 +242,13 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_comes_from_the_environment_only() {
+        let with = "postgres://dynapi:s3cret@db.example/dynapi";
+        assert!(password_only_from_the_environment(with).is_err());
+        assert!(password_only_from_the_environment("postgres://dynapi@db.example/dynapi").is_ok());
+    }
 
     #[test]
     fn events_read_back_as_sent() {

@@ -172,7 +172,12 @@ impl Pace {
         shared: &Shared,
     ) -> Result<(deadpool_postgres::Object, Duration), SharedError> {
         let db = shared.client().await?;
-        db.batch_execute("BEGIN").await?;
+        // The row stays locked while GitHub answers: a replica that hangs or
+        // is cut off with it must not hold every replica's writes for good.
+        db.batch_execute(
+            "BEGIN; SET LOCAL lock_timeout = '60s'; SET LOCAL idle_in_transaction_session_timeout = '120s'",
+        )
+        .await?;
         let row = db
             .query_one(
                 "SELECT greatest(extract(epoch FROM next_write - clock_timestamp()) * 1000, 0)::bigint
@@ -248,7 +253,12 @@ impl GitHub {
         // `.git/config`, which scripts can read.
         let git_token = token.filter(|_| scheme == "https" || is_loopback_host(host));
         let origin = Origin::new(format!("{scheme}://{host}/{owner}/{repo}.git"), git_token);
+        // A request GitHub never answers must end: content-creating ones
+        // hold the replicas' shared pacing row while they wait.
         let mut builder = octocrab::Octocrab::builder()
+            .set_connect_timeout(Some(Duration::from_secs(30)))
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .set_write_timeout(Some(Duration::from_secs(60)))
             .base_uri(api_url)
             .map_err(|e| GitHubError::Unreachable(format!("the API URL `{api_url}`: {e}")))?;
         if let Some(token) = token {

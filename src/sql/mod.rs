@@ -184,6 +184,9 @@ pub enum SqlError {
     BadRequest(String),
     #[error("every database slot is busy")]
     Busy,
+    /// The database is one `POST /sql` must never reach (the daemon's own).
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Path(#[from] PathError),
 }
@@ -304,6 +307,14 @@ pub fn kind(db: &Database) -> &'static str {
     }
 }
 
+/// Variables `expand` refuses: the daemon's secrets.
+const SECRET_VARIABLES: &[&str] = &[
+    "DYNAPI_STATE",
+    "DYNAPI_TOKEN",
+    "GITHUB_TOKEN",
+    "DYNAPI_WEBHOOK_SECRET",
+];
+
 /// Substitutes `${NAME}` with the environment variable NAME.
 fn expand(database: &str, text: &str) -> Result<String, SqlError> {
     let mut out = String::with_capacity(text.len());
@@ -315,6 +326,14 @@ fn expand(database: &str, text: &str) -> Result<String, SqlError> {
             SqlError::Config(database.into(), "a `${` in its url is never closed".into())
         })?;
         let var = &after[..end];
+        // The daemon's own secrets never go into a URL that dynapi.yaml (a
+        // commit) names: the database's host would be told them.
+        if SECRET_VARIABLES.contains(&var) {
+            return Err(SqlError::Config(
+                database.into(),
+                format!("`{var}` holds a secret of the daemon and is not substituted"),
+            ));
+        }
         let value = std::env::var(var).map_err(|_| {
             SqlError::Config(
                 database.into(),

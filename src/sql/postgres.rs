@@ -59,6 +59,22 @@ async fn begin(url: &str, write: bool, timeout: Duration) -> Result<Client, SqlE
         ))
         .await
         .map_err(|e| classify(e, timeout))?;
+    // The shared state of replicas (`--state`) holds OAuth grants and every
+    // owner's jobs: a `databases:` entry naming that database (by any URL,
+    // or as `${DYNAPI_STATE}`) must not hand it to POST /sql.
+    let state: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relname = 'dynapi_migrations')",
+            &[],
+        )
+        .await
+        .map_err(|e| classify(e, timeout))?
+        .get(0);
+    if state {
+        return Err(SqlError::Refused(
+            "this database holds dynapi's shared state (`--state`): POST /sql never reaches it; name another one in dynapi.yaml".into(),
+        ));
+    }
     Ok(client)
 }
 

@@ -364,8 +364,19 @@ async fn writes_spread_over_replicas_reach_github_one_interval_apart() {
     let writes = (0..12).map(|i| {
         let d = &r[i % 3];
         async move {
-            d.put(&format!("/files/spread/{i}.txt"), json!({"content": "x\n"}))
-                .await
+            // A write that lost the race for the branch every time is
+            // answered 503 with Retry-After, nothing written: retried as a
+            // client would.
+            loop {
+                let a = d
+                    .put(&format!("/files/spread/{i}.txt"), json!({"content": "x\n"}))
+                    .await;
+                if a.status != 503 {
+                    return a;
+                }
+                assert_eq!(a.json["error"]["code"], json!("branch_busy"), "{}", a.json);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     });
     for a in futures_util::future::join_all(writes).await {
@@ -457,4 +468,263 @@ async fn a_replica_killed_mid_job_leaves_it_lost_within_the_lease() {
     if alive(pid) {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
+}
+
+// What shared state must not open: found by an attack review.
+
+async fn sql(d: &Daemon, token: &str, body: Value) -> (u16, Value) {
+    let res = d
+        .client
+        .post(format!("{}/sql", d.url))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn pg(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+const SQL_WRITER: &str = "sql-writer-token";
+const READER: &str = "reader-token";
+
+/// A `databases:` entry naming the shared state's database (by URL, or as
+/// `${DYNAPI_STATE}`) hands the state to `POST /sql`: a `read` token reads
+/// every owner's job output and NOTIFYs the replicas, a `sql-write` token
+/// mints itself an `admin` OAuth access token.
+#[tokio::test]
+async fn sql_cannot_reach_the_shared_state() {
+    let state = postgres_database().await;
+    let s = state.clone();
+    let d = Daemon::start_with(move |c| c.state = Some(s)).await;
+    let hash = |t: &str| hex::encode(dynapi::auth::hash_token(t));
+    d.commit_settings(&format!(
+        "databases:\n  app:\n    url: \"{state}\"\ntokens:\n  - name: writer\n    sha256: {}\n    scopes: [read, sql-write]\n  - name: reader\n    sha256: {}\n    scopes: [read]\n",
+        hash(SQL_WRITER),
+        hash(READER)
+    ))
+    .await;
+
+    // A `read` token: the jobs table (every owner's output) and NOTIFY.
+    let (status, answer) = sql(
+        &d,
+        READER,
+        json!({"database": "app", "query": "SELECT id, owner, stdout FROM dynapi_jobs"}),
+    )
+    .await;
+    let reader_reads_jobs = status == 200;
+    let (status, _) = sql(
+        &d,
+        READER,
+        json!({"database": "app", "query": "SELECT pg_notify('dynapi', 'sync')"}),
+    )
+    .await;
+    let reader_notifies = status == 200;
+
+    // A `sql-write` token (no admin) forges an admin OAuth access token.
+    let forged = "dynapi_at_forged-by-sql-write";
+    for q in [
+        "INSERT INTO dynapi_oauth_clients (id, name, kind, redirect_uris, created) VALUES ('c_forged', 'forged', 'owner', '[]', 0)",
+        "INSERT INTO dynapi_oauth_grants (id, client_id, scope, audience, approved_by, created, refresh_hash, refresh_expires) VALUES ('g_forged', 'c_forged', 'read write run sql-write admin', 'api', 'nobody', 0, '\\x00', 0)",
+        &format!("INSERT INTO dynapi_oauth_access (hash, grant_id, scope, expires) VALUES (sha256('{forged}'::bytea), 'g_forged', 'read write run sql-write admin', 4102444800)"),
+    ] {
+        let _ = sql(&d, SQL_WRITER, json!({"database": "app", "query": q})).await;
+    }
+    let sync_as_writer = d
+        .client
+        .post(format!("{}/sync", d.url))
+        .bearer_auth(SQL_WRITER)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    let sync_as_forged = d
+        .client
+        .post(format!("{}/sync", d.url))
+        .bearer_auth(forged)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    eprintln!(
+        "reader reads dynapi_jobs: {reader_reads_jobs} ({answer}); reader NOTIFYs: {reader_notifies}; \
+         POST /sync as sql-write: {sync_as_writer}; as the forged OAuth token: {sync_as_forged}"
+    );
+    assert_eq!(sync_as_writer, 403, "the sql-write token alone is no admin");
+    assert!(
+        !reader_reads_jobs && !reader_notifies,
+        "a `read` token reached the shared state through POST /sql"
+    );
+    assert_ne!(
+        sync_as_forged, 200,
+        "sql-write minted an admin token through the shared state"
+    );
+}
+
+/// `--state postgres://user:password@...` is a flag: the password is in the
+/// daemon's command line, which every process of the machine (a script
+/// too) reads in /proc. config.rs: secrets are read from the environment
+/// only, "so they do not show in `ps`".
+
+#[tokio::test]
+async fn the_shared_jobs_keep_no_more_output_than_the_memory_budget() {
+    let state = postgres_database().await;
+    let s = state.clone();
+    let d = Daemon::start_with(move |c| c.state = Some(s)).await;
+    // 2 MiB a job (1 MiB on each stream: the cap), incompressible.
+    d.add_endpoint(
+        "big",
+        "",
+        "#!/bin/sh\nhead -c 1048576 /dev/urandom\nhead -c 1048576 /dev/urandom >&2\n",
+    )
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        let a = d.post("/call/big?async=true", json!({})).await;
+        assert_eq!(a.status, 202, "{}", a.json);
+        ids.push(a.json["job_id"].as_str().unwrap().to_string());
+    }
+    let db = pg(&state).await;
+    let mut total = 0i64;
+    for _ in 0..100 {
+        let row = db
+            .query_one(
+                "SELECT count(*) FILTER (WHERE finished_at IS NOT NULL),
+                        coalesce(sum(octet_length(stdout) + octet_length(stderr)), 0)::bigint
+                 FROM dynapi_jobs",
+                &[],
+            )
+            .await
+            .unwrap();
+        let finished: i64 = row.get(0);
+        total = row.get(1);
+        if finished == ids.len() as i64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("dynapi_jobs holds {} MiB of output", total >> 20);
+    assert!(
+        total <= 64 << 20,
+        "the shared jobs hold {} MiB, past the 64 MiB the memory keeps",
+        total >> 20
+    );
+}
+
+/// A running job that printed once and then only waits: its row should not
+/// grow, yet every second `stdout = stdout || ''` writes its output anew.
+
+#[tokio::test]
+async fn the_state_gone_answers_json_errors_quickly() {
+    let state = postgres_database().await;
+    let s = state.clone();
+    let d = Daemon::start_with(move |c| {
+        c.state = Some(s);
+        c.webhook_secret = Some("webhook-secret".into());
+    })
+    .await;
+    let name = state.rsplit_once('/').unwrap().1.to_string();
+    let admin = pg(&crate::support::postgres_url()).await;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {name} ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}';"
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut report = Vec::new();
+    let t = std::time::Instant::now();
+    let a = d.get("/jobs/job_00000000000000000000000000000000").await;
+    report.push(format!(
+        "GET /jobs/x: {} {} in {:?}",
+        a.status,
+        a.json,
+        t.elapsed()
+    ));
+    let t = std::time::Instant::now();
+    let res = d
+        .client
+        .get(format!("{}/status", d.url))
+        .bearer_auth("dynapi_at_whatever")
+        .send()
+        .await
+        .unwrap();
+    report.push(format!(
+        "OAuth bearer: {} {} in {:?}",
+        res.status(),
+        res.text().await.unwrap(),
+        t.elapsed()
+    ));
+    let t = std::time::Instant::now();
+    let res = d
+        .client
+        .post(format!("{}/oauth/token", d.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=refresh_token&refresh_token=x&client_id=dyn_x")
+        .send()
+        .await
+        .unwrap();
+    report.push(format!(
+        "POST /oauth/token: {} {} in {:?}",
+        res.status(),
+        res.text().await.unwrap(),
+        t.elapsed()
+    ));
+    let t = std::time::Instant::now();
+    let res = d
+        .client
+        .post(format!("{}/oauth/register", d.url))
+        .json(&json!({"redirect_uris": ["http://127.0.0.1:9/cb"], "token_endpoint_auth_method": "none"}))
+        .send()
+        .await
+        .unwrap();
+    report.push(format!(
+        "POST /oauth/register: {} {} in {:?}",
+        res.status(),
+        res.text().await.unwrap(),
+        t.elapsed()
+    ));
+    let t = std::time::Instant::now();
+    let a = d.get("/status").await;
+    report.push(format!(
+        "GET /status (static token): {} in {:?}",
+        a.status,
+        t.elapsed()
+    ));
+    admin
+        .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+    for line in &report {
+        eprintln!("{line}");
+    }
+    // What needs a shared row says the state is away (503), in the JSON
+    // shape, without naming the database; what does not, answers.
+    assert!(report[0].starts_with("GET /jobs/x: 503"), "{report:#?}");
+    assert!(!report[0].contains(&name), "{report:#?}");
+    assert!(report[1].starts_with("OAuth bearer: 503"), "{report:#?}");
+    assert!(
+        report[2].starts_with("POST /oauth/token: 503"),
+        "{report:#?}"
+    );
+    assert!(report[2].contains("temporarily_unavailable"), "{report:#?}");
+    assert!(
+        report[3].starts_with("POST /oauth/register: 503"),
+        "{report:#?}"
+    );
+    assert!(
+        report[4].starts_with("GET /status (static token): 200"),
+        "{report:#?}"
+    );
 }
