@@ -170,13 +170,19 @@ fn repository_problem(url: &str) -> Option<String> {
         }
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority
-        .rsplit_once(':')
-        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-        .map_or(authority, |(host, _)| host);
-    if url.starts_with("http://")
-        && !(host == "localhost" || host == "[::1]" || host.starts_with("127."))
-    {
+    // The host as the fetch will parse it: `127.0.0.1.nip.io` is a name
+    // anyone's DNS may point anywhere, not this machine.
+    let loopback = url::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            u.host().map(|h| match h {
+                url::Host::Domain(d) => d == "localhost",
+                url::Host::Ipv4(ip) => ip.is_loopback(),
+                url::Host::Ipv6(ip) => ip.is_loopback(),
+            })
+        })
+        .unwrap_or(false);
+    if url.starts_with("http://") && !loopback {
         return Some(
             "write `https://`: plain http reaches only this machine (as in GitHub mode)"
                 .to_string(),
@@ -368,6 +374,19 @@ pub(super) fn library_endpoints(
         if !readable {
             continue;
         }
+        // The checkout leaves out any path with a `.git` segment, in any case
+        // (`source::library::safe_path`): such a script would be served and
+        // never found.
+        if e.script
+            .split('/')
+            .any(|seg| seg.eq_ignore_ascii_case(".git"))
+        {
+            problems.push(include.problem(format!(
+                "`{}` of {label} ({file}) runs `{}`, a path libraries are not checked out with (a `.git` folder)",
+                e.name, e.script
+            )));
+            continue;
+        }
         seen.insert(e.name.clone());
         if wanted
             .as_ref()
@@ -504,6 +523,8 @@ mod tests {
             "https://github.com/a b",
             "http://github.com/acme/lib",
             "http://10.0.0.1/lib.git",
+            "http://127.0.0.1.nip.io/lib.git",
+            "http://127.evil.example/lib.git",
         ] {
             assert!(repository_problem(bad).is_some(), "{bad}");
         }

@@ -154,7 +154,7 @@ impl Libraries {
             }
             let repo =
                 gix::open(path).map_err(|e| git(format!("cannot open {}: {e}", path.display())))?;
-            return Ok((repo, None));
+            return Ok((bounded(repo)?, None));
         }
         let dir = self.cache.join(cache_name(&include.repository));
         let repo = if dir.join("HEAD").exists() {
@@ -167,6 +167,7 @@ impl Libraries {
             std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
             gix::init_bare(&dir).map_err(git)?
         };
+        let repo = bounded(repo)?;
         if self.offline {
             return Ok((repo, Some("offline: read from the cache".to_string())));
         }
@@ -369,10 +370,10 @@ impl Resolve for Libraries {
             column: 0,
         };
         // The commit was resolved by this reader moments ago: no fetch.
-        let repo = match local_path(&include.repository) {
+        let repo = bounded(match local_path(&include.repository) {
             Some(path) => gix::open(path).map_err(git)?,
             None => gix::open(self.cache.join(cache_name(&include.repository))).map_err(git)?,
-        };
+        })?;
         let tree = tree_of(&repo, id)?;
         std::fs::create_dir_all(checkouts).map_err(io_at(checkouts))?;
         let tmp = checkouts.join(format!(".new-{id}-{}", std::process::id()));
@@ -418,6 +419,77 @@ impl Resolve for Libraries {
                 retired.remove(&name);
             }
         }
+    }
+}
+
+/// `repo`, where no object is inflated past `MAX_CHECKOUT_BYTES` (a fetch
+/// indexing its pack, a blob read): a blob of zeros packs a thousand times
+/// smaller than it is.
+fn bounded(mut repo: gix::Repository) -> Result<gix::Repository, LibraryError> {
+    let mut config = repo.config_snapshot_mut();
+    config
+        .set_value(
+            &gix::config::tree::gitoxide::Objects::ALLOC_LIMIT,
+            MAX_CHECKOUT_BYTES.to_string().as_str(),
+        )
+        .map_err(git)?;
+    config.commit().map_err(git)?;
+    Ok(repo)
+}
+
+/// Walks a tree as `Recorder` does, but stops once it has seen `MAX_FILES`
+/// entries past the limit (folders counted too) or a path longer than
+/// `MAX_PATH`: a tree whose entries are one tree again and again names
+/// exponentially many paths from a few small objects.
+struct Bounded {
+    inner: gix::traverse::tree::Recorder,
+    seen: usize,
+    over: bool,
+}
+
+/// Longest path of a library's tree that is walked.
+const MAX_PATH: usize = 4096;
+
+impl Bounded {
+    fn step(&mut self) -> gix::traverse::tree::visit::Action {
+        self.seen += 1;
+        if self.seen > 2 * MAX_FILES || self.inner.path().len() > MAX_PATH {
+            self.over = true;
+            return std::ops::ControlFlow::Break(());
+        }
+        std::ops::ControlFlow::Continue(true)
+    }
+}
+
+impl gix::traverse::tree::Visit for Bounded {
+    fn pop_back_tracked_path_and_set_current(&mut self) {
+        self.inner.pop_back_tracked_path_and_set_current()
+    }
+    fn pop_front_tracked_path_and_set_current(&mut self) {
+        self.inner.pop_front_tracked_path_and_set_current()
+    }
+    fn push_back_tracked_path_component(&mut self, c: &gix::bstr::BStr) {
+        self.inner.push_back_tracked_path_component(c)
+    }
+    fn push_path_component(&mut self, c: &gix::bstr::BStr) {
+        self.inner.push_path_component(c)
+    }
+    fn pop_path_component(&mut self) {
+        self.inner.pop_path_component()
+    }
+    fn visit_tree(
+        &mut self,
+        e: &gix::objs::tree::EntryRef<'_>,
+    ) -> gix::traverse::tree::visit::Action {
+        self.step()?;
+        self.inner.visit_tree(e)
+    }
+    fn visit_nontree(
+        &mut self,
+        e: &gix::objs::tree::EntryRef<'_>,
+    ) -> gix::traverse::tree::visit::Action {
+        self.step()?;
+        self.inner.visit_nontree(e)
     }
 }
 
@@ -475,14 +547,22 @@ fn tree_entries(
     repo: &gix::Repository,
     tree: ObjectId,
 ) -> Result<Vec<(String, gix::objs::tree::EntryMode, ObjectId)>, LibraryError> {
-    let mut recorder = gix::traverse::tree::Recorder::default();
-    repo.find_tree(tree)
+    let mut bounded = Bounded {
+        inner: gix::traverse::tree::Recorder::default(),
+        seen: 0,
+        over: false,
+    };
+    let walked = repo
+        .find_tree(tree)
         .map_err(git)?
         .traverse()
-        .breadthfirst(&mut recorder)
-        .map_err(git)?;
+        .breadthfirst(&mut bounded);
+    if bounded.over {
+        return Err(LibraryError::TooManyFiles);
+    }
+    walked.map_err(git)?;
     let mut entries = Vec::new();
-    for entry in recorder.records {
+    for entry in bounded.inner.records {
         if EntryKind::from(entry.mode) == EntryKind::Tree {
             continue;
         }
@@ -524,11 +604,13 @@ fn write_checkout(repo: &gix::Repository, tree: ObjectId, dir: &Path) -> Result<
             tracing::warn!(%path, "a library path that cannot be checked out safely is left out");
             continue;
         }
-        let data = repo.find_blob(id).map_err(git)?.take_data();
-        total += data.len() as u64;
+        // The size from the object's header: a blob past the limit is never
+        // inflated.
+        total += repo.find_header(id).map_err(git)?.size();
         if total > MAX_CHECKOUT_BYTES {
             return Err(LibraryError::TooLarge);
         }
+        let data = repo.find_blob(id).map_err(git)?.take_data();
         let target = dir.join(&path);
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).map_err(io_at(parent))?;

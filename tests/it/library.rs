@@ -672,3 +672,201 @@ fn init_library_makes_a_library_a_project_includes_by_tag() {
         json!("v1.0.0")
     );
 }
+
+// ---- Review of issue 25 (attacks) ----
+
+/// Peak resident memory of this test process, in MiB (the daemon runs in it).
+fn peak_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        / 1024
+}
+
+/// Runs git in `dir` with `input` on stdin; its trimmed output.
+fn git_in(dir: &Path, args: &[&str], input: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "A")
+        .env("GIT_AUTHOR_EMAIL", "a@example.com")
+        .env("GIT_COMMITTER_NAME", "A")
+        .env("GIT_COMMITTER_EMAIL", "a@example.com")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "git {args:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A commit on the library's main whose tree adds `bomb/`: 10 entries that are
+/// the same tree, 7 levels deep (10^7 paths from 8 tiny tree objects).
+fn commit_tree_bomb(lib: &Lib) {
+    let w = lib.work.path();
+    let blob = git_in(w, &["hash-object", "-w", "--stdin"], "x");
+    let mut tree = git_in(w, &["mktree"], &format!("100644 blob {blob}\tf\n"));
+    for _ in 0..7 {
+        let listing: String = (0..10)
+            .map(|i| format!("040000 tree {tree}\td{i}\n"))
+            .collect();
+        tree = git_in(w, &["mktree"], &listing);
+    }
+    let mut top = git(w, &["ls-tree", "HEAD"]);
+    top.push_str(&format!("040000 tree {tree}\tbomb\n"));
+    let root = git_in(w, &["mktree"], &top);
+    let commit = git_in(w, &["commit-tree", &root, "-p", "HEAD", "-m", "bomb"], "");
+    git(w, &["update-ref", "refs/heads/main", &commit]);
+    lib.push();
+}
+
+#[tokio::test]
+async fn a_tree_bomb_is_refused_without_walking_it_whole() {
+    let lib = Lib::new();
+    lib.commit(&files(&greet("v1")), "greet v1");
+    commit_tree_bomb(&lib);
+    let d = Daemon::start().await;
+    let bad = commit_settings_unserved(&d, &include(&lib.url(), "main", ""));
+    let before = peak_mib();
+    let started = std::time::Instant::now();
+    let report = d.post("/sync", json!({})).await.json;
+    let took = started.elapsed();
+    let grown = peak_mib().saturating_sub(before);
+    eprintln!("sync of {bad}: {took:?}, {grown} MiB more at peak: {report}");
+    assert!(
+        report.to_string().contains("more than 20000 files"),
+        "{report}"
+    );
+    assert!(
+        grown < 100,
+        "walking the library's tree took {took:?} and {grown} MiB for a few hundred bytes of objects"
+    );
+}
+
+#[tokio::test]
+async fn a_pull_request_s_library_cannot_make_the_daemon_inflate_a_huge_object() {
+    let lib = Lib::new();
+    lib.commit(&files(&greet("v1")), "greet v1");
+    lib.tag("v1");
+    let (gh, _url, d) = on_github(&lib, "v1").await;
+    // A second library: one blob of 768 MiB of zeros, under a megabyte packed.
+    let bomb = tempfile::tempdir().unwrap();
+    git(bomb.path(), &["init", "-q", "-b", "main"]);
+    let big = bomb.path().join("zeros");
+    let file = std::fs::File::create(&big).unwrap();
+    file.set_len(768 << 20).unwrap();
+    drop(file);
+    git(bomb.path(), &["add", "zeros"]);
+    git(bomb.path(), &["commit", "-q", "-m", "zeros"]);
+    std::fs::remove_file(&big).unwrap();
+    let bomb_url = gh.add_repository("bomb", bomb.path());
+
+    let head = gh.head(BRANCH);
+    let pr = gh.commit_on(
+        &head,
+        &[("dynapi.yaml", &github_yaml(&bomb_url, "main"))],
+        "Include a library",
+    );
+    let number = gh.open_pull("someone:bomb", &pr, BRANCH);
+    let before = peak_mib();
+    let mut event: Value =
+        serde_json::from_slice(&crate::github::fixture("pull_request.opened.0")).unwrap();
+    event["number"] = json!(number);
+    event["pull_request"]["number"] = json!(number);
+    event["pull_request"]["head"]["sha"] = json!(pr);
+    event["pull_request"]["base"]["ref"] = json!(BRANCH);
+    let body = serde_json::to_vec(&event).unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(crate::github::webhook(&d, "pull_request", &body).await, 202);
+    let posted = d
+        .eventually(Duration::from_secs(300), |_| {
+            gh.statuses().iter().any(|s| s.sha == pr)
+        })
+        .await;
+    assert!(posted.is_some(), "no status on {pr}");
+    let status = gh.statuses().into_iter().find(|s| s.sha == pr).unwrap();
+    let grown = peak_mib().saturating_sub(before);
+    eprintln!(
+        "status after {:?}: {} {}; {grown} MiB more at peak",
+        started.elapsed(),
+        status.state,
+        status.description
+    );
+    assert!(
+        grown < 256,
+        "a pull request's include made the daemon allocate {grown} MiB (status: {} {})",
+        status.state,
+        status.description
+    );
+}
+
+#[tokio::test]
+async fn plain_http_to_a_name_that_only_starts_with_127_is_refused() {
+    let d = Daemon::start().await;
+    // `127.0.0.1.nip.io` (or any name of the attacker's) resolves wherever
+    // its owner says: 10.0.0.5, 169.254.169.254, ...
+    let bad = commit_settings_unserved(
+        &d,
+        &include("http://127.0.0.1.nip.io.invalid/acme/lib.git", "v1", ""),
+    );
+    let report = d.post("/sync", json!({})).await.json;
+    assert_eq!(report["commit"], json!(bad));
+    assert!(
+        report
+            .to_string()
+            .contains("plain http reaches only this machine"),
+        "fetched rather than refused: {report}"
+    );
+}
+
+#[tokio::test]
+async fn a_library_script_the_checkout_leaves_out_is_refused_before_it_is_served() {
+    let lib = Lib::new();
+    lib.commit(
+        &[
+            (
+                "manifests/hidden.yaml",
+                "name: hidden\ndescription: Runs a script under .Git.\npath: /hidden\nscript: .Git/run.sh\nsandbox:\n  writable: []\n",
+            ),
+            ("scripts/unused.sh", "#!/bin/sh\n"),
+        ],
+        "hidden",
+    );
+    // git will not add `.Git/run.sh`, but a tree may hold it (mktree, or any
+    // other git writer).
+    let w = lib.work.path();
+    let blob = git_in(w, &["hash-object", "-w", "--stdin"], "#!/bin/sh\necho hi\n");
+    let sub = git_in(w, &["mktree"], &format!("100755 blob {blob}\trun.sh\n"));
+    let mut top = git(w, &["ls-tree", "HEAD"]);
+    top.push_str(&format!("040000 tree {sub}\t.Git\n"));
+    let root = git_in(w, &["mktree"], &top);
+    let commit = git_in(
+        w,
+        &["commit-tree", &root, "-p", "HEAD", "-m", "the script"],
+        "",
+    );
+    git(w, &["update-ref", "refs/heads/main", &commit]);
+    lib.push();
+    let d = Daemon::start().await;
+    commit_settings_unserved(&d, &include(&lib.url(), "main", ""));
+    let report = d.post("/sync", json!({})).await.json;
+    let answer = d.post("/hidden", json!({})).await;
+    assert!(
+        report["outcome"] != json!("served") || answer.status == 200,
+        "served, then the run answers {}: {} (sync: {report})",
+        answer.status,
+        answer.json
+    );
+}

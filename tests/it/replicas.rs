@@ -643,65 +643,32 @@ async fn the_state_gone_answers_json_errors_quickly() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let (url, http) = (&d.url, &d.client);
+    let requests = [
+        ("GET /jobs/x", http.get(format!("{url}/jobs/job_00000000000000000000000000000000")).bearer_auth(TOKEN)),
+        ("OAuth bearer", http.get(format!("{url}/status")).bearer_auth("dynapi_at_whatever")),
+        (
+            "POST /oauth/token",
+            http.post(format!("{url}/oauth/token"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("grant_type=refresh_token&refresh_token=x&client_id=dyn_x"),
+        ),
+        (
+            "POST /oauth/register",
+            http.post(format!("{url}/oauth/register")).json(
+                &json!({"redirect_uris": ["http://127.0.0.1:9/cb"], "token_endpoint_auth_method": "none"}),
+            ),
+        ),
+        ("GET /status (static token)", http.get(format!("{url}/status")).bearer_auth(TOKEN)),
+    ];
     let mut report = Vec::new();
-    let t = std::time::Instant::now();
-    let a = d.get("/jobs/job_00000000000000000000000000000000").await;
-    report.push(format!(
-        "GET /jobs/x: {} {} in {:?}",
-        a.status,
-        a.json,
-        t.elapsed()
-    ));
-    let t = std::time::Instant::now();
-    let res = d
-        .client
-        .get(format!("{}/status", d.url))
-        .bearer_auth("dynapi_at_whatever")
-        .send()
-        .await
-        .unwrap();
-    report.push(format!(
-        "OAuth bearer: {} {} in {:?}",
-        res.status(),
-        res.text().await.unwrap(),
-        t.elapsed()
-    ));
-    let t = std::time::Instant::now();
-    let res = d
-        .client
-        .post(format!("{}/oauth/token", d.url))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("grant_type=refresh_token&refresh_token=x&client_id=dyn_x")
-        .send()
-        .await
-        .unwrap();
-    report.push(format!(
-        "POST /oauth/token: {} {} in {:?}",
-        res.status(),
-        res.text().await.unwrap(),
-        t.elapsed()
-    ));
-    let t = std::time::Instant::now();
-    let res = d
-        .client
-        .post(format!("{}/oauth/register", d.url))
-        .json(&json!({"redirect_uris": ["http://127.0.0.1:9/cb"], "token_endpoint_auth_method": "none"}))
-        .send()
-        .await
-        .unwrap();
-    report.push(format!(
-        "POST /oauth/register: {} {} in {:?}",
-        res.status(),
-        res.text().await.unwrap(),
-        t.elapsed()
-    ));
-    let t = std::time::Instant::now();
-    let a = d.get("/status").await;
-    report.push(format!(
-        "GET /status (static token): {} in {:?}",
-        a.status,
-        t.elapsed()
-    ));
+    for (label, request) in requests {
+        let t = std::time::Instant::now();
+        let res = request.send().await.unwrap();
+        let status = res.status().as_u16();
+        let body = res.text().await.unwrap();
+        report.push(format!("{label}: {status} {body} in {:?}", t.elapsed()));
+    }
     admin
         .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
         .await
