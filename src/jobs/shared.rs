@@ -190,19 +190,19 @@ impl SharedJobs {
 
     /// The job `id` as the shared state has it.
     pub async fn read(&self, id: &str) -> Result<Option<Seen>, SharedError> {
-        let row = self
-            .shared
-            .client()
-            .await?
-            .query_opt(
+        // Kept prepared on each pooled connection: parsing the statement
+        // again would be a second round trip for every read.
+        let db = self.shared.client().await?;
+        let statement = db
+            .prepare_cached(
                 "SELECT endpoint, owner, json_output, state, lease_until < now(), started_at, finished_at,
                      coalesce(duration_ms, (extract(epoch FROM now() - started_at) * 1000)::bigint),
                      exit_code, signal, stdout, stderr, truncated, error_code, error_message
                  FROM dynapi_jobs WHERE id = $1
                      AND (finished_at IS NULL OR finished_at >= now() - $2::bigint * interval '1 millisecond')",
-                &[&id, &millis(self.keep)],
             )
             .await?;
+        let row = db.query_opt(&statement, &[&id, &millis(self.keep)]).await?;
         let Some(r) = row else {
             return Ok(None);
         };
