@@ -275,9 +275,7 @@ fn oauth_store(
         .map_err(|e| eprintln!("dynapi {command}: {e}"))
         .ok()?;
     if let Some(url) = &at.state {
-        let connected = crate::shared::password_only_from_the_environment(url)
-            .map(|()| runtime.block_on(crate::shared::Shared::connect(url)));
-        return match connected.and_then(|c| c) {
+        return match runtime.block_on(crate::shared::Shared::connect(url)) {
             Ok(shared) => Some((runtime, crate::oauth::Store::shared(shared))),
             Err(e) => {
                 eprintln!("dynapi {command}: {e}");

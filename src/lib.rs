@@ -187,9 +187,6 @@ impl App {
                 config.workspace.display()
             );
         }
-        if let Some(url) = config.state.as_deref() {
-            shared::password_only_from_the_environment(url)?;
-        }
         let shared = match &config.state {
             Some(url) => Some(
                 shared::Shared::connect(url)

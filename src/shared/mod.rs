@@ -87,9 +87,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Connects to `url`, applies the schema's migrations (one replica at a
-    /// time) and starts listening.
+    /// Connects to `url` (refused when it carries a password and did not
+    /// come from the environment), applies the schema's migrations (one
+    /// replica at a time) and starts listening.
     pub async fn connect(url: &str) -> Result<Arc<Shared>, SharedError> {
+        password_only_from_the_environment(url)?;
         crate::install_tls();
         let prepared =
             crate::sql::tls::prepare(url).map_err(|e| SharedError::Url(e.to_string()))?;
@@ -159,7 +161,7 @@ impl Shared {
 /// The state's URL may carry a password only when it came from the
 /// environment (`DYNAPI_STATE`): a command line is readable by every process
 /// of the machine, scripts included (`/proc/<pid>/cmdline`).
-pub fn password_only_from_the_environment(url: &str) -> Result<(), SharedError> {
+fn password_only_from_the_environment(url: &str) -> Result<(), SharedError> {
     let from_environment = std::env::var("DYNAPI_STATE").is_ok_and(|v| v == url);
     let has_password = url::Url::parse(url).is_ok_and(|u| u.password().is_some());
     if has_password && !from_environment {

@@ -538,24 +538,14 @@ async fn sql_cannot_reach_the_shared_state() {
     ] {
         let _ = sql(&d, SQL_WRITER, json!({"database": "app", "query": q})).await;
     }
-    let sync_as_writer = d
-        .client
-        .post(format!("{}/sync", d.url))
-        .bearer_auth(SQL_WRITER)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16();
-    let sync_as_forged = d
-        .client
-        .post(format!("{}/sync", d.url))
-        .bearer_auth(forged)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16();
+    let sync_as = |token: &str| {
+        d.client
+            .post(format!("{}/sync", d.url))
+            .bearer_auth(token)
+            .send()
+    };
+    let sync_as_writer = sync_as(SQL_WRITER).await.unwrap().status().as_u16();
+    let sync_as_forged = sync_as(forged).await.unwrap().status().as_u16();
     eprintln!(
         "reader reads dynapi_jobs: {reader_reads_jobs} ({answer}); reader NOTIFYs: {reader_notifies}; \
          POST /sync as sql-write: {sync_as_writer}; as the forged OAuth token: {sync_as_forged}"
