@@ -475,10 +475,17 @@ pub async fn serve(
         .as_deref()
         .map(public_hosts)
         .unwrap_or_default();
+    let (service, lane) = http::lane::Lane::beside(
+        &mcp,
+        hosts,
+        app.config.max_body as usize,
+        shutdown.child_token(),
+    );
     let front = http::front::Front {
         app: app.clone(),
         routes,
-        mcp: mcp.service(hosts, app.config.max_body as usize, shutdown.child_token()),
+        mcp: service,
+        lane,
     };
     if let Some(shared) = &app.shared {
         tasks.spawn(hear_replicas(

@@ -30,6 +30,7 @@ use warp::http::{HeaderValue, Request, Response};
 use warp::reply::Reply;
 
 use super::error::ApiError;
+use super::lane::{Lane, Taken};
 use super::mcp::McpService;
 use super::{bearer, new_request_id};
 use crate::config::ConnectionLimits;
@@ -62,6 +63,7 @@ pub struct Front {
     pub app: Arc<App>,
     pub routes: BoxedFilter<(warp::reply::Response,)>,
     pub mcp: McpService,
+    pub lane: Lane,
 }
 
 impl Front {
@@ -77,7 +79,7 @@ impl Front {
         }
     }
 
-    async fn mcp(mut self, mut req: Request<Incoming>) -> Response<Body> {
+    async fn mcp(mut self, req: Request<Incoming>) -> Response<Body> {
         let started = std::time::Instant::now();
         let id = new_request_id(
             req.headers()
@@ -95,10 +97,16 @@ impl Front {
             .and_then(|v| v.to_str().ok());
         let mut response = match bearer(&self.app, header, host, Audience::Mcp).await {
             Ok(caller) => {
-                req.extensions_mut().insert(caller);
-                let mut r = match self.mcp.call(req).await {
-                    Ok(r) => r.map(|b| b.map_err(|never| match never {}).boxed_unsync()),
-                    Err(never) => match never {},
+                // A read the lane takes is answered there; rmcp has the rest.
+                let mut r = match self.lane.take(req, &caller).await {
+                    Taken::Answered(r) => r,
+                    Taken::Passed(mut req) => {
+                        req.extensions_mut().insert(caller);
+                        match self.mcp.call(req).await {
+                            Ok(r) => r.map(|b| b.map_err(|never| match never {}).boxed_unsync()),
+                            Err(never) => match never {},
+                        }
+                    }
                 };
                 // rmcp acknowledges a session's end with 202; clients look for
                 // 200 or 204 (the Python SDK logs a warning otherwise).

@@ -168,16 +168,16 @@ impl Mcp {
         }))
     }
 
-    /// rmcp's Streamable HTTP service over this handler. `hosts`: the `Host`
-    /// values accepted besides loopback (DNS-rebinding protection).
+    /// rmcp's Streamable HTTP service over this handler, keeping its sessions
+    /// in `sessions`. `allowed`: the `Host` values it answers (DNS-rebinding
+    /// protection).
     pub fn service(
         &self,
-        hosts: Vec<String>,
+        allowed: Vec<String>,
+        sessions: Arc<LocalSessionManager>,
         max_body: usize,
         stop: CancellationToken,
     ) -> McpService {
-        let mut allowed = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
-        allowed.extend(hosts);
         let config = StreamableHttpServerConfig::default()
             .with_allowed_hosts(allowed)
             .with_max_request_body_bytes(max_body)
@@ -187,11 +187,7 @@ impl Mcp {
             .with_json_response(true)
             .with_cancellation_token(stop);
         let handler = self.clone();
-        StreamableHttpService::new(
-            move || Ok(handler.clone()),
-            Arc::new(LocalSessionManager::default()),
-            config,
-        )
+        StreamableHttpService::new(move || Ok(handler.clone()), sessions, config)
     }
 
     /// Tells clients whenever a sync changes the endpoint tools or the
@@ -330,39 +326,72 @@ impl Mcp {
         tools
     }
 
-    /// Sends `method uri` with `body` to the warp routes as `authorization`, and
-    /// turns the answer into a tool result.
-    async fn forward(
-        &self,
-        method: Method,
-        uri: String,
-        body: Option<Value>,
-        authorization: Option<&header::HeaderValue>,
-    ) -> Result<CallToolResult, McpError> {
-        let (status, answer) = self.send(method, uri, body, authorization).await?;
-        Ok(result_of(status.is_success(), answer))
+    fn builtin_named(&self, name: &str) -> Option<&Builtin> {
+        self.0.builtins.iter().find(|b| b.tool.name == name)
     }
 
-    /// Sends `method uri` with `body` to the warp routes as `authorization`:
-    /// the answer's status and JSON (a text answer as a JSON string).
+    /// Whether `name` is a built-in tool that only reads (its annotations say
+    /// `readOnlyHint`): quick, with nothing to cancel or report progress on.
+    pub(crate) fn reads_only(&self, name: &str) -> bool {
+        self.builtin_named(name).is_some_and(|b| {
+            b.tool
+                .annotations
+                .as_ref()
+                .and_then(|a| a.read_only_hint)
+                .unwrap_or(false)
+        })
+    }
+
+    /// Calls `name` with `args` as `caller` if it is a built-in tool that only
+    /// reads (`reads_only`); `None` otherwise.
+    pub(crate) async fn call_reader(
+        &self,
+        name: &str,
+        args: JsonObject,
+        caller: &Caller,
+    ) -> Option<Result<CallToolResult, McpError>> {
+        if !self.reads_only(name) {
+            return None;
+        }
+        let b = self.builtin_named(name)?;
+        Some(self.call_builtin(b, args, caller).await)
+    }
+
+    /// Calls the built-in tool `b` with `args` as `caller`, through its route.
+    async fn call_builtin(
+        &self,
+        b: &Builtin,
+        args: JsonObject,
+        caller: &Caller,
+    ) -> Result<CallToolResult, McpError> {
+        match request_of(b, args) {
+            Ok((uri, body)) => self
+                .send(b.method, uri, body, caller)
+                .await
+                .map(|(status, answer)| result_of(status.is_success(), answer)),
+            Err(message) => Ok(CallToolResult::structured_error(
+                json!({"error": {"code": "bad_request", "message": message}}),
+            )),
+        }
+    }
+
+    /// Sends `method uri` with `body` to the warp routes as `caller`: the
+    /// answer's status and JSON (a text answer as a JSON string).
     async fn send(
         &self,
         method: Method,
         uri: String,
         body: Option<Value>,
-        authorization: Option<&header::HeaderValue>,
+        caller: &Caller,
     ) -> Result<(warp::http::StatusCode, Value), McpError> {
         let bytes = body.map(|b| b.to_string()).unwrap_or_default();
-        let mut request = Request::builder()
+        let request = Request::builder()
             .method(HttpMethod::from_bytes(method.as_str().as_bytes()).unwrap_or(HttpMethod::GET))
             .uri(uri)
             .header(header::CONTENT_TYPE, "application/json")
-            .header(header::CONTENT_LENGTH, bytes.len());
-        if let Some(auth) = authorization {
-            request = request.header(header::AUTHORIZATION, auth);
-        }
-        // The token was presented at /mcp; the route checks it as such.
-        request = request.extension(super::FromMcp);
+            .header(header::CONTENT_LENGTH, bytes.len())
+            // The token was checked at /mcp; the route takes its caller.
+            .extension(super::FromMcp(caller.clone()));
         let request = request.body(Full::new(Bytes::from(bytes))).map_err(|e| {
             McpError::invalid_params(format!("cannot build the request: {e}"), None)
         })?;
@@ -396,12 +425,12 @@ impl Mcp {
         &self,
         name: &str,
         args: JsonObject,
-        authorization: Option<&header::HeaderValue>,
+        caller: &Caller,
         context: &RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
         let uri = format!("/call/{name}?async=true");
         let (status, answer) = self
-            .send(Method::Post, uri, Some(Value::Object(args)), authorization)
+            .send(Method::Post, uri, Some(Value::Object(args)), caller)
             .await?;
         let job = answer["job_id"]
             .as_str()
@@ -762,24 +791,11 @@ impl ServerHandler for Mcp {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        let authorization = context
-            .extensions
-            .get::<http::request::Parts>()
-            .and_then(|parts| parts.headers.get(header::AUTHORIZATION))
-            .cloned();
+        let caller = caller_of(&context)?;
         let args = request.arguments.unwrap_or_default();
         let name = request.name.as_ref();
-        if let Some(b) = self.0.builtins.iter().find(|b| b.tool.name == name) {
-            return match request_of(b, args) {
-                Ok((uri, body)) => self
-                    .forward(b.method, uri, body, authorization.as_ref())
-                    .await
-                    .map(Into::into),
-                Err(message) => Ok(CallToolResult::structured_error(
-                    json!({"error": {"code": "bad_request", "message": message}}),
-                )
-                .into()),
-            };
+        if let Some(b) = self.builtin_named(name) {
+            return self.call_builtin(b, args, &caller).await.map(Into::into);
         }
         let registry = self.0.app.syncer.registry();
         let endpoint = endpoint_tools(&registry, &self.0.builtins)
@@ -788,7 +804,7 @@ impl ServerHandler for Mcp {
             .map(|(_, e)| e.name.clone());
         match endpoint {
             Some(endpoint) => self
-                .call_endpoint(&endpoint, args, authorization.as_ref(), &context)
+                .call_endpoint(&endpoint, args, &caller, &context)
                 .await
                 .map(Into::into),
             None => Err(McpError::invalid_params(

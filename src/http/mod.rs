@@ -12,6 +12,7 @@ mod files;
 pub mod front;
 mod history;
 mod jobs;
+pub mod lane;
 pub mod mcp;
 mod meta;
 mod oauth;
@@ -217,11 +218,12 @@ pub(crate) fn require_all(caller: &Caller, needs: Scopes) -> Result<(), ApiError
     needs.iter().try_for_each(|scope| require(caller, scope))
 }
 
-/// Marks a request the MCP handler forwarded to a route in-process: its token
-/// is checked as one presented at `/mcp` (an extension, which no request from
-/// the network can carry).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct FromMcp;
+/// Marks a request the MCP handler forwarded to a route in-process, with the
+/// caller whose token `/mcp` checked (an extension, which no request from the
+/// network can carry): the route takes that caller instead of checking the
+/// token a second time.
+#[derive(Debug, Clone)]
+pub(crate) struct FromMcp(pub Caller);
 
 /// Checks `Authorization: Bearer <token>` against the daemon's tokens, those the
 /// served commit's `dynapi.yaml` grants, and the OAuth access tokens issued.
@@ -241,13 +243,14 @@ pub(crate) fn auth(
                   mcp: Option<FromMcp>| {
                 let app = app.clone();
                 async move {
-                    let at = if mcp.is_some() {
-                        Audience::Mcp
-                    } else {
-                        Audience::Api
+                    let caller = match mcp {
+                        Some(FromMcp(caller)) => Ok(caller),
+                        None => {
+                            bearer(&app, header.as_deref(), host.as_deref(), Audience::Api).await
+                        }
                     };
                     Auth {
-                        caller: bearer(&app, header.as_deref(), host.as_deref(), at).await,
+                        caller,
                         documented: catalog::Scopes::of(method.as_str(), path.as_str()),
                     }
                 }

@@ -599,3 +599,164 @@ async fn a_long_tool_call_tells_its_progress_to_the_typescript_sdk_too() {
 async fn a_long_tool_call_tells_its_progress_and_dies_when_cancelled_in_2026_07_28() {
     long_runs("progress.py", "2026-07-28").await;
 }
+
+/// One `tools/call` sent as raw HTTP: the status, the `Content-Type`, and the
+/// JSON-RPC message (from the event stream when rmcp answers with one).
+async fn raw_call(
+    d: &Daemon,
+    token: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> (u16, String, Value) {
+    let mut request = d.client.post(format!("{}/mcp", d.url)).bearer_auth(token);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let answer = request.json(body).send().await.unwrap();
+    let status = answer.status().as_u16();
+    let kind = answer
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let text = answer.text().await.unwrap();
+    let json = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim)
+        .find(|data| !data.is_empty())
+        .unwrap_or(&text);
+    let message = serde_json::from_str(json).unwrap_or_else(|_| json!(text));
+    (status, kind, message)
+}
+
+/// A read-only built-in tool call takes a fast lane past rmcp's per-request
+/// machinery (`http::lane`); what a client gets must not change. The same
+/// calls, in a 2025-11-25 session and stateless, answered by the lane and by
+/// rmcp (a weighted `Accept`, which the lane leaves to rmcp), give the same
+/// JSON-RPC message: a file, a missing file, an argument the route refuses.
+/// In a session the lane answers plain JSON where rmcp streams. The route
+/// still judges the token's scopes, and a call the lane cannot take is
+/// refused by rmcp as before (an unknown session, headers that contradict
+/// the body).
+#[tokio::test]
+async fn a_read_over_mcp_answers_the_same_through_the_fast_lane() {
+    let d = Daemon::start().await;
+    let lane = "application/json, text/event-stream";
+    let rmcp = "application/json;q=1, text/event-stream;q=1";
+    let init = d
+        .client
+        .post(format!("{}/mcp", d.url))
+        .bearer_auth(TOKEN)
+        .header("accept", lane)
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "lane-test", "version": "1"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(init.status(), 200);
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let stateless_meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}});
+    let call = |name: &str, args: Value, stateless: bool| {
+        let mut params = json!({"name": name, "arguments": args});
+        if stateless {
+            params["_meta"] = stateless_meta.clone();
+        }
+        json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params})
+    };
+    let cases = [
+        ("readFile", json!({"path": "manifests/hello.yaml"}), false),
+        ("readFile", json!({"path": "nope.txt"}), true),
+        ("listFiles", json!({"depth": "deep"}), true),
+    ];
+    for (name, args, is_error) in cases {
+        for stateless in [false, true] {
+            let headers = |accept: &'static str| -> Vec<(&'static str, String)> {
+                let mut h = vec![("accept", accept.to_string())];
+                if stateless {
+                    h.push(("mcp-protocol-version", "2026-07-28".into()));
+                    h.push(("mcp-method", "tools/call".into()));
+                    h.push(("mcp-name", name.to_string()));
+                } else {
+                    h.push(("mcp-protocol-version", "2025-11-25".into()));
+                    h.push(("mcp-session-id", session.clone()));
+                }
+                h
+            };
+            let send = |accept| {
+                let h = headers(accept);
+                let body = call(name, args.clone(), stateless);
+                let d = &d;
+                async move {
+                    let h: Vec<(&str, &str)> = h.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                    raw_call(d, TOKEN, &h, &body).await
+                }
+            };
+            let (fast_status, fast_kind, fast) = send(lane).await;
+            let (slow_status, slow_kind, slow) = send(rmcp).await;
+            let case = format!("{name} {args} stateless={stateless}");
+            assert_eq!((fast_status, slow_status), (200, 200), "{case}");
+            assert_eq!(fast, slow, "{case}: the lane and rmcp differ");
+            assert_eq!(fast["result"]["isError"], json!(is_error), "{case}: {fast}");
+            assert!(
+                fast_kind.starts_with("application/json"),
+                "{case}: {fast_kind}"
+            );
+            if !stateless {
+                assert!(
+                    slow_kind.starts_with("text/event-stream"),
+                    "{case}: {slow_kind}"
+                );
+                assert!(fast["result"].get("resultType").is_none(), "{case}: {fast}");
+            } else {
+                assert_eq!(fast["result"]["resultType"], json!("complete"), "{case}");
+            }
+        }
+    }
+
+    // The route judges the scopes: a token that may run but not read.
+    d.grant_reader("runner-secret", "run").await;
+    let h = [
+        ("accept", lane),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "readFile"),
+    ];
+    let body = call("readFile", json!({"path": "manifests/hello.yaml"}), true);
+    let (status, _, refused) = raw_call(&d, "runner-secret", &h, &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(refused["result"]["isError"], json!(true), "{refused}");
+    assert_eq!(
+        refused["result"]["structuredContent"]["error"]["code"],
+        json!("forbidden"),
+        "{refused}"
+    );
+
+    // What the lane cannot take, rmcp refuses as before.
+    let named_else = [
+        ("accept", lane),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "listFiles"),
+    ];
+    let (status, _, mismatch) = raw_call(&d, TOKEN, &named_else, &body).await;
+    assert_eq!(status, 400, "{mismatch}");
+    assert!(mismatch["error"].is_object(), "{mismatch}");
+    let gone = [
+        ("accept", lane),
+        ("mcp-protocol-version", "2025-11-25"),
+        ("mcp-session-id", "no-such-session"),
+    ];
+    let body = call("readFile", json!({"path": "manifests/hello.yaml"}), false);
+    let (status, _, unknown) = raw_call(&d, TOKEN, &gone, &body).await;
+    assert_eq!(status, 404, "{unknown}");
+    assert_eq!(unknown["error"]["code"], json!("not_found"), "{unknown}");
+}

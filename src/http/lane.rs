@@ -1,0 +1,303 @@
+//! The MCP fast lane: a `tools/call` of a built-in tool that only reads
+//! (`readFile`, `listFiles`, `search`...) answered here, as one JSON answer,
+//! instead of through rmcp's per-request machinery (for a stateless request a
+//! service of its own with tasks and channels; for a session, a round trip
+//! through the session's task and an event stream). That machinery cost more
+//! than the read itself: the lane brings a read over MCP near the price of
+//! its HTTP route.
+//!
+//! The lane takes only what rmcp would take as it is and answer the same way;
+//! anything else it hands to rmcp untouched, which then accepts or refuses it
+//! as always. Taken: a POST with a JSON body of at most `LANE_BODY` bytes whose
+//! `Host` rmcp allows and whose `Accept` and `Content-Type` it takes, and that
+//! is one `tools/call` request of a read-only built-in tool, either
+//! - stateless (2026-07-28): the protocol version in `_meta` with every
+//!   required key, the same in `Mcp-Protocol-Version`, `Mcp-Method` and
+//!   `Mcp-Name` given once each and agreeing with the body, no `Mcp-Param-*`
+//!   header and no session; or
+//! - in a session rmcp holds, of a revision before 2026-07-28 named by
+//!   `Mcp-Protocol-Version`, with no protocol version in `_meta`.
+//!
+//! The result is the same `CallToolResult` the handler gives rmcp (the same
+//! call, `Mcp::call_reader`), shaped for the revision as rmcp shapes it, in a
+//! JSON-RPC response. A read that fails to run at all (a JSON-RPC error, not
+//! an error result) goes to rmcp after all, so errors keep rmcp's statuses.
+//! A session does not see these calls: there is nothing in them to cancel or
+//! to report progress on.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use rmcp::model::{
+    ClientJsonRpcMessage, ClientRequest, GetMeta, ProtocolVersion, ServerJsonRpcMessage,
+    ServerResult,
+};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::session::SessionManager;
+use tokio_util::sync::CancellationToken;
+use warp::http::{header, HeaderMap, Method, Request, Response, StatusCode};
+
+use super::mcp::{Mcp, McpService};
+use crate::auth::Caller;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The largest body the lane reads: a read's arguments are a path and a few
+/// numbers. A larger one goes to rmcp, which has its own limit.
+const LANE_BODY: u64 = 16 * 1024;
+
+const JSON: &str = "application/json";
+const EVENT_STREAM: &str = "text/event-stream";
+
+/// What the lane needs besides the handler: what rmcp was told (the hosts it
+/// allows) and the sessions it holds.
+#[derive(Clone)]
+pub struct Lane {
+    mcp: Mcp,
+    hosts: Arc<[String]>,
+    sessions: Arc<LocalSessionManager>,
+}
+
+/// A request the lane answered, or the one to hand to rmcp (its body as it
+/// came, or the bytes the lane read of it).
+pub enum Taken {
+    Answered(Response<Body>),
+    Passed(Request<Body>),
+}
+
+/// Which revision's rules a taken request follows.
+#[derive(Clone, Copy, PartialEq)]
+enum Revision {
+    Stateless,
+    Session,
+}
+
+impl Lane {
+    /// rmcp's service for `mcp`, and the lane beside it with the same rules.
+    /// `hosts`: the `Host` values answered besides loopback.
+    pub fn beside(
+        mcp: &Mcp,
+        hosts: Vec<String>,
+        max_body: usize,
+        stop: CancellationToken,
+    ) -> (McpService, Lane) {
+        let mut allowed = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+        allowed.extend(hosts);
+        let sessions = Arc::new(LocalSessionManager::default());
+        let lane = Lane {
+            mcp: mcp.clone(),
+            hosts: allowed.clone().into(),
+            sessions: sessions.clone(),
+        };
+        (mcp.service(allowed, sessions, max_body, stop), lane)
+    }
+
+    /// Answers `request` from `caller` if it is a read the lane takes; else
+    /// gives it back for rmcp.
+    pub async fn take(&self, request: Request<Incoming>, caller: &Caller) -> Taken {
+        let Some(revision) = self.may_take(&request) else {
+            return Taken::Passed(request.map(|b| b.map_err(BoxError::from).boxed_unsync()));
+        };
+        let (parts, body) = request.into_parts();
+        let bytes = match Limited::new(body, LANE_BODY as usize).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            // Content-Length said it fits; a body that does not is broken
+            // off, and nothing is left to answer.
+            Err(e) => {
+                tracing::debug!(error = %e, "an MCP request's body could not be read");
+                return Taken::Answered(
+                    Response::builder()
+                        .status(StatusCode::BAD_REQUEST)
+                        .body(
+                            Full::new(Bytes::new())
+                                .map_err(|n| match n {})
+                                .boxed_unsync(),
+                        )
+                        .unwrap_or_default(),
+                );
+            }
+        };
+        let pass = |bytes: Bytes| {
+            Taken::Passed(Request::from_parts(
+                parts.clone(),
+                Full::new(bytes).map_err(|n| match n {}).boxed_unsync(),
+            ))
+        };
+        let Some((id, name, args)) = self.call_of(&bytes, &parts.headers, revision).await else {
+            return pass(bytes);
+        };
+        let Some(Ok(result)) = self.mcp.call_reader(&name, args, caller).await else {
+            return pass(bytes);
+        };
+        // rmcp's own shaping: for a revision before 2026-07-28, without what
+        // it does not know (`resultType`, structured content not an object).
+        let mut result = ServerResult::CallToolResult(result);
+        if revision == Revision::Session {
+            result.strip_result_type_for_legacy_peer();
+            result.strip_non_object_output_for_legacy_peer();
+        }
+        let message = ServerJsonRpcMessage::response(result, id);
+        match serde_json::to_vec(&message) {
+            Ok(json) => Taken::Answered(
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header(header::CONTENT_TYPE, JSON)
+                    .body(
+                        Full::new(Bytes::from(json))
+                            .map_err(|n| match n {})
+                            .boxed_unsync(),
+                    )
+                    .unwrap_or_default(),
+            ),
+            Err(_) => pass(bytes),
+        }
+    }
+
+    /// Whether the request's line and headers are those of a read the lane
+    /// may take, and under which revision's rules (the body decides the rest).
+    fn may_take(&self, request: &Request<Incoming>) -> Option<Revision> {
+        let headers = request.headers();
+        let small = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n <= LANE_BODY);
+        if request.method() != Method::POST
+            || request.uri().path() != super::front::MCP_PATH
+            || !small
+            || !self.host_allowed(headers)
+            || !accepts_both(headers)
+            || !is_json(headers)
+            || headers.keys().any(|k| k.as_str().starts_with("mcp-param-"))
+        {
+            return None;
+        }
+        let version = only(headers, "mcp-protocol-version")?;
+        match only(headers, "mcp-session-id") {
+            None if headers.contains_key("mcp-session-id") => None,
+            None => {
+                let named = only(headers, "mcp-name")?;
+                (version == ProtocolVersion::V_2026_07_28.as_str()
+                    && only(headers, "mcp-method")? == "tools/call"
+                    && self.mcp.reads_only(named))
+                .then_some(Revision::Stateless)
+            }
+            Some(_) => [
+                ProtocolVersion::V_2025_03_26,
+                ProtocolVersion::V_2025_06_18,
+                ProtocolVersion::V_2025_11_25,
+            ]
+            .iter()
+            .any(|v| v.as_str() == version)
+            .then_some(Revision::Session),
+        }
+    }
+
+    /// The request's id, tool and arguments if the body is one `tools/call`
+    /// of a read-only built-in tool that fits `revision`.
+    async fn call_of(
+        &self,
+        body: &[u8],
+        headers: &HeaderMap,
+        revision: Revision,
+    ) -> Option<(rmcp::model::RequestId, String, rmcp::model::JsonObject)> {
+        let ClientJsonRpcMessage::Request(request) = serde_json::from_slice(body).ok()? else {
+            return None;
+        };
+        // rmcp keeps the request's `_meta` among its extensions.
+        let meta = request.request.get_meta().clone();
+        let ClientRequest::CallToolRequest(call) = request.request else {
+            return None;
+        };
+        let name = call.params.name.to_string();
+        if !self.mcp.reads_only(&name) {
+            return None;
+        }
+        match revision {
+            Revision::Stateless => {
+                let latest = ProtocolVersion::V_2026_07_28;
+                let agrees = meta.protocol_version().as_ref() == Some(&latest)
+                    && meta.missing_required_keys(&latest).is_empty()
+                    && only(headers, "mcp-name") == Some(name.as_str());
+                agrees.then_some(())?;
+            }
+            Revision::Session => {
+                if meta.protocol_version().is_some() {
+                    return None;
+                }
+                let id: Arc<str> = only(headers, "mcp-session-id")?.into();
+                if !self.sessions.has_session(&id).await.ok()? {
+                    return None;
+                }
+            }
+        }
+        Some((request.id, name, call.params.arguments.unwrap_or_default()))
+    }
+
+    /// rmcp's DNS-rebinding rule: the `Host` names an allowed host (and its
+    /// port, when the allowed entry names one).
+    fn host_allowed(&self, headers: &HeaderMap) -> bool {
+        let Some(host) =
+            only(headers, "host").and_then(|h| warp::http::uri::Authority::try_from(h).ok())
+        else {
+            return false;
+        };
+        let name = normalize(host.host());
+        self.hosts.iter().any(|allowed| {
+            let allowed = allowed.trim();
+            match warp::http::uri::Authority::try_from(allowed) {
+                Ok(a) => {
+                    normalize(a.host()) == name
+                        && a.port_u16().is_none_or(|p| host.port_u16() == Some(p))
+                }
+                Err(_) => normalize(allowed) == name,
+            }
+        })
+    }
+}
+
+fn normalize(host: &str) -> String {
+    host.trim_matches('[')
+        .trim_matches(']')
+        .to_ascii_lowercase()
+}
+
+/// The header's value if it is given exactly once, as text.
+fn only<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    let mut values = headers.get_all(name).iter();
+    let value = values.next()?.to_str().ok()?;
+    values.next().is_none().then_some(value)
+}
+
+/// `Accept` names both JSON and event streams, with no weights (weighted
+/// lists are rmcp's to judge).
+fn accepts_both(headers: &HeaderMap) -> bool {
+    let (mut json, mut stream) = (false, false);
+    for value in headers.get_all(header::ACCEPT) {
+        let Ok(value) = value.to_str() else {
+            return false;
+        };
+        for entry in value.split(',') {
+            let mut parts = entry.split(';');
+            let essence = parts.next().unwrap_or_default().trim();
+            if parts.next().is_some() || entry.contains('"') {
+                return false;
+            }
+            json |= essence.eq_ignore_ascii_case(JSON);
+            stream |= essence.eq_ignore_ascii_case(EVENT_STREAM);
+        }
+    }
+    json && stream
+}
+
+/// `Content-Type` is JSON (parameters such as a charset allowed, as rmcp does).
+fn is_json(headers: &HeaderMap) -> bool {
+    only(headers, header::CONTENT_TYPE.as_str()).is_some_and(|v| {
+        let essence = v.split_once(';').map_or(v, |(essence, _)| essence);
+        essence.trim().eq_ignore_ascii_case(JSON)
+    })
+}
