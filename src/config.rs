@@ -206,6 +206,9 @@ pub struct ServeArgs {
     /// How long a finished job's output is kept for GET /jobs/{id}.
     #[arg(long, env = "DYNAPI_JOB_KEEP", default_value = "1h", value_parser = parse_duration)]
     pub job_keep: Duration,
+    /// An MCP session with no request for this long is ended (its client starts a new one).
+    #[arg(long, env = "DYNAPI_MCP_SESSION_IDLE", default_value = "5m", value_parser = parse_duration)]
+    pub mcp_session_idle: Duration,
     /// GitHub mode: the repository to serve, https://github.com/OWNER/REPO (needs GITHUB_TOKEN for private ones).
     #[arg(long, env = "DYNAPI_REMOTE")]
     pub remote: Option<String>,
@@ -282,6 +285,8 @@ pub struct Config {
     pub job_after: Duration,
     /// How long finished jobs are kept.
     pub job_keep: Duration,
+    /// How long an MCP session may go without a request.
+    pub mcp_session_idle: Duration,
     /// The all-scopes token from `DYNAPI_TOKEN`, if set.
     pub token: Option<String>,
     /// Largest request body accepted, in bytes.
@@ -395,6 +400,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(10),
             job_after: Duration::from_secs(40),
             job_keep: Duration::from_secs(3600),
+            mcp_session_idle: Duration::from_secs(300),
             token: None,
             max_body: 4 << 20,
             files: FileLimits::default(),
@@ -424,6 +430,7 @@ impl Config {
         config.shutdown_grace = args.shutdown_grace;
         config.job_after = args.job_after;
         config.job_keep = args.job_keep;
+        config.mcp_session_idle = args.mcp_session_idle.max(Duration::from_secs(1));
         config.state = args.state.clone().filter(|s| !s.is_empty());
         config.job_lease = args.job_lease.max(Duration::from_secs(2));
         config.oauth_access_lifetime = args.oauth_access_lifetime.max(Duration::from_secs(1));

@@ -479,6 +479,7 @@ pub async fn serve(
         &mcp,
         hosts,
         app.config.max_body as usize,
+        app.config.mcp_session_idle,
         shutdown.child_token(),
     );
     let front = http::front::Front {

@@ -22,21 +22,25 @@
 //! call, `Mcp::call_reader`), shaped for the revision as rmcp shapes it, in a
 //! JSON-RPC response. A read that fails to run at all (a JSON-RPC error, not
 //! an error result) goes to rmcp after all, so errors keep rmcp's statuses.
-//! A session does not see these calls: there is nothing in them to cancel or
-//! to report progress on.
+//! A session does not see these calls (there is nothing in them to cancel or
+//! to report progress on), so the lane tells it now and then that it is in
+//! use, or rmcp would end it as idle. A request with an `Origin` (a browser's)
+//! goes to rmcp.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use rmcp::model::{
-    ClientJsonRpcMessage, ClientRequest, GetMeta, ProtocolVersion, ServerJsonRpcMessage,
-    ServerResult,
+    ClientJsonRpcMessage, ClientNotification, ClientRequest, CustomNotification, GetMeta,
+    ProtocolVersion, ServerJsonRpcMessage, ServerResult,
 };
+use rmcp::transport::common::server_side_http::SessionId;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-use rmcp::transport::streamable_http_server::session::SessionManager;
 use tokio_util::sync::CancellationToken;
 use warp::http::{header, HeaderMap, Method, Request, Response, StatusCode};
 
@@ -60,6 +64,10 @@ pub struct Lane {
     mcp: Mcp,
     hosts: Arc<[String]>,
     sessions: Arc<LocalSessionManager>,
+    /// How often a session whose requests take the lane is told it is in use.
+    keep_every: Duration,
+    /// When each such session was last told.
+    kept: Arc<Mutex<HashMap<SessionId, Instant>>>,
 }
 
 /// A request the lane answered, or the one to hand to rmcp (its body as it
@@ -78,20 +86,26 @@ enum Revision {
 
 impl Lane {
     /// rmcp's service for `mcp`, and the lane beside it with the same rules.
-    /// `hosts`: the `Host` values answered besides loopback.
+    /// `hosts`: the `Host` values answered besides loopback; `idle`: how long
+    /// a session may go without a request.
     pub fn beside(
         mcp: &Mcp,
         hosts: Vec<String>,
         max_body: usize,
+        idle: Duration,
         stop: CancellationToken,
     ) -> (McpService, Lane) {
         let mut allowed = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
         allowed.extend(hosts);
-        let sessions = Arc::new(LocalSessionManager::default());
+        let mut sessions = LocalSessionManager::default();
+        sessions.session_config.keep_alive = Some(idle);
+        let sessions = Arc::new(sessions);
         let lane = Lane {
             mcp: mcp.clone(),
             hosts: allowed.clone().into(),
             sessions: sessions.clone(),
+            keep_every: idle / 4,
+            kept: Arc::default(),
         };
         (mcp.service(allowed, sessions, max_body, stop), lane)
     }
@@ -172,6 +186,8 @@ impl Lane {
             || !self.host_allowed(headers)
             || !accepts_both(headers)
             || !is_json(headers)
+            // A browser's request: its origin is rmcp's to judge.
+            || headers.contains_key(header::ORIGIN)
             || headers.keys().any(|k| k.as_str().starts_with("mcp-param-"))
         {
             return None;
@@ -229,13 +245,49 @@ impl Lane {
                 if meta.protocol_version().is_some() {
                     return None;
                 }
-                let id: Arc<str> = only(headers, "mcp-session-id")?.into();
-                if !self.sessions.has_session(&id).await.ok()? {
+                let id: SessionId = only(headers, "mcp-session-id")?.into();
+                if !self.keep(&id).await {
                     return None;
                 }
             }
         }
         Some((request.id, name, call.params.arguments.unwrap_or_default()))
+    }
+
+    /// Whether rmcp holds session `id`, which is then kept alive: rmcp ends a
+    /// session after `idle` without a message reaching its task, and the
+    /// lane's calls never reach it. So every `keep_every` a session in use
+    /// is sent a notification of the daemon's own (`notifications/dynapi/read`,
+    /// which the handler ignores), on the side: the call does not wait for it.
+    async fn keep(&self, id: &SessionId) -> bool {
+        let Some(handle) = self.sessions.sessions.read().await.get(id).cloned() else {
+            return false;
+        };
+        let due = {
+            let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            // Sessions not heard of for a whole period are gone or will be told anew.
+            kept.retain(|_, at| now.duration_since(*at) < self.keep_every * 4);
+            match kept.get(id) {
+                Some(at) if now.duration_since(*at) < self.keep_every => false,
+                _ => {
+                    kept.insert(id.clone(), now);
+                    true
+                }
+            }
+        };
+        if due {
+            let note = ClientNotification::CustomNotification(CustomNotification::new(
+                "notifications/dynapi/read",
+                None,
+            ));
+            tokio::spawn(async move {
+                let _ = handle
+                    .push_message(ClientJsonRpcMessage::notification(note), None)
+                    .await;
+            });
+        }
+        true
     }
 
     /// rmcp's DNS-rebinding rule: the `Host` names an allowed host (and its

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
+use crate::mcp_boundaries::Session;
 use crate::support::{Daemon, TOKEN};
 
 /// A client script of tests/mcp, running, and its output lines.
@@ -632,36 +633,19 @@ async fn raw_call(
 
 /// A read-only built-in tool call takes a fast lane past rmcp's per-request
 /// machinery (`http::lane`); what a client gets must not change. The same
-/// calls, in a 2025-11-25 session and stateless, answered by the lane and by
+/// calls, in a 2025-06-18 session and stateless, answered by the lane and by
 /// rmcp (a weighted `Accept`, which the lane leaves to rmcp), give the same
 /// JSON-RPC message: a file, a missing file, an argument the route refuses.
-/// In a session the lane answers plain JSON where rmcp streams. The route
-/// still judges the token's scopes, and a call the lane cannot take is
-/// refused by rmcp as before (an unknown session, headers that contradict
-/// the body).
+/// In a session the lane answers plain JSON where rmcp streams. A browser's
+/// request (with an `Origin`) is left to rmcp. The route still judges the
+/// token's scopes, and a call the lane cannot take is refused by rmcp as
+/// before (an unknown session, headers that contradict the body).
 #[tokio::test]
 async fn a_read_over_mcp_answers_the_same_through_the_fast_lane() {
     let d = Daemon::start().await;
     let lane = "application/json, text/event-stream";
     let rmcp = "application/json;q=1, text/event-stream;q=1";
-    let init = d
-        .client
-        .post(format!("{}/mcp", d.url))
-        .bearer_auth(TOKEN)
-        .header("accept", lane)
-        .json(
-            &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "lane-test", "version": "1"}}}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(init.status(), 200);
-    let session = init.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let session = Session::open(&d, TOKEN).await.id;
     let stateless_meta = json!({
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientCapabilities": {}});
@@ -686,7 +670,7 @@ async fn a_read_over_mcp_answers_the_same_through_the_fast_lane() {
                     h.push(("mcp-method", "tools/call".into()));
                     h.push(("mcp-name", name.to_string()));
                 } else {
-                    h.push(("mcp-protocol-version", "2025-11-25".into()));
+                    h.push(("mcp-protocol-version", "2025-06-18".into()));
                     h.push(("mcp-session-id", session.clone()));
                 }
                 h
@@ -722,6 +706,17 @@ async fn a_read_over_mcp_answers_the_same_through_the_fast_lane() {
         }
     }
 
+    // A browser's request (it has an `Origin`) is rmcp's to judge.
+    let browser = [
+        ("accept", lane),
+        ("mcp-protocol-version", "2025-06-18"),
+        ("mcp-session-id", session.as_str()),
+        ("origin", "http://localhost"),
+    ];
+    let body = call("readFile", json!({"path": "manifests/hello.yaml"}), false);
+    let (_, kind, _) = raw_call(&d, TOKEN, &browser, &body).await;
+    assert!(kind.starts_with("text/event-stream"), "{kind}");
+
     // The route judges the scopes: a token that may run but not read.
     d.grant_reader("runner-secret", "run").await;
     let h = [
@@ -752,11 +747,51 @@ async fn a_read_over_mcp_answers_the_same_through_the_fast_lane() {
     assert!(mismatch["error"].is_object(), "{mismatch}");
     let gone = [
         ("accept", lane),
-        ("mcp-protocol-version", "2025-11-25"),
+        ("mcp-protocol-version", "2025-06-18"),
         ("mcp-session-id", "no-such-session"),
     ];
     let body = call("readFile", json!({"path": "manifests/hello.yaml"}), false);
     let (status, _, unknown) = raw_call(&d, TOKEN, &gone, &body).await;
     assert_eq!(status, 404, "{unknown}");
     assert_eq!(unknown["error"]["code"], json!("not_found"), "{unknown}");
+}
+
+/// A session whose calls all take the fast lane never reaches rmcp's session
+/// task, which ends a session after `--mcp-session-idle` without a message:
+/// the lane keeps it alive. With 2 s idle, a session reading for 5 s is still
+/// there, and one left alone beside it is gone (404).
+#[tokio::test]
+async fn a_session_that_only_reads_through_the_fast_lane_stays_alive() {
+    let d = Daemon::start_with(|c| c.mcp_session_idle = Duration::from_secs(2)).await;
+    let accept = "application/json, text/event-stream";
+    let reading = Session::open(&d, TOKEN).await.id;
+    let idle = Session::open(&d, TOKEN).await.id;
+    let in_session = |session: &str, body: Value| {
+        let headers = [
+            ("accept", accept.to_string()),
+            ("mcp-protocol-version", "2025-06-18".to_string()),
+            ("mcp-session-id", session.to_string()),
+        ];
+        let d = &d;
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            raw_call(d, TOKEN, &h, &body).await
+        }
+    };
+    let read = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "readFile", "arguments": {"path": "manifests/hello.yaml"}}});
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        let (status, kind, answer) = in_session(&reading, read.clone()).await;
+        assert_eq!(status, 200, "{answer}");
+        // The lane's answer, not rmcp's stream.
+        assert!(kind.starts_with("application/json"), "{kind}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let (status, _, tools) = in_session(&reading, list.clone()).await;
+    assert_eq!(status, 200, "the reading session was ended: {tools}");
+    assert!(tools["result"]["tools"].is_array(), "{tools}");
+    let (status, _, gone) = in_session(&idle, list).await;
+    assert_eq!(status, 404, "the idle session was not ended: {gone}");
 }

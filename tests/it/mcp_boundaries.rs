@@ -11,10 +11,10 @@ use crate::support::{Daemon, TOKEN};
 const READER: &str = "reader-secret";
 
 /// One MCP session of the 2025-06-18 revision, by hand.
-struct Session<'d> {
+pub(crate) struct Session<'d> {
     d: &'d Daemon,
     token: String,
-    id: String,
+    pub(crate) id: String,
     next: u64,
 }
 
@@ -30,7 +30,7 @@ fn messages(body: &str) -> Vec<Value> {
 }
 
 impl<'d> Session<'d> {
-    async fn open(d: &'d Daemon, token: &str) -> Session<'d> {
+    pub(crate) async fn open(d: &'d Daemon, token: &str) -> Session<'d> {
         let res = d
             .client
             .post(format!("{}/mcp", d.url))
