@@ -37,14 +37,16 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use rmcp::model::{
     ClientJsonRpcMessage, ClientNotification, ClientRequest, CustomNotification, GetMeta,
-    ProtocolVersion, ServerJsonRpcMessage, ServerResult,
+    ProtocolVersion, RequestId, ServerJsonRpcMessage, ServerResult,
 };
 use rmcp::transport::common::server_side_http::SessionId;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 use warp::http::{header, HeaderMap, Method, Request, Response, StatusCode};
 
-use super::mcp::{Mcp, McpService};
+use super::mcp::{Mcp, McpService, Read};
 use crate::auth::Caller;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -144,31 +146,35 @@ impl Lane {
         let Some((id, name, args)) = self.call_of(&bytes, &parts.headers, revision).await else {
             return pass(bytes);
         };
-        let Some(Ok(result)) = self.mcp.call_reader(&name, args, caller).await else {
+        let json = match self.mcp.call_reader(&name, args, caller).await {
+            Some(Ok(Read::Object(answer))) => object_answer(&id, &answer, revision),
+            Some(Ok(Read::Result(result))) => {
+                // rmcp's own shaping: for a revision before 2026-07-28,
+                // without what it does not know (`resultType`, structured
+                // content that is not an object).
+                let mut result = ServerResult::CallToolResult(result);
+                if revision == Revision::Session {
+                    result.strip_result_type_for_legacy_peer();
+                    result.strip_non_object_output_for_legacy_peer();
+                }
+                serde_json::to_vec(&ServerJsonRpcMessage::response(result, id)).ok()
+            }
+            None | Some(Err(_)) => None,
+        };
+        let Some(json) = json else {
             return pass(bytes);
         };
-        // rmcp's own shaping: for a revision before 2026-07-28, without what
-        // it does not know (`resultType`, structured content not an object).
-        let mut result = ServerResult::CallToolResult(result);
-        if revision == Revision::Session {
-            result.strip_result_type_for_legacy_peer();
-            result.strip_non_object_output_for_legacy_peer();
-        }
-        let message = ServerJsonRpcMessage::response(result, id);
-        match serde_json::to_vec(&message) {
-            Ok(json) => Taken::Answered(
-                Response::builder()
-                    .status(StatusCode::OK)
-                    .header(header::CONTENT_TYPE, JSON)
-                    .body(
-                        Full::new(Bytes::from(json))
-                            .map_err(|n| match n {})
-                            .boxed_unsync(),
-                    )
-                    .unwrap_or_default(),
-            ),
-            Err(_) => pass(bytes),
-        }
+        Taken::Answered(
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, JSON)
+                .body(
+                    Full::new(Bytes::from(json))
+                        .map_err(|n| match n {})
+                        .boxed_unsync(),
+                )
+                .unwrap_or_default(),
+        )
     }
 
     /// Whether the request's line and headers are those of a read the lane
@@ -310,6 +316,49 @@ impl Lane {
             }
         })
     }
+}
+
+/// The JSON-RPC answer with a route's JSON object `answer` as the result, as
+/// `CallToolResult::structured` makes it (the JSON as the text, the same as
+/// the structured content, not an error; `resultType` only for 2026-07-28),
+/// written from the route's bytes instead of parsed and written again. The
+/// text keeps the route's key order where rmcp's path sorts the keys.
+fn object_answer(id: &RequestId, answer: &[u8], revision: Revision) -> Option<Vec<u8>> {
+    #[derive(Serialize)]
+    struct Message<'a> {
+        jsonrpc: &'static str,
+        id: &'a RequestId,
+        result: Structured<'a>,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Structured<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        result_type: Option<&'static str>,
+        content: [Text<'a>; 1],
+        structured_content: &'a RawValue,
+        is_error: bool,
+    }
+    #[derive(Serialize)]
+    struct Text<'a> {
+        r#type: &'static str,
+        text: &'a str,
+    }
+    let text = std::str::from_utf8(answer).ok()?.trim();
+    let message = Message {
+        jsonrpc: "2.0",
+        id,
+        result: Structured {
+            result_type: (revision == Revision::Stateless).then_some("complete"),
+            content: [Text {
+                r#type: "text",
+                text,
+            }],
+            structured_content: serde_json::from_str(text).ok()?,
+            is_error: false,
+        },
+    };
+    serde_json::to_vec(&message).ok()
 }
 
 fn normalize(host: &str) -> String {

@@ -343,18 +343,36 @@ impl Mcp {
     }
 
     /// Calls `name` with `args` as `caller` if it is a built-in tool that only
-    /// reads (`reads_only`); `None` otherwise.
+    /// reads (`reads_only`); `None` otherwise. A route's success answered as
+    /// a JSON object comes back as its own bytes (`Read::Object`), for the
+    /// lane to write without parsing and writing it again.
     pub(crate) async fn call_reader(
         &self,
         name: &str,
         args: JsonObject,
         caller: &Caller,
-    ) -> Option<Result<CallToolResult, McpError>> {
+    ) -> Option<Result<Read, McpError>> {
         if !self.reads_only(name) {
             return None;
         }
         let b = self.builtin_named(name)?;
-        Some(self.call_builtin(b, args, caller).await)
+        let (uri, body) = match request_of(b, args) {
+            Ok(request) => request,
+            Err(message) => return Some(Ok(Read::Result(bad_arguments(message)))),
+        };
+        Some(
+            self.send_raw(b.method, uri, body, caller)
+                .await
+                .map(|(status, body)| {
+                    let object = body.trim_ascii_start().first() == Some(&b'{')
+                        && serde_json::from_slice::<&serde_json::value::RawValue>(&body).is_ok();
+                    if status.is_success() && object {
+                        Read::Object(body)
+                    } else {
+                        Read::Result(result_of(status.is_success(), answer_of(&body)))
+                    }
+                }),
+        )
     }
 
     /// Calls the built-in tool `b` with `args` as `caller`, through its route.
@@ -369,9 +387,7 @@ impl Mcp {
                 .send(b.method, uri, body, caller)
                 .await
                 .map(|(status, answer)| result_of(status.is_success(), answer)),
-            Err(message) => Ok(CallToolResult::structured_error(
-                json!({"error": {"code": "bad_request", "message": message}}),
-            )),
+            Err(message) => Ok(bad_arguments(message)),
         }
     }
 
@@ -384,6 +400,19 @@ impl Mcp {
         body: Option<Value>,
         caller: &Caller,
     ) -> Result<(warp::http::StatusCode, Value), McpError> {
+        let (status, body) = self.send_raw(method, uri, body, caller).await?;
+        Ok((status, answer_of(&body)))
+    }
+
+    /// Sends `method uri` with `body` to the warp routes as `caller`: the
+    /// answer's status and bytes.
+    async fn send_raw(
+        &self,
+        method: Method,
+        uri: String,
+        body: Option<Value>,
+        caller: &Caller,
+    ) -> Result<(warp::http::StatusCode, Bytes), McpError> {
         let bytes = body.map(|b| b.to_string()).unwrap_or_default();
         let request = Request::builder()
             .method(HttpMethod::from_bytes(method.as_str().as_bytes()).unwrap_or(HttpMethod::GET))
@@ -407,9 +436,7 @@ impl Mcp {
             .await
             .map(|c| c.to_bytes())
             .unwrap_or_default();
-        let answer = serde_json::from_slice::<Value>(&body)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
-        Ok((status, answer))
+        Ok((status, body))
     }
 
     /// Calls endpoint `name` with `args` as the caller whose `authorization`
@@ -533,6 +560,24 @@ fn structured_output(name: &str, answer: Value, schema: &Value) -> CallToolResul
                 .to_string(),
         )]),
     }
+}
+
+/// What a read-only built-in tool call gave: a success answered as a JSON
+/// object, as the route's bytes; anything else as its tool result.
+pub(crate) enum Read {
+    Object(Bytes),
+    Result(CallToolResult),
+}
+
+/// Arguments a built-in tool's route cannot be given, as a tool error.
+fn bad_arguments(message: String) -> CallToolResult {
+    CallToolResult::structured_error(json!({"error": {"code": "bad_request", "message": message}}))
+}
+
+/// A route's answer as JSON (a text answer as a JSON string).
+fn answer_of(body: &[u8]) -> Value {
+    serde_json::from_slice::<Value>(body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
 }
 
 /// A route's answer as a tool result: its JSON as structured content, an
