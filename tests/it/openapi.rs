@@ -397,6 +397,12 @@ async fn the_fuzzer_finds_no_server_error_and_no_answer_unlike_the_document() {
                 "50",
                 "--workers",
                 "1",
+                // A health check of the fuzzer's own generation, not of the
+                // API: for a free-form path parameter (`/download/{path}`)
+                // some seeds throw away too many strings that cannot stand in
+                // a URL path, and the run failed with every case passing.
+                "--suppress-health-check",
+                "filter_too_much",
                 "--no-color",
             ])
             .output()
