@@ -37,8 +37,9 @@ use crate::config::ConnectionLimits;
 use crate::oauth::Audience;
 use crate::App;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Body = UnsyncBoxBody<Bytes, BoxError>;
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of every answer the front gives (and of a request the lane passes on).
+pub(super) type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Where `/mcp` is served.
 pub const MCP_PATH: &str = "/mcp";

@@ -32,7 +32,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use rmcp::model::{
@@ -46,11 +45,9 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 use warp::http::{header, HeaderMap, Method, Request, Response, StatusCode};
 
+use super::front::{Body, BoxError};
 use super::mcp::{Mcp, McpService, Read};
 use crate::auth::Caller;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// The largest body the lane reads: a read's arguments are a path and a few
 /// numbers. A larger one goes to rmcp, which has its own limit.
@@ -128,21 +125,12 @@ impl Lane {
                 return Taken::Answered(
                     Response::builder()
                         .status(StatusCode::BAD_REQUEST)
-                        .body(
-                            Full::new(Bytes::new())
-                                .map_err(|n| match n {})
-                                .boxed_unsync(),
-                        )
+                        .body(whole(Bytes::new()))
                         .unwrap_or_default(),
                 );
             }
         };
-        let pass = |bytes: Bytes| {
-            Taken::Passed(Request::from_parts(
-                parts.clone(),
-                Full::new(bytes).map_err(|n| match n {}).boxed_unsync(),
-            ))
-        };
+        let pass = |bytes: Bytes| Taken::Passed(Request::from_parts(parts.clone(), whole(bytes)));
         let Some((id, name, args)) = self.call_of(&bytes, &parts.headers, revision).await else {
             return pass(bytes);
         };
@@ -168,11 +156,7 @@ impl Lane {
             Response::builder()
                 .status(StatusCode::OK)
                 .header(header::CONTENT_TYPE, JSON)
-                .body(
-                    Full::new(Bytes::from(json))
-                        .map_err(|n| match n {})
-                        .boxed_unsync(),
-                )
+                .body(whole(Bytes::from(json)))
                 .unwrap_or_default(),
         )
     }
@@ -227,6 +211,9 @@ impl Lane {
         headers: &HeaderMap,
         revision: Revision,
     ) -> Option<(rmcp::model::RequestId, String, rmcp::model::JsonObject)> {
+        // Not a tools/call without the method's name in it (an escaped one
+        // goes to rmcp): the session's other messages are not parsed twice.
+        memchr::memmem::find(body, b"tools/call")?;
         let ClientJsonRpcMessage::Request(request) = serde_json::from_slice(body).ok()? else {
             return None;
         };
@@ -359,6 +346,11 @@ fn object_answer(id: &RequestId, answer: &[u8], revision: Revision) -> Option<Ve
         },
     };
     serde_json::to_vec(&message).ok()
+}
+
+/// `bytes` as a body.
+fn whole(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|n| match n {}).boxed_unsync()
 }
 
 fn normalize(host: &str) -> String {
