@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Dispatch benchmark: requests per second of a small shell-script endpoint served
-# by dynapi with its sandbox (Landlock, rlimits) and with `sandbox: off`, against
-# Debian's `webhook` (adnanh/webhook) serving the same script with the same
-# concurrency, measured in one run with wrk. Prints the ratios and what the
-# sandbox adds to each request.
+# by dynapi with its sandbox (Landlock, seccomp, rlimits) and with `sandbox:
+# off`, against Debian's `webhook` (adnanh/webhook) serving the same script with
+# the same concurrency, measured in one run with wrk (two rounds, the second in
+# reverse order). Also measured in the same run: the floor, a C program
+# (bench/spawn_floor.c) that only starts the script and reads its output from as
+# many threads, no HTTP, no sandbox: what the machine can do at all. Prints the
+# ratios and what the sandbox adds to each request.
 #
 #   bench/dispatch.sh [SECONDS] [CONNECTIONS]
 #
-# Needs: wrk and webhook (apt-get install wrk webhook), a release build (made here).
+# Needs: wrk and webhook (apt-get install wrk webhook), cc (which cargo
+# needs anyway), a release build (made here).
 set -euo pipefail
 secs=${1:-10}
 conns=${2:-8}
@@ -58,17 +62,30 @@ rps() {
   if grep -q "Non-2xx" <<<"$out"; then echo "answers that are not 2xx: $out" >&2; exit 1; fi
   awk '/Requests\/sec/ {print $2}' <<<"$out"
 }
-echo "wrk: ${secs}s, $conns connections, GET, script: scripts/bench.sh"
-d=$(rps -H "Authorization: Bearer bench" "http://127.0.0.1:$dport/bench")
-o=$(rps -H "Authorization: Bearer bench" "http://127.0.0.1:$oport/bench")
-w=$(rps "http://127.0.0.1:$wport/hooks/bench")
+on() { rps -H "Authorization: Bearer bench" "http://127.0.0.1:$dport/bench"; }
+off() { rps -H "Authorization: Bearer bench" "http://127.0.0.1:$oport/bench"; }
+hook() { rps "http://127.0.0.1:$wport/hooks/bench"; }
+mean() { python3 -c 'import sys; print(f"{(float(sys.argv[1]) + float(sys.argv[2])) / 2:.2f}")' "$1" "$2"; }
+cc -O2 -pthread -o "$tmp/spawn_floor" "$here/bench/spawn_floor.c"
+floor() { "$tmp/spawn_floor" "$tmp/ws/scripts/bench.sh" "$conns" "$secs"; }
+# Two rounds, the second in the reverse order, each figure the mean of its
+# two: a machine that drifts during the run (a neighbour on the host) then
+# weighs on every side alike.
+echo "wrk: ${secs}s per round, 2 rounds, $conns connections, GET, script: scripts/bench.sh"
+d1=$(on); o1=$(off); w1=$(hook); f1=$(floor)
+f2=$(floor); w2=$(hook); o2=$(off); d2=$(on)
+d=$(mean "$d1" "$d2"); o=$(mean "$o1" "$o2"); w=$(mean "$w1" "$w2"); f=$(mean "$f1" "$f2")
 echo "dynapi, sandbox on : $d requests/s"
 echo "dynapi, sandbox off: $o requests/s"
 echo "webhook            : $w requests/s"
-python3 - "$d" "$o" "$w" "$conns" <<'PY'
+echo "floor (spawn only) : $f runs/s"
+python3 - "$d" "$o" "$w" "$f" "$conns" <<'PY'
 import sys
-on, off, hook, conns = map(float, sys.argv[1:])
+on, off, hook, floor, conns = map(float, sys.argv[1:])
 print(f"ratio dynapi/webhook: sandbox on {on / hook:.2f}, sandbox off {off / hook:.2f}")
+print(f"ratio to the floor: sandbox on {on / floor:.2f}, sandbox off {off / floor:.2f}, "
+      f"webhook {hook / floor:.2f} (a dispatcher that cost nothing would reach "
+      f"{floor / hook:.2f}x webhook)")
 print(f"sandbox on/off: {on / off:.2f}; added to each request's latency at {conns:.0f} connections: "
       f"{(conns / on - conns / off) * 1000:.2f} ms")
 PY

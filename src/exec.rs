@@ -36,7 +36,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::sandbox::{self, Sandbox, SandboxError};
 
+mod filtered;
 mod spawn;
+
+use filtered::Filtered;
 
 /// PATH given to scripts: the system's, never the daemon's own.
 const SCRIPT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -223,6 +226,8 @@ pub struct Exec {
     endpoint_slots: Arc<Mutex<HashMap<String, EndpointSlots>>>,
     running: Arc<Mutex<HashSet<i32>>>,
     sandbox: Arc<Sandbox>,
+    /// Threads that carry the sandbox's seccomp filters (`filtered.rs`).
+    filtered: Arc<Filtered>,
     observer: Option<Observer>,
 }
 
@@ -235,6 +240,7 @@ impl Exec {
         Exec {
             slots: Arc::new(Semaphore::new(limits.max_running)),
             sandbox: Arc::new(Sandbox::new(limits.sandbox.clone())),
+            filtered: Arc::new(Filtered::new(limits.max_running)),
             limits,
             endpoint_slots: Arc::default(),
             running: Arc::default(),
@@ -284,7 +290,13 @@ impl Exec {
         let live = Arc::new(Live::new(self.limits.output_cap));
         let task_live = live.clone();
         let observer = self.observer.clone();
-        let task = tokio::task::spawn_blocking(move || {
+        // A sandboxed run goes to the threads that carry its seccomp filter,
+        // so that its script inherits the filter (`filtered.rs`).
+        let pool = self
+            .sandbox
+            .filter_for(&job.sandbox)
+            .and_then(|filter| self.filtered.pool(&filter));
+        let work = move || {
             let tag = job.tag.clone();
             let result = run_blocking(job, &sandbox, &task_live, &running);
             drop((permit, endpoint_permit));
@@ -292,7 +304,11 @@ impl Exec {
                 observer(&tag, &result);
             }
             result
-        });
+        };
+        let task = match pool {
+            Some(pool) => pool.spawn_blocking(work),
+            None => tokio::task::spawn_blocking(work),
+        };
         Ok(Running { live, task })
     }
 
@@ -553,7 +569,10 @@ fn run_blocking(
         endpoint: job.tag.name.clone(),
         commit: job.tag.commit.clone(),
     };
-    let prepared = sandbox.prepare(&job.sandbox, &job.cwd, &run, job.timeout)?;
+    let mut prepared = sandbox.prepare(&job.sandbox, &job.cwd, &run, job.timeout)?;
+    if prepared.filter().is_some_and(Filtered::holds) {
+        prepared.filter_inherited();
+    }
     // Started by its path from the working folder, which the child enters
     // before it leaves root (`sandbox::RunAs`): the folders above need not
     // let the script user through.

@@ -195,8 +195,8 @@ pub struct Sandbox {
     limits: Limits,
     /// Tasks of the script user, counted at most once a second (see `nproc`).
     tasks: Mutex<Option<(Instant, u64, u64)>>,
-    /// The seccomp program without and with `network: true`, built once.
-    filters: [Option<Arc<[Insn]>>; 2],
+    /// The seccomp filter without and with `network: true`, built once.
+    filters: [Option<Arc<Filter>>; 2],
     /// Rulesets kept for the next run of the same endpoint and commit.
     cache: Cache,
     /// Where the runs' temporary folders are made; dropped after `cache`.
@@ -245,7 +245,7 @@ impl Sandbox {
             seccomp_available()
                 .then(|| syscall_filter(network, abi >= 4))
                 .flatten()
-                .map(Arc::from)
+                .map(|program| Arc::new(Filter(program.into())))
         });
         let syscalls = filters.iter().all(Option::is_some);
         if !syscalls {
@@ -385,7 +385,8 @@ impl Sandbox {
             limits,
             user: user.switch.then_some((user.uid, user.gid)),
             no_new_privs: true,
-            seccomp: self.filters[usize::from(policy.network)].clone(),
+            seccomp: self.filter_for(policy),
+            seccomp_inherited: false,
         })
     }
 
@@ -400,6 +401,14 @@ impl Sandbox {
                 self.cache.put(slot);
             }
         }
+    }
+
+    /// The seccomp filter a run under `policy` gets, if any.
+    pub fn filter_for(&self, policy: &Policy) -> Option<Arc<Filter>> {
+        if policy.mode == Mode::Off {
+            return None;
+        }
+        self.filters[usize::from(policy.network)].clone()
     }
 
     /// A new ruleset and temporary folder for `key`, the disk as it is now.
@@ -631,7 +640,9 @@ pub struct Prepared {
     /// The uid and gid to switch to (`RunAs::switch`).
     user: Option<(u32, u32)>,
     no_new_privs: bool,
-    seccomp: Option<Arc<[Insn]>>,
+    seccomp: Option<Arc<Filter>>,
+    /// The child starts from a thread already under `seccomp` (`filter_inherited`).
+    seccomp_inherited: bool,
 }
 
 impl Prepared {
@@ -642,7 +653,20 @@ impl Prepared {
             user: None,
             no_new_privs: false,
             seccomp: None,
+            seccomp_inherited: false,
         }
+    }
+
+    /// The seccomp filter the script must run under, if any.
+    pub fn filter(&self) -> Option<&Arc<Filter>> {
+        self.seccomp.as_ref()
+    }
+
+    /// Says that the child starts from a thread already under `filter()`
+    /// (whose children inherit it, `exec::filtered`): `apply` then checks
+    /// that it is under a filter instead of loading it.
+    pub fn filter_inherited(&mut self) {
+        self.seccomp_inherited = true;
     }
 
     /// The run's own temporary folder (`TMPDIR` and `HOME`); none without a sandbox.
@@ -705,24 +729,18 @@ impl Prepared {
                 return Err(errno());
             }
         }
-        if let Some(program) = &self.seccomp {
-            let fprog = Fprog {
-                len: program.len() as u16,
-                filter: program.as_ptr(),
-            };
-            // SAFETY: `fprog` points at the program, alive for the call; the
-            // kernel copies it. no_new_privs was set above.
-            let r = unsafe {
-                libc::prctl(
-                    libc::PR_SET_SECCOMP,
-                    libc::SECCOMP_MODE_FILTER,
-                    &fprog as *const Fprog,
-                    0,
-                    0,
-                )
-            };
-            if r != 0 {
-                return Err(errno());
+        if let Some(filter) = &self.seccomp {
+            if self.seccomp_inherited {
+                // Started from a thread that carries it (`exec::filtered`):
+                // checked, never assumed.
+                // SAFETY: prctl with integer arguments.
+                if unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) }
+                    != libc::SECCOMP_MODE_FILTER as i32
+                {
+                    return Err(libc::EPERM);
+                }
+            } else {
+                filter.load()?;
             }
         }
         close_inherited();
@@ -1247,6 +1265,47 @@ pub struct Insn {
     k: u32,
 }
 
+/// A seccomp program, assembled once (`syscall_filter`).
+#[derive(Debug)]
+pub struct Filter(Box<[Insn]>);
+
+impl Filter {
+    /// Puts the calling thread under the filter, and under `no_new_privs`
+    /// (which a filter needs without CAP_SYS_ADMIN), for the rest of its life;
+    /// every process it starts afterwards inherits both (`exec::filtered`).
+    pub fn enter(&self) -> io::Result<()> {
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.load().map_err(io::Error::from_raw_os_error)
+    }
+
+    /// Loads the filter on the calling thread (`no_new_privs` already set).
+    /// Async-signal-safe: one system call.
+    fn load(&self) -> Result<(), i32> {
+        let fprog = Fprog {
+            len: self.0.len() as u16,
+            filter: self.0.as_ptr(),
+        };
+        // SAFETY: `fprog` points at the program, alive for the call; the
+        // kernel copies it.
+        let r = unsafe {
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &fprog as *const Fprog,
+                0,
+                0,
+            )
+        };
+        if r != 0 {
+            return Err(errno());
+        }
+        Ok(())
+    }
+}
+
 /// The kernel's `struct sock_fprog`.
 #[repr(C)]
 struct Fprog {
@@ -1487,14 +1546,18 @@ fn syscall_filter(network: bool, tcp_by_landlock: bool) -> Option<Vec<Insn>> {
         To("eperm"),
         To("allow"),
     );
+    // prctl(PR_SET_CHILD_SUBREAPER, 0) only: the child sets it to 1 under
+    // this filter (inherited from `exec::filtered`), which changes nothing.
     a.label("prctl");
     a.arg(0);
     a.jump(
         Asm::JEQ,
         libc::PR_SET_CHILD_SUBREAPER as u32,
-        To("eperm"),
+        Next,
         To("allow"),
     );
+    a.arg(1);
+    a.jump(Asm::JEQ, 0, To("eperm"), To("allow"));
     if !network {
         a.label("socket");
         a.arg(0);
@@ -1680,9 +1743,12 @@ mod tests {
                     |flags: u32| run(&program, nr(libc::SYS_unshare), arch, [flags, 0, 0]);
                 assert_eq!(unshare(libc::CLONE_FILES as u32), RET_ALLOW);
                 assert_eq!(unshare(CLONE_NEWTIME), eperm);
-                let prctl = |op: u32| run(&program, nr(libc::SYS_prctl), arch, [op, 0, 0]);
-                assert_eq!(prctl(libc::PR_SET_CHILD_SUBREAPER as u32), eperm);
-                assert_eq!(prctl(libc::PR_SET_NAME as u32), RET_ALLOW);
+                let prctl =
+                    |op: u32, value: u32| run(&program, nr(libc::SYS_prctl), arch, [op, value, 0]);
+                let subreaper = libc::PR_SET_CHILD_SUBREAPER as u32;
+                assert_eq!(prctl(subreaper, 0), eperm);
+                assert_eq!(prctl(subreaper, 1), RET_ALLOW);
+                assert_eq!(prctl(libc::PR_SET_NAME as u32, 0), RET_ALLOW);
                 let socket = |family: i32, kind: i32, proto: i32| {
                     run(
                         &program,
