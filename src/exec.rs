@@ -10,8 +10,10 @@
 //! global limit and from its endpoint's; callers that find no free slot within
 //! a short wait are told to come back later instead of queueing without bound.
 //!
-//! The waiting is blocking (poll and waitpid), so it runs on tokio's blocking
-//! pool, never on the async runtime's threads. What a script has printed so far is
+//! The waiting is blocking (poll and waitpid), so it runs on a blocking pool,
+//! never on the async runtime's threads: a sandboxed run on the pool of
+//! threads that carry its seccomp filter (`filtered.rs`), so that its script
+//! inherits the filter, any other on tokio's own. What a script has printed so far is
 //! kept in its `Live` record, readable while it runs (jobs page through it) and
 //! cancellable (its process group is killed).
 //!

@@ -9,7 +9,10 @@
 //! could redirect), and kept as a file descriptor; the seccomp programs are
 //! assembled once; the limits are computed. Between clone and exec the child
 //! only makes async-signal-safe system calls (`Prepared::apply`): setrlimit,
-//! prctl, capset, landlock_restrict_self, seccomp and close_range.
+//! prctl, capset, landlock_restrict_self, seccomp and close_range. The seccomp
+//! filter is usually inherited instead: a `Filter` is loaded once on each
+//! thread that starts scripts under it (`exec::filtered`), and the child of
+//! such a thread only checks that it is under a filter.
 //!
 //! A ruleset and the run's temporary folder it grants form a `Slot`, kept
 //! after the run (the folder emptied) for the next run of the same endpoint,
