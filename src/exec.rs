@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
 
 use crate::sandbox::{self, Sandbox, SandboxError};
 
@@ -85,7 +86,9 @@ pub struct Tag {
     pub library: Option<String>,
 }
 
-/// Told of every run's end.
+/// Told of every run's end, on the run's thread: for sandboxed runs one
+/// under the seccomp filter, in a runtime that is never driven
+/// (`filtered.rs`), so no tokio task, no timer, no datagram socket.
 pub type Observer = Arc<dyn Fn(&Tag, &Result<Finished, ExecError>) + Send + Sync>;
 
 /// One script to run.
@@ -230,6 +233,8 @@ pub struct Exec {
     sandbox: Arc<Sandbox>,
     /// Threads that carry the sandbox's seccomp filters (`filtered.rs`).
     filtered: Arc<Filtered>,
+    /// Every run started and not yet over (its sweep and observer included).
+    runs: TaskTracker,
     observer: Option<Observer>,
 }
 
@@ -243,6 +248,7 @@ impl Exec {
             slots: Arc::new(Semaphore::new(limits.max_running)),
             sandbox: Arc::new(Sandbox::new(limits.sandbox.clone())),
             filtered: Arc::new(Filtered::new(limits.max_running)),
+            runs: TaskTracker::new(),
             limits,
             endpoint_slots: Arc::default(),
             running: Arc::default(),
@@ -298,7 +304,9 @@ impl Exec {
             .sandbox
             .filter_for(&job.sandbox)
             .and_then(|filter| self.filtered.pool(&filter));
+        let run = self.runs.token();
         let work = move || {
+            let _run = run;
             let tag = job.tag.clone();
             let result = run_blocking(job, &sandbox, &task_live, &running);
             drop((permit, endpoint_permit));
@@ -356,6 +364,16 @@ impl Exec {
     /// Refuses new runs; those waiting for a slot get `ShuttingDown`.
     pub fn close(&self) {
         self.slots.close();
+    }
+
+    /// Waits until every run started is over: its script ended or killed,
+    /// swept, its temporary folder emptied, its end told to the observer.
+    /// The daemon waits for this before it exits: the threads of the
+    /// filtered pools (`filtered.rs`) are not waited for by anything else,
+    /// and a process that exits under them would leave their scripts running.
+    pub async fn finished(&self) {
+        self.runs.close();
+        self.runs.wait().await;
     }
 
     /// Kills the process group of every script still running.

@@ -414,9 +414,6 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     f.write_all(b"\n")
 }
 
-/// Serves `app` on `listener` until `shutdown` is cancelled. Then: stop accepting,
-/// let running requests finish for `shutdown_grace`, kill the scripts still
-/// running, and return.
 /// What other replicas say through the shared state: a push one of them
 /// was told of (sync now), a job of this one to stop.
 async fn hear_replicas(
@@ -446,6 +443,10 @@ async fn hear_replicas(
     }
 }
 
+/// Serves `app` on `listener` until `shutdown` is cancelled. Then: stop
+/// accepting, let running requests and runs (jobs included) finish for
+/// `shutdown_grace`, kill the scripts still running, wait until every run
+/// is over (swept and recorded), and return.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
@@ -501,12 +502,14 @@ pub async fn serve(
     let stop = shutdown.clone();
     let server = http::front::run(listener, front, async move { stop.cancelled().await });
     tokio::pin!(server);
-    tokio::select! {
-        _ = &mut server => {}
-        _ = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(app.config.shutdown_grace).await;
-        } => {
+    let grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(app.config.shutdown_grace).await;
+    };
+    tokio::pin!(grace);
+    let killed = tokio::select! {
+        _ = &mut server => false,
+        _ = &mut grace => {
             tracing::warn!(running = app.exec.running(), "shutdown grace is over; killing running scripts");
             app.exec.close();
             app.exec.kill_all();
@@ -515,9 +518,27 @@ pub async fn serve(
             // `DRAIN_GRACE` before it is swept.
             let answer = exec::DRAIN_GRACE + std::time::Duration::from_secs(1);
             let _ = tokio::time::timeout(answer, &mut server).await;
+            true
+        }
+    };
+    app.exec.close();
+    // Runs no request waits for any more (jobs, callers gone) get the rest
+    // of the grace period, then are killed like the others; either way each
+    // run ends here, swept and recorded, before the daemon exits.
+    if !killed {
+        tokio::select! {
+            _ = app.exec.finished() => {}
+            _ = &mut grace => {
+                tracing::warn!(running = app.exec.running(), "shutdown grace is over; killing running scripts");
+            }
         }
     }
-    app.exec.close();
+    while tokio::time::timeout(std::time::Duration::from_secs(1), app.exec.finished())
+        .await
+        .is_err()
+    {
+        app.exec.kill_all();
+    }
     tasks.wait().await;
     Ok(())
 }

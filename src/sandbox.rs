@@ -718,7 +718,9 @@ impl Prepared {
         // and kills it (`exec::sweep`). The filter below keeps the script from
         // turning this off.
         // SAFETY: prctl with integer arguments; kept across execve.
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+            return Err(errno());
+        }
         if self.no_new_privs {
             // SAFETY: prctl with integer arguments.
             if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
@@ -734,8 +736,9 @@ impl Prepared {
         }
         if let Some(filter) = &self.seccomp {
             if self.seccomp_inherited {
-                // Started from a thread that carries it (`exec::filtered`):
-                // checked, never assumed.
+                // Started from a thread that carries it (`exec::filtered`,
+                // whose `Filtered::holds` knows which filter). This only
+                // checks that some filter is there: a lost one fails the run.
                 // SAFETY: prctl with integer arguments.
                 if unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) }
                     != libc::SECCOMP_MODE_FILTER as i32
@@ -1550,7 +1553,9 @@ fn syscall_filter(network: bool, tcp_by_landlock: bool) -> Option<Vec<Insn>> {
         To("allow"),
     );
     // prctl(PR_SET_CHILD_SUBREAPER, 0) only: the child sets it to 1 under
-    // this filter (inherited from `exec::filtered`), which changes nothing.
+    // this filter (inherited from `exec::filtered`). A script's descendant
+    // that sets it too only keeps orphans lower in the run's tree, which
+    // `exec::sweep` walks.
     a.label("prctl");
     a.arg(0);
     a.jump(

@@ -16,9 +16,13 @@
 //! another, than the filter it saved.
 //!
 //! Such a thread is under the filter, and under `no_new_privs`, for its whole
-//! life. Only a run's own work goes there (`run_blocking` and the observer
-//! told of its end): what the filter refuses (namespaces, ptrace, bpf,
-//! io_uring, and without `network` datagram sockets) is nothing a run does.
+//! life, inside a runtime that is never driven (a `tokio::spawn` there would
+//! never run; there is no timer). Only a run's own work goes there
+//! (`run_blocking` and the observer told of its end: metrics in memory, an
+//! append to the audit log): what the filter refuses (namespaces, ptrace,
+//! bpf, io_uring, and without `network` every socket but TCP, unix and
+//! netlink) is nothing a run does. Nothing waits for these threads when the
+//! daemon exits: `Exec::finished` does, before `serve` returns.
 
 use std::cell::Cell;
 use std::sync::{Arc, Mutex};

@@ -317,6 +317,72 @@ async fn shutdown_kills_scripts_still_running_after_the_grace_period() {
         .expect("the request did not hang");
 }
 
+/// A job no request waits for gets the grace period like a request, then
+/// its script is killed, with what it left behind; the daemon exits only once
+/// the run is over and recorded in the audit log.
+#[tokio::test]
+async fn shutdown_kills_a_jobs_script_and_its_leftovers_and_records_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, url, token) = spawn_serve(dir.path(), &["--shutdown-grace", "300ms"]);
+    let client = crate::support::client();
+    // The numbers mark these processes in /proc (no other test sleeps them).
+    let script = "#!/bin/sh\nsetsid sleep 117 &\nexec sleep 118\n";
+    let add = client
+        .post(format!("{url}/endpoints"))
+        .bearer_auth(&token)
+        .json(&crate::support::endpoint_body("long-job", script))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(add.status(), 201);
+    let started = client
+        .post(format!("{url}/call/long-job?async=true"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 202);
+    // Live (not zombie) processes whose command line is `sleep <n>`.
+    let sleeping = |n: &str| -> Vec<i32> {
+        let want = format!("sleep\0{n}\0");
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want.as_bytes())
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (sleeping("117").is_empty() || sleeping("118").is_empty()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (main, left) = (sleeping("118"), sleeping("117"));
+    assert_eq!((main.len(), left.len()), (1, 1), "the job's script runs");
+
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = wait_exit(child, Duration::from_secs(10));
+    assert_eq!(status, Some(0));
+    assert!(
+        sleeping("118").is_empty(),
+        "the job's script outlived the daemon"
+    );
+    assert!(
+        sleeping("117").is_empty(),
+        "what the job's script left behind outlived the daemon"
+    );
+    let audit = std::fs::read_to_string(dir.path().join("workspace/.git/dynapi/audit.log"))
+        .unwrap_or_default();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"run\"") && l.contains("long-job")),
+        "the killed run is in the audit log: {audit}"
+    );
+}
+
 fn wait_exit(mut child: std::process::Child, limit: Duration) -> Option<i32> {
     let start = Instant::now();
     while start.elapsed() < limit {

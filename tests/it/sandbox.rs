@@ -554,8 +554,9 @@ async fn a_script_sends_no_udp_and_makes_no_namespace_unless_allowed() {
     let listener = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
-    // PR_SET_CHILD_SUBREAPER is 36: unsetting it would let what the script
-    // leaves behind go to the daemon while the script still runs.
+    // PR_SET_CHILD_SUBREAPER is 36, PR_GET_CHILD_SUBREAPER 37: the script is
+    // its orphans' subreaper and cannot stop being it (they would go to the
+    // daemon while it still runs).
     let script = r#"#!/usr/bin/python3
 import ctypes, socket, subprocess, sys
 try:
@@ -566,8 +567,11 @@ except OSError as e:
     print("refused", e.errno)
 made = subprocess.run(["unshare", "-U", "true"], stderr=subprocess.DEVNULL).returncode == 0
 print("namespace", "made" if made else "refused")
-unset = ctypes.CDLL(None, use_errno=True).prctl(36, 0, 0, 0, 0) == 0
-print("subreaper", "unset" if unset else "kept")
+libc = ctypes.CDLL(None, use_errno=True)
+flag = ctypes.c_int(0)
+libc.prctl(37, ctypes.byref(flag), 0, 0, 0)
+unset = libc.prctl(36, 0, 0, 0, 0) == 0
+print("subreaper", "unset" if unset else ("kept" if flag.value == 1 else "never set"))
 "#;
     let params = "args: [\"{port}\"]\nparams:\n  port: {type: integer, required: true}\n";
     d.add_endpoint("udp-off", params, script).await;
