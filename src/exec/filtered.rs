@@ -50,8 +50,38 @@ pub struct Filtered {
 }
 
 /// A runtime used only for its blocking pool; shut down without waiting
-/// when the `Exec` goes (runs still going end on their own).
+/// when the `Exec` goes (`Exec::finished` is what waits for its runs).
 struct Pool(Option<Runtime>);
+
+impl Pool {
+    /// A pool whose threads load `filter` as they start; `None` when no
+    /// runtime could be made (said in the log).
+    fn under(filter: &Arc<Filter>, threads: usize) -> Option<Pool> {
+        let on_thread = filter.clone();
+        let built = tokio::runtime::Builder::new_current_thread()
+            .thread_name("dynapi-script")
+            .max_blocking_threads(threads)
+            .thread_keep_alive(KEEP_ALIVE)
+            .on_thread_start(move || match on_thread.enter() {
+                Ok(()) => UNDER.set(Arc::as_ptr(&on_thread) as usize),
+                Err(e) => tracing::warn!(
+                    "a script thread could not load the seccomp filter ({e}): its scripts load it themselves"
+                ),
+            })
+            .build();
+        match built {
+            Ok(runtime) => Some(Pool(Some(runtime))),
+            Err(e) => {
+                tracing::warn!("no thread pool for the seccomp filter ({e}): each script loads it");
+                None
+            }
+        }
+    }
+
+    fn handle(&self) -> Option<Handle> {
+        self.0.as_ref().map(|r| r.handle().clone())
+    }
+}
 
 impl Drop for Pool {
     fn drop(&mut self) {
@@ -69,41 +99,18 @@ impl Filtered {
         }
     }
 
-    /// Where to run a script under `filter`: the handle of its pool, or
-    /// `None` when there is no pool for it.
+    /// Where to run a script under `filter`: the handle of its pool (made
+    /// on its first use), or `None` when there is no pool for it.
     pub fn pool(&self, filter: &Arc<Filter>) -> Option<Handle> {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, pool)) = pools.iter().find(|(f, _)| Arc::ptr_eq(f, filter)) {
-            return pool
-                .as_ref()
-                .and_then(|p| p.0.as_ref())
-                .map(|r| r.handle().clone());
-        }
-        let on_thread = filter.clone();
-        let built = tokio::runtime::Builder::new_current_thread()
-            .thread_name("dynapi-script")
-            .max_blocking_threads(self.threads)
-            .thread_keep_alive(KEEP_ALIVE)
-            .on_thread_start(move || match on_thread.enter() {
-                Ok(()) => UNDER.set(Arc::as_ptr(&on_thread) as usize),
-                Err(e) => tracing::warn!(
-                    "a script thread could not load the seccomp filter ({e}): its scripts load it themselves"
-                ),
-            })
-            .build();
-        let pool = match built {
-            Ok(runtime) => Some(Pool(Some(runtime))),
-            Err(e) => {
-                tracing::warn!("no thread pool for the seccomp filter ({e}): each script loads it");
-                None
+        let at = match pools.iter().position(|(f, _)| Arc::ptr_eq(f, filter)) {
+            Some(at) => at,
+            None => {
+                pools.push((filter.clone(), Pool::under(filter, self.threads)));
+                pools.len() - 1
             }
         };
-        let handle = pool
-            .as_ref()
-            .and_then(|p| p.0.as_ref())
-            .map(|r| r.handle().clone());
-        pools.push((filter.clone(), pool));
-        handle
+        pools[at].1.as_ref().and_then(Pool::handle)
     }
 
     /// Whether the calling thread is under `filter` (a thread of its pool
