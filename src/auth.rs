@@ -134,6 +134,28 @@ impl TokenEntry {
 pub struct Caller {
     pub token_name: String,
     pub scopes: Scopes,
+    /// Who holds the token, for what only they may use.
+    pub holder: Holder,
+}
+
+/// Who holds a token, for what a caller starts and only they may use (an MCP
+/// session, a job): a configured token, by its hash (names need not be
+/// unique), or an OAuth grant, so that a refreshed access token is the same
+/// holder. The two kinds never compare equal, whatever the values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    Token([u8; 32]),
+    Grant(String),
+}
+
+impl Holder {
+    /// The holder as text, kept with a job (in the shared state too).
+    pub fn key(&self) -> String {
+        match self {
+            Holder::Token(hash) => format!("token:{}", hex::encode(hash)),
+            Holder::Grant(id) => format!("grant:{id}"),
+        }
+    }
 }
 
 pub fn hash_token(secret: &str) -> [u8; 32] {
@@ -157,6 +179,7 @@ pub fn verify<'a>(
     found.map(|e| Caller {
         token_name: e.name.clone(),
         scopes: e.scopes,
+        holder: Holder::Token(e.hash),
     })
 }
 

@@ -3,8 +3,9 @@
 //! A script is started by `spawn` (`clone(CLONE_VM | CLONE_VFORK)`, then
 //! `execve`), never through a shell: the program and its argv come from a
 //! checked `Invocation`. Each run gets a scrubbed environment, the workspace as
-//! its working directory, its own process group (so a timeout kills the script
-//! and every child it started), the sandbox (`sandbox.rs`, entered between the
+//! its working directory, its own session and process group (so a timeout
+//! kills the script and every child it started; a session leader cannot leave
+//! its group), the sandbox (`sandbox.rs`, entered between the
 //! clone and exec, with a temporary folder of its own as `TMPDIR` and `HOME`,
 //! emptied after the run), stdout and stderr each capped, and a slot from a
 //! global limit and from its endpoint's; callers that find no free slot within
@@ -285,6 +286,12 @@ impl Exec {
     /// at once; the script runs on even if the `Running` is dropped.
     pub async fn start(&self, job: Job) -> Result<Running, ExecError> {
         self.sandbox.check(job.sandbox.mode)?;
+        // Counted before it waits for a slot, so that `finished` cannot miss
+        // a run granted its slot as shutdown began.
+        let run = self.runs.token();
+        if self.runs.is_closed() {
+            return Err(ExecError::ShuttingDown);
+        }
         let endpoint_permit = match &job.concurrency {
             Some((name, limit)) => Some(self.endpoint_slot(name, *limit).await?),
             None => None,
@@ -304,7 +311,6 @@ impl Exec {
             .sandbox
             .filter_for(&job.sandbox)
             .and_then(|filter| self.filtered.pool(&filter));
-        let run = self.runs.token();
         let work = move || {
             let _run = run;
             let tag = job.tag.clone();
@@ -371,6 +377,8 @@ impl Exec {
     /// The daemon waits for this before it exits: the threads of the
     /// filtered pools (`filtered.rs`) are not waited for by anything else,
     /// and a process that exits under them would leave their scripts running.
+    /// (An `Exec` dropped without this cancels the runs still queued for a
+    /// filtered pool: they end as a spawn error, unobserved.)
     pub async fn finished(&self) {
         self.runs.close();
         self.runs.wait().await;
@@ -657,6 +665,7 @@ fn run_blocking(
     let timed_out = pump(&mut outputs, &mut child, deadline);
     let exit = if timed_out {
         kill_group(pgid);
+        child.kill();
         let _ = child.wait();
         Exit::TimedOut
     } else {
@@ -667,6 +676,7 @@ fn run_blocking(
             },
             Ok(None) | Err(_) => {
                 kill_group(pgid);
+                child.kill();
                 let _ = child.wait();
                 Exit::TimedOut
             }

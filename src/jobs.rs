@@ -22,6 +22,7 @@ use crate::exec::{ExecError, Exit, Finished, Live, Output, Running};
 use crate::registry::Endpoint;
 use crate::shared::{Event, Shared, SharedError};
 use shared::SharedJobs;
+use tokio_util::task::TaskTracker;
 
 /// How a job stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +74,7 @@ pub type Describe = fn(&Job, &End) -> Option<(String, String)>;
 pub struct Seen {
     pub id: String,
     pub endpoint: String,
-    /// The token that started it.
+    /// Who holds the token that started it (`Holder::key`).
     pub owner: String,
     pub json_output: bool,
     pub state: State,
@@ -106,7 +107,8 @@ pub struct Job {
     pub json_output: bool,
     /// The endpoint's time limit.
     pub timeout: Duration,
-    /// The name of the token that started it: only it (or an admin) may see it.
+    /// Who holds the token that started it (`Holder::key`): only they (or an
+    /// admin) may see it.
     pub owner: String,
     pub started_at: SystemTime,
     live: Arc<Live>,
@@ -263,9 +265,21 @@ impl Jobs {
                 lease,
                 keep: self.keep,
                 budget: self.budget,
+                writers: TaskTracker::new(),
             })
         });
         self
+    }
+
+    /// Waits until the end of every job this replica published is written to
+    /// the shared state (or given up on), so that other replicas report how
+    /// it ended rather than `lost` once its lease runs out. Called at
+    /// shutdown, after every run ended.
+    pub async fn written(&self) {
+        if let Some(shared) = &self.shared {
+            shared.writers.close();
+            shared.writers.wait().await;
+        }
     }
 
     /// Keeps `job` (and publishes it, with shared state); `describe` names
@@ -277,6 +291,9 @@ impl Jobs {
             self.prune(&mut table);
         }
         if let Some(shared) = &self.shared {
+            // Counted from before the first write, so that `written` also
+            // waits for a job being published as shutdown begins.
+            let _writing = shared.writers.token();
             shared.publish(job, describe).await;
         }
     }

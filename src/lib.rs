@@ -476,7 +476,7 @@ pub async fn serve(
         .as_deref()
         .map(public_hosts)
         .unwrap_or_default();
-    let (service, lane) = http::lane::Lane::beside(
+    let (service, lane, owners) = http::lane::Lane::beside(
         &mcp,
         hosts,
         app.config.max_body as usize,
@@ -488,6 +488,7 @@ pub async fn serve(
         routes,
         mcp: service,
         lane,
+        owners,
     };
     if let Some(shared) = &app.shared {
         tasks.spawn(hear_replicas(
@@ -512,7 +513,7 @@ pub async fn serve(
         _ = &mut grace => {
             tracing::warn!(running = app.exec.running(), "shutdown grace is over; killing running scripts");
             app.exec.close();
-            app.exec.kill_all();
+            kill_all(&app).await;
             // Requests whose scripts were killed answer now; give them a
             // moment: output a leftover process still holds is read for
             // `DRAIN_GRACE` before it is swept.
@@ -537,10 +538,27 @@ pub async fn serve(
         .await
         .is_err()
     {
-        app.exec.kill_all();
+        kill_all(&app).await;
+    }
+    // With shared state, each job's end is written there before the replica
+    // goes; a store that does not answer gets a bound (other replicas will
+    // see the job's lease run out).
+    let written = std::time::Duration::from_secs(10);
+    if tokio::time::timeout(written, app.jobs.written())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the shared state: not every job's end was written before shutdown");
     }
     tasks.wait().await;
     Ok(())
+}
+
+/// Kills every script still running, off the runtime's workers (it reads
+/// /proc and waits for processes).
+async fn kill_all(app: &Arc<App>) {
+    let app = app.clone();
+    let _ = tokio::task::spawn_blocking(move || app.exec.kill_all()).await;
 }
 
 /// The `Host` values a public URL is reached with: its host, and host:port.

@@ -283,7 +283,13 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
                 libc::sigaction(sig, &default, ptr::null_mut());
             }
         }
-        if libc::setpgid(0, 0) != 0 {
+        // A session of its own, led by the script: a session leader cannot
+        // move to another process group, so killing the group (the time
+        // limit, a cancel, shutdown) always reaches the main process (with
+        // only a group of its own, the script could join one of its
+        // children's groups and outlive every kill). Nor does it keep the
+        // daemon's controlling terminal.
+        if libc::setsid() < 0 {
             fail(&args.error, errno());
         }
         for (target, &fd) in args.stdio.iter().enumerate() {
@@ -336,6 +342,16 @@ impl Child {
             }
         }
         Ok(self.status)
+    }
+
+    /// Kills the main process itself, whatever group it is in (nothing if it
+    /// was reaped: the pid may be another's by then).
+    pub fn kill(&self) {
+        if self.status.is_none() {
+            // SAFETY: kill sends a signal to our own unreaped child, whose
+            // pid cannot be reused before we reap it.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        }
     }
 
     /// Waits for the exit.

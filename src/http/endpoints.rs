@@ -620,7 +620,7 @@ async fn invoke(
             concurrency: Some((endpoint.name.clone(), endpoint.concurrency)),
         })
         .await?;
-    let job = jobs::Job::follow(endpoint, &caller.token_name, running);
+    let job = jobs::Job::follow(endpoint, &caller.holder.key(), running);
     let run_async = run_async || endpoint.is_async;
     if !run_async {
         // A caller that hangs up before the answer drops this future: the run

@@ -32,6 +32,7 @@ use warp::reply::Reply;
 use super::error::ApiError;
 use super::lane::{Lane, Taken};
 use super::mcp::McpService;
+use super::owners::{Owners, SESSION_HEADER};
 use super::{bearer, new_request_id};
 use crate::config::ConnectionLimits;
 use crate::oauth::Audience;
@@ -65,6 +66,7 @@ pub struct Front {
     pub routes: BoxedFilter<(warp::reply::Response,)>,
     pub mcp: McpService,
     pub lane: Lane,
+    pub owners: Owners,
 }
 
 impl Front {
@@ -97,7 +99,18 @@ impl Front {
             .get(http::header::HOST)
             .and_then(|v| v.to_str().ok());
         let mut response = match bearer(&self.app, header, host, Audience::Mcp).await {
+            // A session is used only by the holder that opened it.
+            Ok(caller) if !self.owners.admit(req.headers(), &caller) => ApiError::new(
+                http::StatusCode::NOT_FOUND,
+                "not_found",
+                "no such MCP session (it ended, or another token opened it); \
+                 send `initialize` without Mcp-Session-Id to open one",
+            )
+            .into_response()
+            .map(|b| b.map_err(BoxError::from).boxed_unsync()),
             Ok(caller) => {
+                let opens = !req.headers().contains_key(SESSION_HEADER);
+                let holder = caller.holder.clone();
                 // A read the lane takes is answered there; rmcp has the rest.
                 let mut r = match self.lane.take(req, &caller).await {
                     Taken::Answered(r) => r,
@@ -113,6 +126,9 @@ impl Front {
                 // 200 or 204 (the Python SDK logs a warning otherwise).
                 if method == http::Method::DELETE && r.status() == http::StatusCode::ACCEPTED {
                     *r.status_mut() = http::StatusCode::NO_CONTENT;
+                }
+                if opens {
+                    self.owners.record(r.headers(), holder).await;
                 }
                 in_error_shape(r).await
             }

@@ -103,7 +103,9 @@ enum Found {
 
 async fn find(app: &App, id: &str, auth: Auth) -> Result<Found, ApiError> {
     let caller: Caller = auth.check()?;
-    let may_see = |owner: &str| owner == caller.token_name || caller.scopes.contains(Scope::Admin);
+    // The holder, not the name: two tokens may share a name.
+    let holder = caller.holder.key();
+    let may_see = |owner: &str| owner == holder || caller.scopes.contains(Scope::Admin);
     let not_found = || {
         ApiError::not_found(format!(
             "no job `{id}`: finished jobs are dropped after a while, and a restart forgets them"

@@ -47,6 +47,7 @@ use warp::http::{header, HeaderMap, Method, Request, Response, StatusCode};
 
 use super::front::{Body, BoxError};
 use super::mcp::{Mcp, McpService, Read};
+use super::owners::Owners;
 use crate::auth::Caller;
 
 /// The largest body the lane reads: a read's arguments are a path and a few
@@ -84,16 +85,17 @@ enum Revision {
 }
 
 impl Lane {
-    /// rmcp's service for `mcp`, and the lane beside it with the same rules.
-    /// `hosts`: the `Host` values answered besides loopback; `idle`: how long
-    /// a session may go without a request.
+    /// rmcp's service for `mcp`, the lane beside it with the same rules, and
+    /// the book of who opened each of rmcp's sessions. `hosts`: the `Host`
+    /// values answered besides loopback; `idle`: how long a session may go
+    /// without a request.
     pub fn beside(
         mcp: &Mcp,
         hosts: Vec<String>,
         max_body: usize,
         idle: Duration,
         stop: CancellationToken,
-    ) -> (McpService, Lane) {
+    ) -> (McpService, Lane, Owners) {
         let mut allowed = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
         allowed.extend(hosts);
         let mut sessions = LocalSessionManager::default();
@@ -106,7 +108,8 @@ impl Lane {
             keep_every: idle / 4,
             kept: Arc::default(),
         };
-        (mcp.service(allowed, sessions, max_body, stop), lane)
+        let owners = Owners::of(sessions.clone());
+        (mcp.service(allowed, sessions, max_body, stop), lane, owners)
     }
 
     /// Answers `request` from `caller` if it is a read the lane takes; else

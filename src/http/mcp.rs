@@ -178,6 +178,8 @@ impl Mcp {
         max_body: usize,
         stop: CancellationToken,
     ) -> McpService {
+        // No event store and no session store: every way into a session then
+        // names it in `Mcp-Session-Id`, where `owners.rs` checks its holder.
         let config = StreamableHttpServerConfig::default()
             .with_allowed_hosts(allowed)
             .with_max_request_body_bytes(max_body)

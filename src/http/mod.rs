@@ -16,6 +16,7 @@ pub mod lane;
 pub mod mcp;
 mod meta;
 mod oauth;
+pub mod owners;
 mod progress;
 mod project;
 mod resources;

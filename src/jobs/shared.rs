@@ -29,6 +29,9 @@ pub(super) struct SharedJobs {
     pub keep: Duration,
     /// Bytes the finished jobs of all replicas keep together.
     pub budget: usize,
+    /// The tasks that keep each published job written, which shutdown waits
+    /// for (`Jobs::written`).
+    pub writers: tokio_util::task::TaskTracker,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -45,7 +48,7 @@ impl SharedJobs {
             return;
         }
         let this = self.clone();
-        tokio::spawn(async move {
+        self.writers.spawn(async move {
             let mut sent = [0usize; 2];
             loop {
                 match job.wait(RENEW).await {

@@ -389,6 +389,7 @@ impl OAuth {
         Ok(Caller {
             token_name: format!("oauth:{}/{}", access.client_name, access.grant_id),
             scopes: parse_scope(&access.scope),
+            holder: crate::auth::Holder::Grant(access.grant_id.clone()),
         })
     }
 }

@@ -209,3 +209,33 @@ async fn a_token_with_only_run_reads_and_cancels_the_job_it_started() {
     let a = d.request("GET", &url, None, Some("reader-only")).await;
     assert_eq!(a.status, 403, "{}", a.json);
 }
+
+/// A job is its starter's: the token, not the token's name, which two tokens
+/// may share (a reviewer's finding: jobs were bound by name).
+#[tokio::test]
+async fn two_tokens_of_one_name_do_not_see_each_others_jobs() {
+    let d = Daemon::start().await;
+    add(&d, "slow", "async: true\n", "#!/bin/sh\nsleep 30\n").await;
+    let entry = |secret: &str| {
+        format!(
+            "  - name: ci\n    sha256: {}\n    scopes: [run]\n",
+            hex::encode(dynapi::auth::hash_token(secret))
+        )
+    };
+    let (mine, theirs) = ("first-ci-secret", "second-ci-secret");
+    d.commit_settings(&format!("tokens:\n{}{}", entry(mine), entry(theirs)))
+        .await;
+    let a = d
+        .request("POST", "/slow", Some(json!({})), Some(mine))
+        .await;
+    assert_eq!(a.status, 202, "{}", a.json);
+    let url = a.json["url"].as_str().unwrap().to_string();
+    for method in ["GET", "DELETE"] {
+        let a = d.request(method, &url, None, Some(theirs)).await;
+        assert_eq!(a.status, 404, "{method}: {}", a.json);
+    }
+    let a = d.request("GET", &url, None, Some(mine)).await;
+    assert_eq!((a.status, &a.json["state"]), (200, &json!("running")));
+    let a = d.request("DELETE", &url, None, Some(mine)).await;
+    assert_eq!(a.json["state"], json!("cancelled"), "{}", a.json);
+}

@@ -306,3 +306,62 @@ async fn one_session_subscribing_one_uri_again_and_again_takes_one_slot() {
         .await;
     assert!(answer.get("result").is_some(), "{answer}");
 }
+
+/// A session's id is all it takes to use the session. Another token that
+/// learns it (from a log, a proxy, a shared screen) must not post into it,
+/// call a tool in it, read its stream or end it: to that token the session
+/// does not exist. The two tokens share a name, so the session is bound to
+/// the token, not to what it is called.
+#[tokio::test]
+async fn a_session_is_used_only_by_the_token_that_opened_it() {
+    let d = Daemon::start().await;
+    let (mine, theirs) = ("first-reader-secret", "second-reader-secret");
+    let entry = |secret: &str| {
+        format!(
+            "  - name: reader\n    sha256: {}\n    scopes: [read]\n",
+            hex::encode(dynapi::auth::hash_token(secret))
+        )
+    };
+    d.commit_settings(&format!("tokens:\n{}{}", entry(mine), entry(theirs)))
+        .await;
+    let mut owner = Session::open(&d, mine).await;
+    let session = owner.id.clone();
+    let by = |token: &str, method: reqwest::Method, message: Option<Value>| {
+        let mut request = d
+            .client
+            .request(method, format!("{}/mcp", d.url))
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", "2025-06-18");
+        if let Some(message) = message {
+            request = request.json(&message);
+        }
+        request.send()
+    };
+    let list = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/list"});
+    // A read-only tool call, which the lane would answer without rmcp.
+    let read = json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call",
+        "params": {"name": "readFile", "arguments": {"path": "README.md"}}});
+    for (method, message) in [
+        (reqwest::Method::POST, Some(list.clone())),
+        (reqwest::Method::POST, Some(read.clone())),
+        (reqwest::Method::GET, None),
+        (reqwest::Method::DELETE, None),
+    ] {
+        let res = by(theirs, method.clone(), message).await.unwrap();
+        assert_eq!(res.status(), 404, "{method} by another token");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "not_found", "{body}");
+    }
+    // The session is whole for its owner, who can still read and end it.
+    let tools = owner.call("tools/list", json!({})).await;
+    assert!(tools["result"]["tools"].as_array().is_some(), "{tools}");
+    let read = by(mine, reqwest::Method::POST, Some(read)).await.unwrap();
+    assert_eq!(read.status(), 200);
+    assert!(read.text().await.unwrap().contains("\"result\""));
+    let end = by(mine, reqwest::Method::DELETE, None).await.unwrap();
+    assert_eq!(end.status(), 204);
+    // Each token opens sessions of its own.
+    Session::open(&d, theirs).await;
+}

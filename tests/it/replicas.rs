@@ -395,18 +395,21 @@ async fn writes_spread_over_replicas_reach_github_one_interval_apart() {
     }
 }
 
-#[tokio::test]
-async fn a_replica_killed_mid_job_leaves_it_lost_within_the_lease() {
-    let (gh, state, r) = three().await;
-    add_slow(&gh, &r).await;
-    // A fourth replica, the real binary, that will be killed.
+/// A fourth replica, the real binary (started with `extra` flags besides
+/// the others'), that a test stops; with its workspace's folder, its URL and
+/// its token.
+async fn binary_replica(
+    gh: &GitHub,
+    state: &str,
+    extra: &[&str],
+) -> (std::process::Child, tempfile::TempDir, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let workspace = dir.path().join("workspace");
     let mut command = Command::new(env!("CARGO_BIN_EXE_dynapi"));
     command
         .env("GITHUB_TOKEN", crate::support::github::TOKEN)
         .env_remove("DYNAPI_STATE");
-    let flags: Vec<String> = [
+    let mut flags: Vec<String> = [
         "--workspace",
         workspace.to_str().unwrap(),
         "--remote",
@@ -416,7 +419,7 @@ async fn a_replica_killed_mid_job_leaves_it_lost_within_the_lease() {
         "--branch",
         BRANCH,
         "--state",
-        &state,
+        state,
         "--job-lease",
         &format!("{}s", LEASE.as_secs()),
         "--public-url",
@@ -424,19 +427,25 @@ async fn a_replica_killed_mid_job_leaves_it_lost_within_the_lease() {
     ]
     .map(String::from)
     .into();
+    flags.extend(extra.iter().map(|f| f.to_string()));
     // It clones from the emulator, which this thread's runtime serves: the
     // wait for its first lines goes on another thread.
-    let (mut child, url, token) = tokio::task::spawn_blocking(move || {
+    let (child, url, token) = tokio::task::spawn_blocking(move || {
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         crate::support::serve(command, &flags)
     })
     .await
     .unwrap();
     assert!(!url.is_empty(), "the binary started");
-    let http = crate::support::client();
-    let started: Value = http
+    (child, dir, url, token)
+}
+
+/// Starts `slow` as a job on the replica at `url`; its id, and its script's
+/// pid once `seen_on` (another replica) reads it running.
+async fn start_slow(url: &str, token: &str, seen_on: &Daemon) -> (String, i32) {
+    let started: Value = crate::support::client()
         .post(format!("{url}/call/slow?async=true"))
-        .bearer_auth(&token)
+        .bearer_auth(token)
         .json(&json!({}))
         .send()
         .await
@@ -445,12 +454,21 @@ async fn a_replica_killed_mid_job_leaves_it_lost_within_the_lease() {
         .await
         .unwrap();
     let id = started["job_id"].as_str().expect("a job id").to_string();
-    let running = read_job(&r[0], &id, |j| {
+    let running = read_job(seen_on, &id, |j| {
         j["output"].as_str().unwrap_or("").contains("pid")
     })
     .await;
     assert_eq!(running["state"], json!("running"), "{running}");
     let pid = pid_of(running["output"].as_str().unwrap());
+    (id, pid)
+}
+
+#[tokio::test]
+async fn a_replica_killed_mid_job_leaves_it_lost_within_the_lease() {
+    let (gh, state, r) = three().await;
+    add_slow(&gh, &r).await;
+    let (mut child, _dir, url, token) = binary_replica(&gh, &state, &[]).await;
+    let (id, pid) = start_slow(&url, &token, &r[0]).await;
 
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
@@ -468,6 +486,31 @@ async fn a_replica_killed_mid_job_leaves_it_lost_within_the_lease() {
     if alive(pid) {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
+}
+
+/// A replica stopped as a rolling update stops it (SIGTERM) in the middle of
+/// a job kills the script once its grace period is over, and writes how the
+/// job ended to the shared state before it exits: the others report the
+/// end at once, not `lost` a lease later (a reviewer's finding: the task
+/// that writes it was cancelled with the runtime).
+#[tokio::test]
+async fn a_replica_stopped_mid_job_records_its_end_for_the_others() {
+    let (gh, state, r) = three().await;
+    add_slow(&gh, &r).await;
+    let (mut child, _dir, url, token) =
+        binary_replica(&gh, &state, &["--shutdown-grace", "1s"]).await;
+    let (id, pid) = start_slow(&url, &token, &r[0]).await;
+    // SAFETY: kill sends a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!alive(pid), "the script outlived its replica");
+    // Read at once: a lease has not passed, so this is what the replica wrote.
+    let ended = r[1].get(&format!("/jobs/{id}")).await;
+    assert_eq!(ended.json["state"], json!("failed"), "{}", ended.json);
+    assert_eq!(ended.json["signal"], json!(9), "{}", ended.json);
 }
 
 // What shared state must not open: found by an attack review.

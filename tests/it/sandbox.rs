@@ -543,6 +543,84 @@ async fn no_process_outlives_its_run_even_in_a_new_session() {
     );
 }
 
+/// A script that moves its main process into another process group (one its
+/// child made) leaves its own group empty: a kill of that group alone reached
+/// nothing, the run outlived its time limit and a cancel, and shutdown waited
+/// for it forever (a reviewer's finding). Scripts lead a session of their
+/// own, which a session leader cannot leave, and the main process is killed
+/// by its pid as well.
+#[tokio::test]
+async fn a_script_that_leaves_its_process_group_is_still_killed_at_its_timeout_and_on_cancel() {
+    let d = Daemon::start().await;
+    let script = |n: u32| {
+        format!(
+            r#"#!/usr/bin/python3
+import os, sys, time
+k = os.fork()
+if k == 0:
+    os.setpgid(0, 0)
+    os.execv("/bin/sleep", ["sleep", "{child}"])
+time.sleep(0.2)
+try:
+    os.setpgid(0, k)
+    print("left its group")
+except OSError as e:
+    print("stayed:", e.errno)
+sys.stdout.flush()
+os.execv("/bin/sleep", ["sleep", "{main}"])
+"#,
+            child = n,
+            main = n + 1
+        )
+    };
+    d.add_endpoint(
+        "wander",
+        "timeout: 1s
+",
+        &script(343),
+    )
+    .await;
+    d.add_endpoint(
+        "wander-job",
+        "async: true
+",
+        &script(345),
+    )
+    .await;
+    let bounded = Duration::from_secs(20);
+    let a = tokio::time::timeout(bounded, d.post("/wander", json!({})))
+        .await
+        .expect("the run outlived its time limit");
+    assert_eq!(a.status, 504, "{}", a.json);
+    for n in ["343", "344"] {
+        assert_eq!(
+            processes_running(&["sleep", n]),
+            0,
+            "sleep {n} outlived the timeout"
+        );
+    }
+    let a = d.post("/wander-job", json!({})).await;
+    assert_eq!(a.status, 202, "{}", a.json);
+    let url = a.json["url"].as_str().unwrap().to_string();
+    for _ in 0..100 {
+        if processes_running(&["sleep", "346"]) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let a = tokio::time::timeout(bounded, d.delete(&url))
+        .await
+        .expect("the cancel never ended the job");
+    assert_eq!(a.json["state"], json!("cancelled"), "{}", a.json);
+    for n in ["345", "346"] {
+        assert_eq!(
+            processes_running(&["sleep", n]),
+            0,
+            "sleep {n} outlived the cancel"
+        );
+    }
+}
+
 /// Issue 18, 5: without `network: true` no UDP datagram leaves a script (the
 /// test listens on 127.0.0.1); with it, one does. Namespaces are refused to
 /// every script, and so is giving up being its orphans' subreaper (scripts
