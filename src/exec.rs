@@ -663,23 +663,18 @@ fn run_blocking(
         Capture::new(err_read, 1, live),
     ];
     let timed_out = pump(&mut outputs, &mut child, deadline);
-    let exit = if timed_out {
-        kill_group(pgid);
-        child.kill();
-        let _ = child.wait();
-        Exit::TimedOut
-    } else {
-        match child.wait_deadline(deadline) {
-            Ok(Some(status)) => match spawn::decode(status) {
-                Ok(code) => Exit::Code(code),
-                Err(signal) => Exit::Signal(signal),
-            },
-            Ok(None) | Err(_) => {
-                kill_group(pgid);
-                child.kill();
-                let _ = child.wait();
-                Exit::TimedOut
-            }
+    let status = match timed_out {
+        true => None,
+        false => child.wait_deadline(deadline).ok().flatten(),
+    };
+    let exit = match status.map(spawn::decode) {
+        Some(Ok(code)) => Exit::Code(code),
+        Some(Err(signal)) => Exit::Signal(signal),
+        None => {
+            kill_group(pgid);
+            child.kill();
+            let _ = child.wait();
+            Exit::TimedOut
         }
     };
     // Children the script left behind in its group go with it, and so does

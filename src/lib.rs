@@ -506,12 +506,15 @@ pub async fn serve(
     let grace = async {
         shutdown.cancelled().await;
         tokio::time::sleep(app.config.shutdown_grace).await;
+        tracing::warn!(
+            running = app.exec.running(),
+            "shutdown grace is over; killing running scripts"
+        );
     };
     tokio::pin!(grace);
     let killed = tokio::select! {
         _ = &mut server => false,
         _ = &mut grace => {
-            tracing::warn!(running = app.exec.running(), "shutdown grace is over; killing running scripts");
             app.exec.close();
             kill_all(&app).await;
             // Requests whose scripts were killed answer now; give them a
@@ -529,9 +532,7 @@ pub async fn serve(
     if !killed {
         tokio::select! {
             _ = app.exec.finished() => {}
-            _ = &mut grace => {
-                tracing::warn!(running = app.exec.running(), "shutdown grace is over; killing running scripts");
-            }
+            _ = &mut grace => {}
         }
     }
     while tokio::time::timeout(std::time::Duration::from_secs(1), app.exec.finished())

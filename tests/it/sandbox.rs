@@ -573,20 +573,10 @@ os.execv("/bin/sleep", ["sleep", "{main}"])
             main = n + 1
         )
     };
-    d.add_endpoint(
-        "wander",
-        "timeout: 1s
-",
-        &script(343),
-    )
-    .await;
-    d.add_endpoint(
-        "wander-job",
-        "async: true
-",
-        &script(345),
-    )
-    .await;
+    d.add_endpoint("wander", "timeout: 1s\n", &script(343))
+        .await;
+    d.add_endpoint("wander-job", "async: true\n", &script(345))
+        .await;
     let bounded = Duration::from_secs(20);
     let a = tokio::time::timeout(bounded, d.post("/wander", json!({})))
         .await
